@@ -1,0 +1,377 @@
+//! The embedded default backend: every queue in one redb file.
+//!
+//! Writes go through one writer thread that group-commits ([`writer`]); reads (metrics, peek,
+//! listings) use their own read transactions on the blocking thread pool and never wait for a
+//! commit.
+
+mod ops;
+mod records;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend};
+
+use self::ops::{message_from, metrics_of};
+use self::records::{
+    BODIES, COUNTERS, Counters, META, MessageState, QUEUES, QueueRecord, READY, SCHEMA_VERSION,
+    STATES,
+};
+use self::writer::{Txn, Writer, WriterState};
+use super::clock::{Clock, SystemClock};
+use super::error::{BrokerError, BrokerResult};
+use super::limits;
+use super::types::{
+    Backlog, LeaseId, LeaseOptions, LeasedMessage, Message, Outcome, QueueInfo, QueueMetrics,
+    QueueSettings, SendRequest, SettleReport, SweepReport,
+};
+use super::Broker;
+
+/// How to open a [`RedbBroker`].
+#[derive(Debug, Clone)]
+pub struct RedbOptions {
+    /// Source of time (the system clock unless testing).
+    pub clock: Arc<dyn Clock>,
+    /// redb's page cache in bytes. Bounds memory use with large backlogs.
+    pub cache_size_bytes: usize,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            cache_size_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl RedbOptions {
+    /// Default options with another clock.
+    pub fn with_clock(clock: impl Clock) -> Self {
+        Self {
+            clock: Arc::new(clock),
+            ..Self::default()
+        }
+    }
+}
+
+/// Durable queues in one redb database file.
+pub struct RedbBroker {
+    db: Arc<Database>,
+    writer: Writer,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for RedbBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbBroker").finish_non_exhaustive()
+    }
+}
+
+impl RedbBroker {
+    /// Opens the database at `path`, creating it if missing. Leases held when the previous
+    /// process stopped are expired at once and count as failed attempts.
+    pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> anyhow::Result<Self> {
+        let path = path.as_ref();
+        let db = redb::Builder::new()
+            .set_cache_size(options.cache_size_bytes)
+            .create(path)
+            .with_context(|| format!("opening queue database {}", path.display()))?;
+        Self::start(db, options)
+            .with_context(|| format!("loading queue database {}", path.display()))
+    }
+
+    /// Opens a database on a custom storage backend (the power-loss tests use one that keeps
+    /// only synced bytes).
+    pub fn open_with_backend(
+        backend: impl StorageBackend,
+        options: RedbOptions,
+    ) -> anyhow::Result<Self> {
+        let db = redb::Builder::new()
+            .set_cache_size(options.cache_size_bytes)
+            .create_with_backend(backend)
+            .context("opening queue database")?;
+        Self::start(db, options).context("loading queue database")
+    }
+
+    fn start(db: Database, options: RedbOptions) -> anyhow::Result<Self> {
+        let state = recover(&db, options.clock.now_ms())?;
+        let db = Arc::new(db);
+        let writer = Writer::start(db.clone(), state, options.clock.clone());
+        Ok(Self {
+            db,
+            writer,
+            clock: options.clock,
+        })
+    }
+
+    /// Finishes queued writes and releases the database file.
+    pub async fn close(self) -> anyhow::Result<()> {
+        let Self { db, mut writer, .. } = self;
+        tokio::task::spawn_blocking(move || {
+            writer.stop();
+            drop(db);
+        })
+        .await
+        .context("closing the queue database")
+    }
+
+    /// Runs `read` in a read transaction off the async reactor.
+    async fn read<T, F>(&self, read: F) -> BrokerResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction, u64) -> BrokerResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        let now = self.clock.now_ms();
+        tokio::task::spawn_blocking(move || read(&db.begin_read()?, now))
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+/// Creates missing tables, checks the schema version, loads the writer's memory and expires
+/// the leases of the previous process, in one transaction.
+fn recover(db: &Database, now: u64) -> anyhow::Result<WriterState> {
+    let txn = db.begin_write().context("starting the recovery transaction")?;
+    let mut state = WriterState::default();
+    {
+        let mut meta = txn.open_table(META)?;
+        let version = meta.get("schema_version")?.map(|v| v.value());
+        match version {
+            None => {
+                meta.insert("schema_version", SCHEMA_VERSION)?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => bail!(
+                "the database has schema version {other}; this host understands {SCHEMA_VERSION}"
+            ),
+        }
+        state.next_seq = meta.get("next_seq")?.map_or(1, |v| v.value());
+        state.next_queue_id = meta.get("next_queue_id")?.map_or(1, |v| v.value() as u32);
+        for entry in txn.open_table(QUEUES)?.iter()? {
+            let (name, raw) = entry?;
+            let record: QueueRecord = serde_json::from_slice(raw.value())
+                .with_context(|| format!("reading the settings of queue `{}`", name.value()))?;
+            state.names.insert(record.id, name.value().to_owned());
+            state.queues.insert(name.value().to_owned(), record);
+        }
+        for entry in txn.open_table(COUNTERS)?.iter()? {
+            let (id, raw) = entry?;
+            state.counters.insert(id.value(), Counters::decode(&raw.value()));
+        }
+    }
+    {
+        let mut ctx = Txn::open(&txn, &mut state, now)?;
+        let expired = ctx.expire_leases(true)?;
+        if expired > 0 {
+            tracing::warn!(
+                leases = expired,
+                "messages in flight when the host last stopped are retried"
+            );
+        }
+        ctx.flush()?;
+    }
+    txn.commit().context("committing recovery")?;
+    Ok(state)
+}
+
+/// Reads a queue's record in a read transaction.
+fn queue_record(txn: &ReadTransaction, name: &str) -> BrokerResult<QueueRecord> {
+    let queues = txn.open_table(QUEUES)?;
+    let raw = queues
+        .get(name)?
+        .ok_or_else(|| BrokerError::UnknownQueue(name.to_owned()))?;
+    serde_json::from_slice(raw.value())
+        .map_err(|e| BrokerError::Unavailable(format!("queue `{name}` record: {e}")))
+}
+
+fn read_info(txn: &ReadTransaction, name: &str, now: u64) -> BrokerResult<QueueInfo> {
+    let record = queue_record(txn, name)?;
+    Ok(QueueInfo {
+        name: name.to_owned(),
+        metrics: read_metrics(txn, record.id, now)?,
+        settings: record.settings,
+        paused: record.paused,
+    })
+}
+
+fn read_metrics(txn: &ReadTransaction, id: u32, now: u64) -> BrokerResult<QueueMetrics> {
+    let counters = txn
+        .open_table(COUNTERS)?
+        .get(id)?
+        .map(|raw| Counters::decode(&raw.value()))
+        .unwrap_or_default();
+    metrics_of(
+        &counters,
+        &txn.open_table(STATES)?,
+        &txn.open_table(READY)?,
+        id,
+        now,
+    )
+}
+
+#[async_trait]
+impl Broker for RedbBroker {
+    async fn create_queue(&self, name: &str, settings: QueueSettings) -> BrokerResult<QueueInfo> {
+        let name = name.to_owned();
+        self.writer
+            .submit(move |txn| {
+                txn.create_queue(&name, settings)?;
+                txn.info(&name)
+            })
+            .await
+    }
+
+    async fn configure_queue(
+        &self,
+        name: &str,
+        settings: QueueSettings,
+    ) -> BrokerResult<QueueInfo> {
+        let name = name.to_owned();
+        self.writer
+            .submit(move |txn| {
+                txn.configure_queue(&name, settings)?;
+                txn.info(&name)
+            })
+            .await
+    }
+
+    async fn delete_queue(&self, name: &str) -> BrokerResult<u64> {
+        let name = name.to_owned();
+        self.writer.submit(move |txn| txn.delete_queue(&name)).await
+    }
+
+    async fn list_queues(&self) -> BrokerResult<Vec<QueueInfo>> {
+        self.read(|txn, now| {
+            let names = txn
+                .open_table(QUEUES)?
+                .iter()?
+                .map(|entry| entry.map(|(name, _)| name.value().to_owned()))
+                .collect::<Result<Vec<_>, _>>()?;
+            names.iter().map(|name| read_info(txn, name, now)).collect()
+        })
+        .await
+    }
+
+    async fn queue_info(&self, name: &str) -> BrokerResult<QueueInfo> {
+        let name = name.to_owned();
+        self.read(move |txn, now| read_info(txn, &name, now)).await
+    }
+
+    async fn send(&self, queue: &str, request: SendRequest) -> BrokerResult<Backlog> {
+        limits::check_message(&request)?;
+        let queue = queue.to_owned();
+        self.writer
+            .submit(move |txn| txn.send(&queue, vec![request], None))
+            .await
+    }
+
+    async fn send_batch(
+        &self,
+        queue: &str,
+        requests: Vec<SendRequest>,
+        delay_seconds: Option<u32>,
+    ) -> BrokerResult<Backlog> {
+        limits::check_batch(&requests, delay_seconds)?;
+        let queue = queue.to_owned();
+        self.writer
+            .submit(move |txn| txn.send(&queue, requests, delay_seconds))
+            .await
+    }
+
+    async fn lease(&self, queue: &str, options: LeaseOptions) -> BrokerResult<Vec<LeasedMessage>> {
+        let queue = queue.to_owned();
+        self.writer
+            .submit(move |txn| txn.lease(&queue, options))
+            .await
+    }
+
+    async fn settle(
+        &self,
+        queue: &str,
+        outcomes: Vec<(LeaseId, Outcome)>,
+    ) -> BrokerResult<SettleReport> {
+        let queue = queue.to_owned();
+        self.writer
+            .submit(move |txn| txn.settle(&queue, outcomes))
+            .await
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> BrokerResult<()> {
+        let queue = queue.to_owned();
+        self.writer
+            .submit(move |txn| txn.set_paused(&queue, paused))
+            .await
+    }
+
+    async fn purge(&self, queue: &str) -> BrokerResult<u64> {
+        let queue = queue.to_owned();
+        self.writer.submit(move |txn| txn.purge(&queue)).await
+    }
+
+    async fn peek(&self, queue: &str, limit: u32) -> BrokerResult<Vec<Message>> {
+        let queue = queue.to_owned();
+        self.read(move |txn, _| {
+            let id = queue_record(txn, &queue)?.id;
+            let ready = txn.open_table(READY)?;
+            let states = txn.open_table(STATES)?;
+            let bodies = txn.open_table(BODIES)?;
+            let mut out = Vec::new();
+            for entry in ready
+                .range((id, 0, 0)..=(id, u64::MAX, u64::MAX))?
+                .take(limit as usize)
+            {
+                let seq = entry?.1.value();
+                let state = states.get((id, seq))?.map(|raw| MessageState::decode(&raw.value()));
+                let body = bodies.get(seq)?;
+                let message = state
+                    .zip(body)
+                    .and_then(|(state, body)| message_from(body.value(), &state))
+                    .ok_or_else(|| {
+                        BrokerError::Unavailable(format!("message {seq} is inconsistent"))
+                    })?;
+                out.push(message);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn replay(&self, from: &str, to: &str, limit: u64) -> BrokerResult<u64> {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.writer
+            .submit(move |txn| txn.replay(&from, &to, limit))
+            .await
+    }
+
+    async fn sweep(&self) -> BrokerResult<SweepReport> {
+        self.writer.submit(|txn| txn.sweep()).await
+    }
+
+    async fn metrics(&self, queue: &str) -> BrokerResult<QueueMetrics> {
+        let queue = queue.to_owned();
+        self.read(move |txn, now| read_metrics(txn, queue_record(txn, &queue)?.id, now))
+            .await
+    }
+}
+
+macro_rules! storage_errors {
+    ($($error:ty),*) => {$(
+        impl From<$error> for BrokerError {
+            fn from(err: $error) -> Self {
+                BrokerError::Unavailable(err.to_string())
+            }
+        }
+    )*};
+}
+
+storage_errors!(
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError
+);

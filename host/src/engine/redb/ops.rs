@@ -1,0 +1,614 @@
+//! The state transitions, each run inside the writer's group transaction.
+//!
+//! Every operation checks its input before its first write, so an input error leaves the
+//! transaction (shared with other callers' operations) untouched.
+
+use redb::{ReadableTable, ReadableTableMetadata};
+
+use super::records::{Counters, MessageState, Placement, QueueRecord, decode_body, encode_body};
+use super::writer::Txn;
+use crate::engine::error::{BrokerError, BrokerResult};
+use crate::engine::limits::{self, MAX_LEASE_MESSAGES, MAX_VISIBILITY_TIMEOUT_MS};
+use crate::engine::types::{
+    Backlog, LeaseId, LeaseOptions, LeasedMessage, Message, MessageId, Outcome, QueueMetrics,
+    QueueSettings, SendRequest, SettleReport, SweepReport,
+};
+
+/// What became of a message whose attempt failed.
+enum Fate {
+    Retried,
+    DeadLettered,
+    Dropped,
+}
+
+impl Txn<'_> {
+    fn queue(&self, name: &str) -> BrokerResult<&QueueRecord> {
+        self.state
+            .queues
+            .get(name)
+            .ok_or_else(|| BrokerError::UnknownQueue(name.to_owned()))
+    }
+
+    fn queue_by_id(&self, id: u32) -> BrokerResult<&QueueRecord> {
+        self.state
+            .names
+            .get(&id)
+            .and_then(|name| self.state.queues.get(name))
+            .ok_or_else(|| corrupt(format!("no queue has id {id}")))
+    }
+
+    fn check_dead_letter(&self, name: &str, settings: &QueueSettings) -> BrokerResult<()> {
+        match &settings.consumer.dead_letter_queue {
+            Some(dlq) if dlq == name => Err(BrokerError::SelfDeadLetter(name.to_owned())),
+            Some(dlq) if !self.state.queues.contains_key(dlq) => {
+                Err(BrokerError::UnknownDeadLetterQueue {
+                    queue: name.to_owned(),
+                    dead_letter_queue: dlq.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn put_queue(&mut self, name: &str, record: QueueRecord) -> BrokerResult<()> {
+        let json = serde_json::to_vec(&record).expect("queue records serialize");
+        self.queues.insert(name, json.as_slice())?;
+        self.state.names.insert(record.id, name.to_owned());
+        self.state.queues.insert(name.to_owned(), record);
+        Ok(())
+    }
+
+    pub fn create_queue(&mut self, name: &str, settings: QueueSettings) -> BrokerResult<()> {
+        limits::check_queue_name(name)?;
+        settings.validate()?;
+        if self.state.queues.contains_key(name) {
+            return Err(BrokerError::QueueExists(name.to_owned()));
+        }
+        self.check_dead_letter(name, &settings)?;
+        let id = self.state.next_queue_id;
+        self.state.next_queue_id += 1;
+        let record = QueueRecord {
+            id,
+            settings,
+            paused: false,
+        };
+        self.put_queue(name, record)?;
+        self.counters_mut(id);
+        Ok(())
+    }
+
+    pub fn configure_queue(&mut self, name: &str, settings: QueueSettings) -> BrokerResult<()> {
+        settings.validate()?;
+        let mut record = self.queue(name)?.clone();
+        self.check_dead_letter(name, &settings)?;
+        record.settings = settings;
+        self.put_queue(name, record)
+    }
+
+    pub fn set_paused(&mut self, name: &str, paused: bool) -> BrokerResult<()> {
+        let mut record = self.queue(name)?.clone();
+        record.paused = paused;
+        self.put_queue(name, record)
+    }
+
+    pub fn delete_queue(&mut self, name: &str) -> BrokerResult<u64> {
+        let id = self.queue(name)?.id;
+        if let Some(used_by) = self.state.queues.iter().find_map(|(other, record)| {
+            (other != name && record.settings.consumer.dead_letter_queue.as_deref() == Some(name))
+                .then(|| other.clone())
+        }) {
+            return Err(BrokerError::DeadLetterInUse {
+                queue: name.to_owned(),
+                used_by,
+            });
+        }
+        let deleted = self.purge_id(id)?;
+        let keys = self
+            .dedup
+            .range((id, "")..(id + 1, ""))?
+            .map(|entry| entry.map(|(k, v)| (k.value().1.to_owned(), v.value())))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (key, until) in keys {
+            self.dedup.remove((id, key.as_str()))?;
+            self.dedup_expiry.remove((until, id, key.as_str()))?;
+        }
+        self.queues.remove(name)?;
+        self.state.queues.remove(name);
+        self.state.names.remove(&id);
+        self.drop_counters(id)?;
+        Ok(deleted)
+    }
+
+    /// Stores already-validated messages.
+    pub fn send(
+        &mut self,
+        queue: &str,
+        requests: Vec<SendRequest>,
+        batch_delay: Option<u32>,
+    ) -> BrokerResult<Backlog> {
+        let record = self.queue(queue)?;
+        let (id, delivery_delay, dedup_ms) = (
+            record.id,
+            record.settings.delivery_delay,
+            u64::from(record.settings.dedup_window) * 1000,
+        );
+        let now = self.now;
+        for request in requests {
+            if let Some(key) = request.dedup_key.as_deref().filter(|_| dedup_ms > 0) {
+                let previous = self.dedup.get((id, key))?.map(|until| until.value());
+                if let Some(until) = previous {
+                    if until > now {
+                        continue;
+                    }
+                    self.dedup_expiry.remove((until, id, key))?;
+                }
+                self.dedup.insert((id, key), now + dedup_ms)?;
+                self.dedup_expiry.insert((now + dedup_ms, id, key), ())?;
+            }
+            let delay = request
+                .delay_seconds
+                .or(batch_delay)
+                .unwrap_or(delivery_delay);
+            let seq = self.next_seq();
+            let size = request.body.len() as u32;
+            let body = encode_body(&MessageId::random(), request.content_type, &request.body);
+            self.bodies.insert(seq, body.as_slice())?;
+            let state = MessageState {
+                timestamp_ms: now,
+                attempts: 0,
+                size,
+                placement: Placement::Ready {
+                    visible_at: now + u64::from(delay) * 1000,
+                    // A seq is never handed out again, so it is a fresh ticket too.
+                    ticket: seq,
+                },
+            };
+            self.place(id, seq, state)?;
+            let counters = self.counters_mut(id);
+            counters.add_message(size);
+            counters.sent += 1;
+        }
+        self.backlog(id)
+    }
+
+    fn backlog(&self, id: u32) -> BrokerResult<Backlog> {
+        let counters = self.state.counters.get(&id).copied().unwrap_or_default();
+        backlog_of(&counters, &self.states, id)
+    }
+
+    pub fn lease(&mut self, queue: &str, options: LeaseOptions) -> BrokerResult<Vec<LeasedMessage>> {
+        if !(1..=MAX_LEASE_MESSAGES).contains(&options.max_messages) {
+            return Err(BrokerError::InvalidLease(format!(
+                "batch size is {}; it must be between 1 and {MAX_LEASE_MESSAGES}",
+                options.max_messages
+            )));
+        }
+        if !(1..=MAX_VISIBILITY_TIMEOUT_MS).contains(&options.visibility_timeout_ms) {
+            return Err(BrokerError::InvalidLease(format!(
+                "visibility timeout is {} ms; it must be between 1 and {MAX_VISIBILITY_TIMEOUT_MS}",
+                options.visibility_timeout_ms
+            )));
+        }
+        let record = self.queue(queue)?;
+        if record.paused {
+            return Err(BrokerError::Paused(queue.to_owned()));
+        }
+        let id = record.id;
+        let retention_ms = u64::from(record.settings.message_retention_period) * 1000;
+        self.expire_leases(false)?;
+
+        let now = self.now;
+        let deadline = now + options.visibility_timeout_ms;
+        let max = options.max_messages as usize;
+        let mut leased = Vec::with_capacity(max);
+        while leased.len() < max {
+            let candidates = self
+                .ready
+                .range((id, 0, 0)..=(id, now, u64::MAX))?
+                .take(max - leased.len())
+                .map(|entry| entry.map(|(_, seq)| seq.value()))
+                .collect::<Result<Vec<_>, _>>()?;
+            if candidates.is_empty() {
+                break;
+            }
+            for seq in candidates {
+                let mut state = self.load_state(id, seq)?;
+                if state.timestamp_ms + retention_ms <= now {
+                    self.delete_message(id, seq, &state)?;
+                    self.counters_mut(id).expired += 1;
+                    continue;
+                }
+                self.unplace(id, seq, &state)?;
+                state.attempts += 1;
+                let ticket = self.next_seq();
+                state.placement = Placement::Leased { deadline, ticket };
+                self.place(id, seq, state)?;
+                leased.push(LeasedMessage {
+                    message: self.message(seq, &state)?,
+                    lease: LeaseId { seq, ticket },
+                    lease_deadline_ms: deadline,
+                });
+            }
+        }
+        Ok(leased)
+    }
+
+    pub fn settle(
+        &mut self,
+        queue: &str,
+        outcomes: Vec<(LeaseId, Outcome)>,
+    ) -> BrokerResult<SettleReport> {
+        let id = self.queue(queue)?.id;
+        for (_, outcome) in &outcomes {
+            if let Outcome::Retry {
+                delay_seconds: Some(delay),
+            } = outcome
+            {
+                limits::check_delay(*delay)?;
+            }
+        }
+        let mut report = SettleReport::default();
+        for (lease, outcome) in outcomes {
+            let state = match self.try_load_state(id, lease.seq)? {
+                Some(state)
+                    if matches!(state.placement,
+                        Placement::Leased { ticket, .. } if ticket == lease.ticket) =>
+                {
+                    state
+                }
+                _ => {
+                    report.stale.push(lease);
+                    continue;
+                }
+            };
+            match outcome {
+                Outcome::Ack => {
+                    self.delete_message(id, lease.seq, &state)?;
+                    self.counters_mut(id).acked += 1;
+                    report.acked += 1;
+                }
+                Outcome::Retry { delay_seconds } => {
+                    match self.fail_attempt(id, lease.seq, state, delay_seconds)? {
+                        Fate::Retried => report.retried += 1,
+                        Fate::DeadLettered => report.dead_lettered += 1,
+                        Fate::Dropped => report.dropped += 1,
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// A failed attempt: redeliver after the delay, or dead-letter / drop once the queue's
+    /// `max_retries` are used up.
+    fn fail_attempt(
+        &mut self,
+        id: u32,
+        seq: u64,
+        state: MessageState,
+        delay_seconds: Option<u32>,
+    ) -> BrokerResult<Fate> {
+        let record = self.queue_by_id(id)?;
+        let consumer = &record.settings.consumer;
+        if state.attempts <= consumer.max_retries {
+            let delay = delay_seconds.unwrap_or(consumer.retry_delay);
+            self.requeue(id, seq, state, self.now + u64::from(delay) * 1000)?;
+            self.counters_mut(id).retried += 1;
+            return Ok(Fate::Retried);
+        }
+        let dlq = consumer
+            .dead_letter_queue
+            .as_ref()
+            .and_then(|name| self.state.queues.get(name))
+            .map(|dlq| dlq.id);
+        let queue = self.state.names[&id].clone();
+        let message_id = self.message_id(seq)?;
+        match dlq {
+            Some(dlq) => {
+                self.move_message(id, seq, state, dlq)?;
+                self.counters_mut(id).dead_lettered += 1;
+                tracing::debug!(%queue, %message_id, attempts = state.attempts, "retries exhausted; moved to the dead-letter queue");
+                Ok(Fate::DeadLettered)
+            }
+            None => {
+                self.delete_message(id, seq, &state)?;
+                self.counters_mut(id).dropped += 1;
+                tracing::warn!(%queue, %message_id, attempts = state.attempts, "retries exhausted and no dead_letter_queue is set; message dropped");
+                Ok(Fate::Dropped)
+            }
+        }
+    }
+
+    /// Turns leases past their deadline (every lease when `all`, as after a restart) into
+    /// failed attempts. Returns how many.
+    pub fn expire_leases(&mut self, all: bool) -> BrokerResult<u64> {
+        let upper = if all { u64::MAX } else { self.now };
+        let expired = self
+            .leases
+            .range(..=(upper, u32::MAX, u64::MAX))?
+            .map(|entry| entry.map(|(key, _)| key.value()))
+            .collect::<Result<Vec<_>, _>>()?;
+        for &(_, id, seq) in &expired {
+            let state = self.load_state(id, seq)?;
+            self.fail_attempt(id, seq, state, None)?;
+        }
+        Ok(expired.len() as u64)
+    }
+
+    pub fn purge(&mut self, queue: &str) -> BrokerResult<u64> {
+        let id = self.queue(queue)?.id;
+        self.purge_id(id)
+    }
+
+    fn purge_id(&mut self, id: u32) -> BrokerResult<u64> {
+        let all = self.states_of(id, usize::MAX, |_| true)?;
+        for (seq, state) in &all {
+            self.unplace(id, *seq, state)?;
+            self.states.remove((id, *seq))?;
+            self.bodies.remove(*seq)?;
+        }
+        let counters = self.counters_mut(id);
+        counters.backlog_count = 0;
+        counters.backlog_bytes = 0;
+        counters.in_flight = 0;
+        Ok(all.len() as u64)
+    }
+
+    pub fn replay(&mut self, from: &str, to: &str, limit: u64) -> BrokerResult<u64> {
+        if from == to {
+            return Err(BrokerError::InvalidRequest(format!(
+                "cannot replay queue `{from}` into itself"
+            )));
+        }
+        let from_id = self.queue(from)?.id;
+        let to_id = self.queue(to)?.id;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let waiting = self.states_of(from_id, limit, |state| {
+            matches!(state.placement, Placement::Ready { .. })
+        })?;
+        for &(seq, state) in &waiting {
+            self.move_message(from_id, seq, state, to_id)?;
+        }
+        Ok(waiting.len() as u64)
+    }
+
+    pub fn sweep(&mut self) -> BrokerResult<SweepReport> {
+        let mut report = SweepReport {
+            leases_expired: self.expire_leases(false)?,
+            ..SweepReport::default()
+        };
+        let now = self.now;
+        let retention: Vec<(u32, u64)> = self
+            .state
+            .queues
+            .values()
+            .map(|q| (q.id, u64::from(q.settings.message_retention_period) * 1000))
+            .collect();
+        for (id, retention_ms) in retention {
+            // States are in send order, so the expired ones come first.
+            let mut expired = Vec::new();
+            for entry in self.states.range((id, 0)..=(id, u64::MAX))? {
+                let (key, raw) = entry?;
+                let state = MessageState::decode(&raw.value());
+                if state.timestamp_ms + retention_ms > now {
+                    break;
+                }
+                expired.push((key.value().1, state));
+            }
+            for (seq, state) in &expired {
+                self.delete_message(id, *seq, state)?;
+            }
+            self.counters_mut(id).expired += expired.len() as u64;
+            report.messages_expired += expired.len() as u64;
+        }
+        let keys = self
+            .dedup_expiry
+            .range(..(now + 1, 0, ""))?
+            .map(|entry| entry.map(|(k, _)| (k.value().0, k.value().1, k.value().2.to_owned())))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (until, id, key) in keys {
+            self.dedup_expiry.remove((until, id, key.as_str()))?;
+            self.dedup.remove((id, key.as_str()))?;
+            report.dedup_keys_expired += 1;
+        }
+        Ok(report)
+    }
+
+    /// Up to `limit` (seq, state) of queue `id` in seq order that satisfy `filter`.
+    fn states_of(
+        &self,
+        id: u32,
+        limit: usize,
+        filter: impl Fn(&MessageState) -> bool,
+    ) -> BrokerResult<Vec<(u64, MessageState)>> {
+        let mut out = Vec::new();
+        for entry in self.states.range((id, 0)..=(id, u64::MAX))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, raw) = entry?;
+            let state = MessageState::decode(&raw.value());
+            if filter(&state) {
+                out.push((key.value().1, state));
+            }
+        }
+        Ok(out)
+    }
+
+    fn try_load_state(&self, id: u32, seq: u64) -> BrokerResult<Option<MessageState>> {
+        Ok(self
+            .states
+            .get((id, seq))?
+            .map(|raw| MessageState::decode(&raw.value())))
+    }
+
+    fn load_state(&self, id: u32, seq: u64) -> BrokerResult<MessageState> {
+        self.try_load_state(id, seq)?
+            .ok_or_else(|| corrupt(format!("message {seq} of queue {id} has no state")))
+    }
+
+    fn message_id(&self, seq: u64) -> BrokerResult<MessageId> {
+        let raw = self
+            .bodies
+            .get(seq)?
+            .ok_or_else(|| corrupt(format!("message {seq} has no body")))?;
+        decode_body(raw.value())
+            .map(|(id, _, _)| id)
+            .ok_or_else(|| corrupt(format!("message {seq} has a malformed body record")))
+    }
+
+    fn message(&self, seq: u64, state: &MessageState) -> BrokerResult<Message> {
+        let raw = self
+            .bodies
+            .get(seq)?
+            .ok_or_else(|| corrupt(format!("message {seq} has no body")))?;
+        message_from(raw.value(), state).ok_or_else(|| corrupt(format!("message {seq} body")))
+    }
+
+    /// Writes `state` and the index entry its placement calls for.
+    fn place(&mut self, id: u32, seq: u64, state: MessageState) -> BrokerResult<()> {
+        match state.placement {
+            Placement::Ready { visible_at, ticket } => {
+                self.ready.insert((id, visible_at, ticket), seq)?;
+            }
+            Placement::Leased { deadline, .. } => {
+                self.leases.insert((deadline, id, seq), ())?;
+                self.counters_mut(id).in_flight += 1;
+            }
+        }
+        self.states.insert((id, seq), state.encode())?;
+        Ok(())
+    }
+
+    /// Removes the index entry of `state`'s placement (not the state itself).
+    fn unplace(&mut self, id: u32, seq: u64, state: &MessageState) -> BrokerResult<()> {
+        match state.placement {
+            Placement::Ready { visible_at, ticket } => {
+                self.ready.remove((id, visible_at, ticket))?;
+            }
+            Placement::Leased { deadline, .. } => {
+                self.leases.remove((deadline, id, seq))?;
+                let counters = self.counters_mut(id);
+                counters.in_flight = counters.in_flight.saturating_sub(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a message back in line, visible at `visible_at`, behind those already waiting.
+    fn requeue(
+        &mut self,
+        id: u32,
+        seq: u64,
+        mut state: MessageState,
+        visible_at: u64,
+    ) -> BrokerResult<()> {
+        self.unplace(id, seq, &state)?;
+        state.placement = Placement::Ready {
+            visible_at,
+            ticket: self.next_seq(),
+        };
+        self.place(id, seq, state)
+    }
+
+    /// Moves a message to another queue, visible now, attempts starting afresh; the body
+    /// stays where it is.
+    fn move_message(
+        &mut self,
+        from: u32,
+        seq: u64,
+        mut state: MessageState,
+        to: u32,
+    ) -> BrokerResult<()> {
+        self.unplace(from, seq, &state)?;
+        self.states.remove((from, seq))?;
+        self.counters_mut(from).remove_message(state.size);
+        state.attempts = 0;
+        state.placement = Placement::Ready {
+            visible_at: self.now,
+            ticket: self.next_seq(),
+        };
+        self.place(to, seq, state)?;
+        self.counters_mut(to).add_message(state.size);
+        Ok(())
+    }
+
+    fn delete_message(&mut self, id: u32, seq: u64, state: &MessageState) -> BrokerResult<()> {
+        self.unplace(id, seq, state)?;
+        self.states.remove((id, seq))?;
+        self.bodies.remove(seq)?;
+        self.counters_mut(id).remove_message(state.size);
+        Ok(())
+    }
+
+    /// The queue's settings, state and metrics as seen inside this transaction.
+    pub fn info(&self, name: &str) -> BrokerResult<crate::engine::types::QueueInfo> {
+        let record = self.queue(name)?;
+        let counters = self.state.counters.get(&record.id).copied().unwrap_or_default();
+        Ok(crate::engine::types::QueueInfo {
+            name: name.to_owned(),
+            settings: record.settings.clone(),
+            paused: record.paused,
+            metrics: metrics_of(&counters, &self.states, &self.ready, record.id, self.now)?,
+        })
+    }
+}
+
+/// Builds a [`Message`] from a body record and its state.
+pub(super) fn message_from(raw: &[u8], state: &MessageState) -> Option<Message> {
+    let (id, content_type, body) = decode_body(raw)?;
+    Some(Message {
+        id,
+        timestamp_ms: state.timestamp_ms,
+        content_type,
+        body: body.to_vec(),
+        attempts: state.attempts,
+    })
+}
+
+/// The backlog summary of queue `id`.
+pub(super) fn backlog_of(
+    counters: &Counters,
+    states: &impl ReadableTable<(u32, u64), [u8; MessageState::LEN]>,
+    id: u32,
+) -> BrokerResult<Backlog> {
+    let oldest = match states.range((id, 0)..=(id, u64::MAX))?.next() {
+        Some(entry) => Some(MessageState::decode(&entry?.1.value()).timestamp_ms),
+        None => None,
+    };
+    Ok(Backlog {
+        count: counters.backlog_count,
+        bytes: counters.backlog_bytes,
+        oldest_timestamp_ms: oldest,
+    })
+}
+
+/// Full metrics of queue `id` at time `now`. Counting delayed messages walks only the delayed
+/// part of the ready index.
+pub(super) fn metrics_of(
+    counters: &Counters,
+    states: &impl ReadableTable<(u32, u64), [u8; MessageState::LEN]>,
+    ready: &(impl ReadableTable<(u32, u64, u64), u64> + ReadableTableMetadata),
+    id: u32,
+    now: u64,
+) -> BrokerResult<QueueMetrics> {
+    let delayed = ready
+        .range((id, now + 1, 0)..=(id, u64::MAX, u64::MAX))?
+        .count() as u64;
+    Ok(QueueMetrics {
+        backlog: backlog_of(counters, states, id)?,
+        in_flight: counters.in_flight,
+        delayed,
+        sent: counters.sent,
+        acked: counters.acked,
+        retried: counters.retried,
+        dead_lettered: counters.dead_lettered,
+        dropped: counters.dropped,
+        expired: counters.expired,
+    })
+}
+
+/// An internal inconsistency: treated like a storage failure.
+fn corrupt(what: String) -> BrokerError {
+    BrokerError::Unavailable(format!("queue database is inconsistent: {what}"))
+}

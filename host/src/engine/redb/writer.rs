@@ -1,0 +1,269 @@
+//! The single writer thread and its group commit.
+//!
+//! Every state change is a job sent to one thread that owns the write side of the database.
+//! The thread takes every job waiting in its queue, runs them all in one write transaction and
+//! commits once, so one fsync serves every message of the group. Callers are answered only
+//! after that commit is durable. If a commit (or any storage call) fails, the transaction is
+//! dropped, every job of the group gets the error, and the writer refuses all later jobs: the
+//! in-memory counters may no longer match the disk, and only a reopen re-derives them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use redb::{Database, Durability, Table, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::records::{
+    BODIES, COUNTERS, Counters, DEDUP, DEDUP_EXPIRY, LEASES, META, QUEUES, QueueRecord, READY,
+    STATES,
+};
+use crate::engine::clock::Clock;
+use crate::engine::error::{BrokerError, BrokerResult};
+
+/// Most jobs committed together; bounds the size of one transaction.
+const MAX_GROUP: usize = 512;
+
+/// Called after the group's commit with its result.
+type Finish = Box<dyn FnOnce(Result<(), BrokerError>) + Send>;
+/// Runs one operation inside the group's transaction (`None`: the writer is stopped).
+type Job = Box<dyn FnOnce(Option<&mut Txn<'_>>) -> Finish + Send>;
+
+/// What the writer keeps in memory between transactions. Loaded at open; only the writer
+/// thread touches it.
+#[derive(Debug, Default)]
+pub(super) struct WriterState {
+    pub queues: HashMap<String, QueueRecord>,
+    pub names: HashMap<u32, String>,
+    pub counters: HashMap<u32, Counters>,
+    pub next_seq: u64,
+    pub next_queue_id: u32,
+}
+
+/// One write transaction with every table open, plus the writer's memory.
+pub(super) struct Txn<'t> {
+    /// The group's time, ms since the epoch.
+    pub now: u64,
+    pub state: &'t mut WriterState,
+    dirty_counters: HashSet<u32>,
+    /// Set when a storage call failed: the transaction must not be committed.
+    broken: Option<BrokerError>,
+    pub meta: Table<'t, &'static str, u64>,
+    pub queues: Table<'t, &'static str, &'static [u8]>,
+    pub counters: Table<'t, u32, [u8; Counters::LEN]>,
+    pub bodies: Table<'t, u64, &'static [u8]>,
+    pub states: Table<'t, (u32, u64), [u8; super::records::MessageState::LEN]>,
+    pub ready: Table<'t, (u32, u64, u64), u64>,
+    pub leases: Table<'t, (u64, u32, u64), ()>,
+    pub dedup: Table<'t, (u32, &'static str), u64>,
+    pub dedup_expiry: Table<'t, (u64, u32, &'static str), ()>,
+}
+
+impl<'t> Txn<'t> {
+    pub fn open(
+        txn: &'t WriteTransaction,
+        state: &'t mut WriterState,
+        now: u64,
+    ) -> BrokerResult<Self> {
+        Ok(Self {
+            now,
+            state,
+            dirty_counters: HashSet::new(),
+            broken: None,
+            meta: txn.open_table(META)?,
+            queues: txn.open_table(QUEUES)?,
+            counters: txn.open_table(COUNTERS)?,
+            bodies: txn.open_table(BODIES)?,
+            states: txn.open_table(STATES)?,
+            ready: txn.open_table(READY)?,
+            leases: txn.open_table(LEASES)?,
+            dedup: txn.open_table(DEDUP)?,
+            dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
+        })
+    }
+
+    /// A fresh number from the global sequence (message seqs, ready tickets, lease ids).
+    pub fn next_seq(&mut self) -> u64 {
+        let seq = self.state.next_seq;
+        self.state.next_seq += 1;
+        seq
+    }
+
+    /// The counters of queue `id`, marked to be written at commit.
+    pub fn counters_mut(&mut self, id: u32) -> &mut Counters {
+        self.dirty_counters.insert(id);
+        self.state.counters.entry(id).or_default()
+    }
+
+    /// Forgets the counters of a deleted queue.
+    pub fn drop_counters(&mut self, id: u32) -> BrokerResult<()> {
+        self.dirty_counters.remove(&id);
+        self.state.counters.remove(&id);
+        self.counters.remove(id)?;
+        Ok(())
+    }
+
+    /// Writes the in-memory counters and sequence that this transaction changed.
+    pub fn flush(&mut self) -> BrokerResult<()> {
+        for id in std::mem::take(&mut self.dirty_counters) {
+            if let Some(c) = self.state.counters.get(&id) {
+                self.counters.insert(id, c.encode())?;
+            }
+        }
+        self.meta.insert("next_seq", self.state.next_seq)?;
+        self.meta.insert("next_queue_id", u64::from(self.state.next_queue_id))?;
+        Ok(())
+    }
+}
+
+/// Handle to the writer thread.
+pub(super) struct Writer {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the writer thread on an opened database whose state was loaded into `state`.
+    pub fn start(db: Arc<Database>, state: WriterState, clock: Arc<dyn Clock>) -> Self {
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("wasmq-redb-writer".into())
+            .spawn(move || run(&db, state, &*clock, &inbox))
+            .expect("spawning the redb writer thread");
+        Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `op` in the next group transaction and answers once that transaction is durable.
+    pub async fn submit<T, F>(&self, op: F) -> BrokerResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Txn<'_>) -> BrokerResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |txn| {
+            let result = match txn {
+                Some(txn) => {
+                    let result = op(txn);
+                    if let Err(err @ BrokerError::Unavailable(_)) = &result {
+                        txn.broken.get_or_insert_with(|| err.clone());
+                    }
+                    result
+                }
+                None => Err(BrokerError::Unavailable("the writer is stopped".into())),
+            };
+            Box::new(move |commit: Result<(), BrokerError>| {
+                let _ = reply.send(commit.and(result));
+            })
+        });
+        let sender = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| BrokerError::Unavailable("the broker is closed".into()))?;
+        sender
+            .send(job)
+            .map_err(|_| BrokerError::Unavailable("the writer thread has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| BrokerError::Unavailable("the writer thread has stopped".into()))?
+    }
+
+    /// Stops accepting jobs, lets the thread finish the ones queued and waits for it.
+    pub fn stop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread after the queued jobs; do not block here.
+        self.jobs.take();
+    }
+}
+
+fn run(db: &Database, mut state: WriterState, clock: &dyn Clock, inbox: &mpsc::Receiver<Job>) {
+    let mut stopped: Option<BrokerError> = None;
+    while let Ok(first) = inbox.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match inbox.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Some(err) = &stopped {
+            for job in group {
+                job(None)(Err(err.clone()));
+            }
+            continue;
+        }
+        if let Err(err) = commit_group(db, &mut state, clock.now_ms(), group) {
+            tracing::error!(error = %err, "queue storage commit failed; refusing writes until reopened");
+            stopped = Some(BrokerError::Unavailable(format!(
+                "a commit failed ({err}); writes are refused until the host restarts"
+            )));
+        }
+    }
+}
+
+/// Runs a group of jobs in one transaction and commits it; every job is answered.
+fn commit_group(
+    db: &Database,
+    state: &mut WriterState,
+    now: u64,
+    group: Vec<Job>,
+) -> Result<(), BrokerError> {
+    let txn = match begin(db) {
+        Ok(txn) => txn,
+        Err(err) => {
+            for job in group {
+                job(None)(Err(err.clone()));
+            }
+            return Err(err);
+        }
+    };
+    let mut finishes = Vec::with_capacity(group.len());
+    let broken = match Txn::open(&txn, state, now) {
+        Ok(mut ctx) => {
+            for job in group {
+                finishes.push(job(Some(&mut ctx)));
+            }
+            if ctx.broken.is_none()
+                && let Err(err) = ctx.flush()
+            {
+                ctx.broken = Some(err);
+            }
+            ctx.broken.take()
+        }
+        Err(err) => {
+            for job in group {
+                finishes.push(job(None));
+            }
+            Some(err)
+        }
+    };
+    let result = match broken {
+        Some(err) => {
+            let _ = txn.abort();
+            Err(err)
+        }
+        None => txn.commit().map_err(BrokerError::from),
+    };
+    for finish in finishes {
+        finish(result.clone());
+    }
+    result
+}
+
+fn begin(db: &Database) -> BrokerResult<WriteTransaction> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+    Ok(txn)
+}
