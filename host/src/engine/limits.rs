@@ -167,7 +167,10 @@ mod tests {
     fn message_size_limit_is_inclusive() {
         check_message(&msg(&vec![b'a'; 128_000], ContentType::Bytes)).unwrap();
         let err = check_message(&msg(&vec![b'a'; 128_001], ContentType::Bytes)).unwrap_err();
-        assert_eq!(err.to_string(), "message body is 128001 bytes; the limit is 128000");
+        assert_eq!(
+            err.to_string(),
+            "message body is 128001 bytes; the limit is 128000"
+        );
     }
 
     #[test]
@@ -194,7 +197,10 @@ mod tests {
         over.push(msg(b"x", ContentType::Bytes));
         assert_eq!(
             check_batch(&over, None),
-            Err(BrokerError::TooManyMessages { count: 101, limit: 100 })
+            Err(BrokerError::TooManyMessages {
+                count: 101,
+                limit: 100
+            })
         );
         let big = vec![
             msg(&vec![0; 128_000], ContentType::Bytes),
@@ -203,11 +209,17 @@ mod tests {
         ];
         assert_eq!(
             check_batch(&big, None),
-            Err(BrokerError::BatchTooLarge { size: 256_001, limit: 256_000 })
+            Err(BrokerError::BatchTooLarge {
+                size: 256_001,
+                limit: 256_000
+            })
         );
         assert_eq!(
             check_batch(&hundred, Some(86_401)),
-            Err(BrokerError::InvalidDelay { delay: 86_401, max: 86_400 })
+            Err(BrokerError::InvalidDelay {
+                delay: 86_401,
+                max: 86_400
+            })
         );
     }
 
@@ -217,11 +229,20 @@ mod tests {
         m.delay_seconds = Some(86_400);
         check_message(&m).unwrap();
         m.delay_seconds = Some(86_401);
-        assert!(matches!(check_message(&m), Err(BrokerError::InvalidDelay { .. })));
+        assert!(matches!(
+            check_message(&m),
+            Err(BrokerError::InvalidDelay { .. })
+        ));
         m.delay_seconds = None;
         m.dedup_key = Some(String::new());
-        assert!(matches!(check_message(&m), Err(BrokerError::InvalidDedupKey(_))));
+        assert!(matches!(
+            check_message(&m),
+            Err(BrokerError::InvalidDedupKey(_))
+        ));
         m.dedup_key = Some("k".repeat(257));
-        assert!(matches!(check_message(&m), Err(BrokerError::InvalidDedupKey(_))));
+        assert!(matches!(
+            check_message(&m),
+            Err(BrokerError::InvalidDedupKey(_))
+        ));
     }
 }

@@ -68,8 +68,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Applies consumer decisions to leased messages in one transaction: acks delete, retries
     /// redeliver after their delay, or dead-letter / drop once retries are exhausted. Leases
     /// that are unknown or expired are reported in [`SettleReport::stale`] and change nothing.
-    async fn settle(&self, queue: &str, outcomes: Vec<(LeaseId, Outcome)>)
-    -> BrokerResult<SettleReport>;
+    async fn settle(
+        &self,
+        queue: &str,
+        outcomes: Vec<(LeaseId, Outcome)>,
+    ) -> BrokerResult<SettleReport>;
 
     /// Pauses (`true`) or resumes (`false`) delivery. A paused queue still accepts sends.
     async fn set_paused(&self, queue: &str, paused: bool) -> BrokerResult<()>;

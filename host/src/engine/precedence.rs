@@ -11,7 +11,8 @@
 //! - retry delay: `retry(id, delay)` > `retry-all(delay)` > the consumer's `retry_delay`
 //!   (the last one is applied by the broker, signalled here by `None`).
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 
 use super::types::{MessageId, Outcome};
 
@@ -61,7 +62,7 @@ pub fn resolve(ids: &[MessageId], calls: &[BatchCall], result: HandlerResult) ->
     let mut per_message: HashMap<MessageId, BatchCall> = HashMap::with_capacity(ids.len());
     let mut batch_wide: Option<BatchCall> = None;
     let mut ignored = Vec::new();
-    let in_batch: std::collections::HashSet<&MessageId> = ids.iter().collect();
+    let in_batch: HashSet<&MessageId> = ids.iter().collect();
 
     for &call in calls {
         match call {
@@ -71,13 +72,13 @@ pub fn resolve(ids: &[MessageId], calls: &[BatchCall], result: HandlerResult) ->
                         call,
                         reason: "the message is not in this batch",
                     });
-                } else if per_message.contains_key(&id) {
+                } else if let Entry::Vacant(first) = per_message.entry(id) {
+                    first.insert(call);
+                } else {
                     ignored.push(IgnoredCall {
                         call,
                         reason: "an earlier call already settled this message",
                     });
-                } else {
-                    per_message.insert(id, call);
                 }
             }
             BatchCall::AckAll | BatchCall::RetryAll(_) => {
@@ -172,20 +173,35 @@ mod tests {
         assert_eq!(r.ignored.len(), 1);
         assert_eq!(r.ignored[0].call, Retry(m[0], Some(5)));
 
-        assert_eq!(outcomes(&m, &[Retry(m[0], Some(5)), Ack(m[0])], Done), [retry_in(5)]);
+        assert_eq!(
+            outcomes(&m, &[Retry(m[0], Some(5)), Ack(m[0])], Done),
+            [retry_in(5)]
+        );
     }
 
     #[test]
     fn single_message_calls_beat_batch_wide_calls_in_either_order() {
         let m = ids(2);
         // ack then retry-all
-        assert_eq!(outcomes(&m, &[Ack(m[0]), RetryAll(None)], Done), [ACK, RETRY]);
+        assert_eq!(
+            outcomes(&m, &[Ack(m[0]), RetryAll(None)], Done),
+            [ACK, RETRY]
+        );
         // retry then ack-all
-        assert_eq!(outcomes(&m, &[Retry(m[0], None), AckAll], Done), [RETRY, ACK]);
+        assert_eq!(
+            outcomes(&m, &[Retry(m[0], None), AckAll], Done),
+            [RETRY, ACK]
+        );
         // retry-all then ack
-        assert_eq!(outcomes(&m, &[RetryAll(Some(7)), Ack(m[1])], Done), [retry_in(7), ACK]);
+        assert_eq!(
+            outcomes(&m, &[RetryAll(Some(7)), Ack(m[1])], Done),
+            [retry_in(7), ACK]
+        );
         // ack-all then retry
-        assert_eq!(outcomes(&m, &[AckAll, Retry(m[1], Some(2))], Done), [ACK, retry_in(2)]);
+        assert_eq!(
+            outcomes(&m, &[AckAll, Retry(m[1], Some(2))], Done),
+            [ACK, retry_in(2)]
+        );
     }
 
     #[test]
@@ -201,9 +217,15 @@ mod tests {
     fn first_batch_wide_call_wins() {
         let m = ids(2);
         let r = resolve(&m, &[RetryAll(None), AckAll], Done);
-        assert_eq!(r.outcomes.iter().map(|o| o.1).collect::<Vec<_>>(), [RETRY, RETRY]);
+        assert_eq!(
+            r.outcomes.iter().map(|o| o.1).collect::<Vec<_>>(),
+            [RETRY, RETRY]
+        );
         assert_eq!(r.ignored.len(), 1);
-        assert_eq!(outcomes(&m, &[AckAll, RetryAll(Some(3))], Failed), [ACK, ACK]);
+        assert_eq!(
+            outcomes(&m, &[AckAll, RetryAll(Some(3))], Failed),
+            [ACK, ACK]
+        );
     }
 
     #[test]

@@ -117,9 +117,9 @@ impl SendRequest {
 pub struct MessageId(pub [u8; 16]);
 
 impl MessageId {
-    /// A fresh random id.
+    /// A fresh random id (from a user-space CSPRNG: no system call per message).
     pub fn random() -> Self {
-        Self(*uuid::Uuid::new_v4().as_bytes())
+        Self(rand::random())
     }
 }
 
@@ -439,11 +439,21 @@ mod tests {
         let id = MessageId::random();
         let text = id.to_string();
         assert_eq!(text.len(), 32);
-        assert!(text.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(
+            text.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
         assert_eq!(text.parse::<MessageId>().unwrap(), id);
-        assert!("ABCDEF0123456789abcdef0123456789".parse::<MessageId>().is_err());
+        assert!(
+            "ABCDEF0123456789abcdef0123456789"
+                .parse::<MessageId>()
+                .is_err()
+        );
 
-        let lease = LeaseId { seq: 7, ticket: u64::MAX - 1 };
+        let lease = LeaseId {
+            seq: 7,
+            ticket: u64::MAX - 1,
+        };
         assert_eq!(lease.to_string().parse::<LeaseId>().unwrap(), lease);
         assert!("1234".parse::<LeaseId>().is_err());
     }
@@ -467,16 +477,25 @@ mod tests {
             s.validate().unwrap_err().to_string(),
             "`max_batch_size` is 101; it must be between 1 and 100"
         );
-        let mut s = QueueSettings { message_retention_period: 59, ..Default::default() };
+        let mut s = QueueSettings {
+            message_retention_period: 59,
+            ..Default::default()
+        };
         assert!(matches!(
             s.validate(),
-            Err(BrokerError::InvalidSetting { key: "message_retention_period", .. })
+            Err(BrokerError::InvalidSetting {
+                key: "message_retention_period",
+                ..
+            })
         ));
         s.message_retention_period = 60;
         s.consumer.max_retries = 101;
         assert!(matches!(
             s.validate(),
-            Err(BrokerError::InvalidSetting { key: "max_retries", .. })
+            Err(BrokerError::InvalidSetting {
+                key: "max_retries",
+                ..
+            })
         ));
     }
 }

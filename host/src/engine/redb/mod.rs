@@ -21,6 +21,7 @@ use self::records::{
     STATES,
 };
 use self::writer::{Txn, Writer, WriterState};
+use super::Broker;
 use super::clock::{Clock, SystemClock};
 use super::error::{BrokerError, BrokerResult};
 use super::limits;
@@ -28,7 +29,6 @@ use super::types::{
     Backlog, LeaseId, LeaseOptions, LeasedMessage, Message, Outcome, QueueInfo, QueueMetrics,
     QueueSettings, SendRequest, SettleReport, SweepReport,
 };
-use super::Broker;
 
 /// How to open a [`RedbBroker`].
 #[derive(Debug, Clone)]
@@ -136,7 +136,9 @@ impl RedbBroker {
 /// Creates missing tables, checks the schema version, loads the writer's memory and expires
 /// the leases of the previous process, in one transaction.
 fn recover(db: &Database, now: u64) -> anyhow::Result<WriterState> {
-    let txn = db.begin_write().context("starting the recovery transaction")?;
+    let txn = db
+        .begin_write()
+        .context("starting the recovery transaction")?;
     let mut state = WriterState::default();
     {
         let mut meta = txn.open_table(META)?;
@@ -161,7 +163,9 @@ fn recover(db: &Database, now: u64) -> anyhow::Result<WriterState> {
         }
         for entry in txn.open_table(COUNTERS)?.iter()? {
             let (id, raw) = entry?;
-            state.counters.insert(id.value(), Counters::decode(&raw.value()));
+            state
+                .counters
+                .insert(id.value(), Counters::decode(&raw.value()));
         }
     }
     {
@@ -326,7 +330,9 @@ impl Broker for RedbBroker {
                 .take(limit as usize)
             {
                 let seq = entry?.1.value();
-                let state = states.get((id, seq))?.map(|raw| MessageState::decode(&raw.value()));
+                let state = states
+                    .get((id, seq))?
+                    .map(|raw| MessageState::decode(&raw.value()));
                 let body = bodies.get(seq)?;
                 let message = state
                     .zip(body)

@@ -3,7 +3,7 @@
 //! Every operation checks its input before its first write, so an input error leaves the
 //! transaction (shared with other callers' operations) untouched.
 
-use redb::{ReadableTable, ReadableTableMetadata};
+use redb::ReadableTable;
 
 use super::records::{Counters, MessageState, Placement, QueueRecord, decode_body, encode_body};
 use super::writer::Txn;
@@ -176,7 +176,11 @@ impl Txn<'_> {
         backlog_of(&counters, &self.states, id)
     }
 
-    pub fn lease(&mut self, queue: &str, options: LeaseOptions) -> BrokerResult<Vec<LeasedMessage>> {
+    pub fn lease(
+        &mut self,
+        queue: &str,
+        options: LeaseOptions,
+    ) -> BrokerResult<Vec<LeasedMessage>> {
         if !(1..=MAX_LEASE_MESSAGES).contains(&options.max_messages) {
             return Err(BrokerError::InvalidLease(format!(
                 "batch size is {}; it must be between 1 and {MAX_LEASE_MESSAGES}",
@@ -247,6 +251,9 @@ impl Txn<'_> {
                 limits::check_delay(*delay)?;
             }
         }
+        // A lease past its deadline is a failed attempt even if no sweep has run yet, so a
+        // late settle is always reported stale, whatever the sweep timing.
+        self.expire_leases(false)?;
         let mut report = SettleReport::default();
         for (lease, outcome) in outcomes {
             let state = match self.try_load_state(id, lease.seq)? {
@@ -544,7 +551,12 @@ impl Txn<'_> {
     /// The queue's settings, state and metrics as seen inside this transaction.
     pub fn info(&self, name: &str) -> BrokerResult<crate::engine::types::QueueInfo> {
         let record = self.queue(name)?;
-        let counters = self.state.counters.get(&record.id).copied().unwrap_or_default();
+        let counters = self
+            .state
+            .counters
+            .get(&record.id)
+            .copied()
+            .unwrap_or_default();
         Ok(crate::engine::types::QueueInfo {
             name: name.to_owned(),
             settings: record.settings.clone(),
@@ -588,7 +600,7 @@ pub(super) fn backlog_of(
 pub(super) fn metrics_of(
     counters: &Counters,
     states: &impl ReadableTable<(u32, u64), [u8; MessageState::LEN]>,
-    ready: &(impl ReadableTable<(u32, u64, u64), u64> + ReadableTableMetadata),
+    ready: &impl ReadableTable<(u32, u64, u64), u64>,
     id: u32,
     now: u64,
 ) -> BrokerResult<QueueMetrics> {

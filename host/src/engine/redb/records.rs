@@ -243,7 +243,10 @@ mod tests {
 
         let id = MessageId([7; 16]);
         let raw = encode_body(&id, ContentType::Text, b"hello");
-        assert_eq!(decode_body(&raw), Some((id, ContentType::Text, &b"hello"[..])));
+        assert_eq!(
+            decode_body(&raw),
+            Some((id, ContentType::Text, &b"hello"[..]))
+        );
         assert_eq!(decode_body(b"short"), None);
     }
 }

@@ -112,7 +112,8 @@ impl<'t> Txn<'t> {
             }
         }
         self.meta.insert("next_seq", self.state.next_seq)?;
-        self.meta.insert("next_queue_id", u64::from(self.state.next_queue_id))?;
+        self.meta
+            .insert("next_queue_id", u64::from(self.state.next_queue_id))?;
         Ok(())
     }
 }

@@ -1,0 +1,284 @@
+//! `host bench engine`: throughput and latency of the queue engine on a real, durable redb
+//! file. Prints numbers; asserts nothing (targets are in the README).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use hdrhistogram::Histogram;
+
+use crate::engine::{
+    Broker, LeaseOptions, Outcome, QueueSettings, RedbBroker, RedbOptions, SendRequest,
+};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct EngineBench {
+    /// Folder for the benchmark databases (a temporary one if `None`).
+    pub dir: Option<PathBuf>,
+    /// Messages per throughput run.
+    pub messages: u64,
+    /// Body size in bytes.
+    pub body_bytes: usize,
+    /// Messages in the backlog run (0 skips it).
+    pub backlog: u64,
+}
+
+/// Runs every engine benchmark and prints a report.
+pub async fn run_engine(bench: &EngineBench) -> Result<()> {
+    let tmp;
+    let dir = match &bench.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.clone()
+        }
+        None => {
+            tmp = tempdir()?;
+            tmp.clone()
+        }
+    };
+    println!(
+        "wasmq engine bench: {} messages of {} bytes per run, durable commits, {} cores",
+        bench.messages,
+        bench.body_bytes,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    for pipelines in [1, 4] {
+        full_cycle(&dir, bench, pipelines).await?;
+    }
+    concurrent_senders(&dir, bench, 64).await?;
+    if bench.backlog > 0 {
+        backlog(&dir, bench).await?;
+    }
+    if bench.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+fn tempdir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("wasmq-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+async fn fresh_broker(dir: &Path, name: &str) -> Result<Arc<RedbBroker>> {
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    let broker = RedbBroker::open(&path, RedbOptions::default())?;
+    broker
+        .create_queue("bench", QueueSettings::default())
+        .await?;
+    Ok(Arc::new(broker))
+}
+
+fn body(bytes: usize, n: u64) -> SendRequest {
+    let mut text = format!("message {n} ");
+    text.push_str(&PADDING[..bytes.saturating_sub(text.len()).min(PADDING.len())]);
+    SendRequest::text(text)
+}
+
+const PADDING: &str = concat!(
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+);
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn print_latency(label: &str, h: &Histogram<u64>) {
+    println!(
+        "    {label} latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        h.value_at_quantile(0.50) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    );
+}
+
+/// `pipelines` tasks each loop: send a batch of 100, lease 100, ack them all.
+async fn full_cycle(dir: &Path, bench: &EngineBench, pipelines: u64) -> Result<()> {
+    let broker = fresh_broker(dir, "cycle.redb").await?;
+    let cycles = (bench.messages / 100 / pipelines).max(1);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..pipelines {
+        let broker = broker.clone();
+        let body_bytes = bench.body_bytes;
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut delivered = 0u64;
+            for c in 0..cycles {
+                let t = Instant::now();
+                let batch = (0..100)
+                    .map(|i| body(body_bytes, (p << 40) | (c * 100 + i)))
+                    .collect();
+                broker.send_batch("bench", batch, None).await?;
+                let leased = broker
+                    .lease("bench", LeaseOptions::new(100, 30_000))
+                    .await?;
+                delivered += leased.len() as u64;
+                let outcomes = leased.iter().map(|m| (m.lease, Outcome::Ack)).collect();
+                broker.settle("bench", outcomes).await?;
+                h.record(t.elapsed().as_micros() as u64)?;
+            }
+            anyhow::Ok((h, delivered))
+        }));
+    }
+    let mut h = histogram();
+    let mut delivered = 0;
+    for task in tasks {
+        let (task_h, task_delivered) = task.await??;
+        h.add(task_h)?;
+        delivered += task_delivered;
+    }
+    let elapsed = started.elapsed();
+    let metrics = broker.metrics("bench").await?;
+    ensure!(
+        metrics.acked == delivered && metrics.backlog.count == 0,
+        "full cycle lost track of messages: {metrics:?}"
+    );
+    println!(
+        "full cycle (send 100 → lease 100 → ack 100), {pipelines} pipeline(s): {:.0} msgs/s ({delivered} messages in {:.2} s)",
+        delivered as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    print_latency("cycle", &h);
+    close(broker).await
+}
+
+/// `senders` tasks each send single messages as fast as they are acknowledged.
+async fn concurrent_senders(dir: &Path, bench: &EngineBench, senders: u64) -> Result<()> {
+    let broker = fresh_broker(dir, "senders.redb").await?;
+    let per_sender = (bench.messages / senders).max(1);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..senders {
+        let broker = broker.clone();
+        let body_bytes = bench.body_bytes;
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            for i in 0..per_sender {
+                let t = Instant::now();
+                broker
+                    .send("bench", body(body_bytes, (s << 40) | i))
+                    .await?;
+                h.record(t.elapsed().as_micros() as u64)?;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let mut h = histogram();
+    for task in tasks {
+        h.add(task.await??)?;
+    }
+    let elapsed = started.elapsed();
+    let sent = broker.metrics("bench").await?.sent;
+    ensure!(
+        sent == senders * per_sender,
+        "expected {} sends, counted {sent}",
+        senders * per_sender
+    );
+    println!(
+        "{senders} concurrent single-message senders: {:.0} msgs/s ({sent} messages in {:.2} s)",
+        sent as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    print_latency("send", &h);
+    close(broker).await
+}
+
+/// Fills a backlog, then measures in a fresh process how long opening it and serving the
+/// first lease take, and the memory that needs.
+async fn backlog(dir: &Path, bench: &EngineBench) -> Result<()> {
+    let path = dir.join("backlog.redb");
+    let broker = fresh_broker(dir, "backlog.redb").await?;
+    let started = Instant::now();
+    let batches = bench.backlog.div_ceil(100);
+    let mut tasks = Vec::new();
+    for worker in 0..4u64 {
+        let broker = broker.clone();
+        let body_bytes = bench.body_bytes;
+        tasks.push(tokio::spawn(async move {
+            let mut b = worker;
+            while b < batches {
+                let batch = (0..100).map(|i| body(body_bytes, b * 100 + i)).collect();
+                broker.send_batch("bench", batch, None).await?;
+                b += 4;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let count = broker.metrics("bench").await?.backlog.count;
+    println!(
+        "backlog: filled {count} messages in {:.1} s ({:.0} msgs/s, 4 senders, batches of 100); database {} MB",
+        started.elapsed().as_secs_f64(),
+        count as f64 / started.elapsed().as_secs_f64(),
+        std::fs::metadata(&path).map_or(0, |m| m.len()) / 1_000_000
+    );
+    close(broker).await?;
+
+    let exe = std::env::current_exe().context("finding the host binary")?;
+    let output = tokio::process::Command::new(exe)
+        .args(["bench", "open-backlog"])
+        .arg(&path)
+        .output()
+        .await
+        .context("running the backlog open probe")?;
+    ensure!(
+        output.status.success(),
+        "backlog open probe failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+    Ok(())
+}
+
+/// In a fresh process: opens the backlog database at `path`, leases one batch and prints the
+/// timings and the process's peak memory.
+pub async fn open_backlog(path: &Path) -> Result<()> {
+    let started = Instant::now();
+    let broker = RedbBroker::open(path, RedbOptions::default())?;
+    let opened = started.elapsed();
+    let leased = broker
+        .lease("bench", LeaseOptions::new(100, 30_000))
+        .await?;
+    let first_lease = started.elapsed();
+    ensure!(
+        leased.len() == 100,
+        "expected a full first lease, got {}",
+        leased.len()
+    );
+    let backlog = broker.metrics("bench").await?.backlog.count;
+    println!(
+        "backlog of {backlog}: open {:.0} ms, open + first lease of 100 {:.0} ms, peak RSS {} MB",
+        ms(opened),
+        ms(first_lease),
+        peak_rss_kb().map_or("?".into(), |kb| (kb / 1024).to_string())
+    );
+    broker.close().await
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The process's peak resident set size (Linux), in KiB.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn close(broker: Arc<RedbBroker>) -> Result<()> {
+    match Arc::try_unwrap(broker) {
+        Ok(broker) => broker.close().await,
+        Err(_) => Ok(()),
+    }
+}
