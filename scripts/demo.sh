@@ -1,7 +1,27 @@
 #!/usr/bin/env bash
-# The demo: builds the host in release mode and runs the queue engine benchmark on a real,
-# durable redb file (pass extra flags through, e.g. `--backlog 0` to skip the 1M backlog run).
+# The demo: builds the guests and the host, starts `host run examples/manifest.toml`, sends a
+# few messages with `host send`, shows them consumed, prints the queues, and stops the host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+./scripts/build-guests.sh >/dev/null
 cargo build --release --locked -p wasmq-host
-exec ./target/release/host bench engine "$@"
+host=./target/release/host
+export WASMQ_URL=http://127.0.0.1:8787
+
+"$host" run examples/manifest.toml &
+pid=$!
+trap 'kill "$pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+    "$host" queues list >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+"$host" send incoming "hello from the demo"
+"$host" send incoming '{"order": 42}' --content-type json
+"$host" send jobs "straight to the worker" --delay 1
+sleep 3
+"$host" queues list
+kill -INT "$pid"
+wait "$pid"
+trap - EXIT

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace on a fresh machine: installs what the tests need, checks
-# formatting and lints, then runs the unit, semantic, bad-input and crash suites.
+# Runs every test of the workspace on a fresh machine: installs what the tests need (the
+# wasm32-wasip2 target, via build-guests.sh), builds the example guests, checks formatting and
+# lints, then runs the unit, semantic, crash and end-to-end suites.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+./scripts/build-guests.sh --locked
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

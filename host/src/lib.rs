@@ -1,2 +1,16 @@
+//! wasmq's host: durable queues ([`engine`]) and the WebAssembly components that produce and
+//! consume them ([`runtime`], [`dispatch`]).
+//!
+//! - [`engine`]: the queue engine behind the [`engine::Broker`] trait, redb by default.
+//! - [`runtime`]: wasmtime, the WIT contract in `wit/`, one store per batch with limits.
+//! - [`dispatch`]: batch assembly and settlement for push consumers.
+//! - [`bench`]: `host bench`.
+
 pub mod bench;
+pub mod cli;
+pub mod dispatch;
 pub mod engine;
+pub mod http;
+pub mod manifest;
+pub mod run;
+pub mod runtime;

@@ -19,8 +19,8 @@ pub use self::error::{BrokerError, BrokerResult};
 pub use self::redb::{RedbBroker, RedbOptions};
 pub use self::types::{
     Backlog, ConsumerSettings, ContentType, LeaseId, LeaseOptions, LeasedMessage, Message,
-    MessageId, Outcome, QueueInfo, QueueMetrics, QueueSettings, SendRequest, SettleReport,
-    SweepReport,
+    MessageId, Outcome, QueueInfo, QueueMetrics, QueueSettings, Readiness, SendRequest,
+    SettleReport, SweepReport,
 };
 
 /// A store of durable queues.
@@ -96,4 +96,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The queue's metrics.
     async fn metrics(&self, queue: &str) -> BrokerResult<QueueMetrics>;
+
+    /// What a push consumer needs to assemble batches: how many messages are visible now
+    /// (counted up to `max`), since when the oldest of them has been visible, and when the
+    /// next delayed one becomes visible. Cheap: reads at most `max + 1` index entries.
+    async fn readiness(&self, queue: &str, max: u32) -> BrokerResult<Readiness>;
+
+    /// A value that changes after every commit that may have made messages visible; consumers
+    /// wait on it instead of polling.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
 }

@@ -418,6 +418,21 @@ pub struct SettleReport {
     pub stale: Vec<LeaseId>,
 }
 
+/// See [`Broker::readiness`](super::Broker::readiness).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// The broker's time when it looked, ms since the epoch.
+    pub now_ms: u64,
+    /// True while delivery is paused (the other fields are then zero / `None`).
+    pub paused: bool,
+    /// Visible messages, counted up to the `max` asked for.
+    pub visible: u32,
+    /// When the oldest visible message became visible.
+    pub oldest_visible_at_ms: Option<u64>,
+    /// When the next delayed message becomes visible.
+    pub next_visible_at_ms: Option<u64>,
+}
+
 /// What a [`Broker::sweep`](super::Broker::sweep) cleaned up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepReport {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use async_trait::async_trait;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend};
+use tokio::sync::watch;
 
 use self::ops::{message_from, metrics_of};
 use self::records::{
@@ -27,7 +28,7 @@ use super::error::{BrokerError, BrokerResult};
 use super::limits;
 use super::types::{
     Backlog, LeaseId, LeaseOptions, LeasedMessage, Message, Outcome, QueueInfo, QueueMetrics,
-    QueueSettings, SendRequest, SettleReport, SweepReport,
+    QueueSettings, Readiness, SendRequest, SettleReport, SweepReport,
 };
 
 /// How to open a [`RedbBroker`].
@@ -63,6 +64,7 @@ pub struct RedbBroker {
     db: Arc<Database>,
     writer: Writer,
     clock: Arc<dyn Clock>,
+    changes: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for RedbBroker {
@@ -100,11 +102,13 @@ impl RedbBroker {
     fn start(db: Database, options: RedbOptions) -> anyhow::Result<Self> {
         let state = recover(&db, options.clock.now_ms())?;
         let db = Arc::new(db);
-        let writer = Writer::start(db.clone(), state, options.clock.clone());
+        let changes = watch::Sender::new(0);
+        let writer = Writer::start(db.clone(), state, options.clock.clone(), changes.clone());
         Ok(Self {
             db,
             writer,
             clock: options.clock,
+            changes,
         })
     }
 
@@ -356,6 +360,47 @@ impl Broker for RedbBroker {
 
     async fn sweep(&self) -> BrokerResult<SweepReport> {
         self.writer.submit(|txn| txn.sweep()).await
+    }
+
+    async fn readiness(&self, queue: &str, max: u32) -> BrokerResult<Readiness> {
+        let queue = queue.to_owned();
+        self.read(move |txn, now| {
+            let record = queue_record(txn, &queue)?;
+            if record.paused {
+                return Ok(Readiness {
+                    now_ms: now,
+                    paused: true,
+                    ..Readiness::default()
+                });
+            }
+            let id = record.id;
+            let ready = txn.open_table(READY)?;
+            let mut readiness = Readiness {
+                now_ms: now,
+                ..Readiness::default()
+            };
+            for entry in ready
+                .range((id, 0, 0)..=(id, now, u64::MAX))?
+                .take(max as usize)
+            {
+                let (_, visible_at, _) = entry?.0.value();
+                readiness.oldest_visible_at_ms.get_or_insert(visible_at);
+                readiness.visible += 1;
+            }
+            readiness.next_visible_at_ms = match ready
+                .range((id, now + 1, 0)..=(id, u64::MAX, u64::MAX))?
+                .next()
+            {
+                Some(entry) => Some(entry?.0.value().1),
+                None => None,
+            };
+            Ok(readiness)
+        })
+        .await
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     async fn metrics(&self, queue: &str) -> BrokerResult<QueueMetrics> {

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use redb::{Database, Durability, Table, WriteTransaction};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::records::{
     BODIES, COUNTERS, Counters, DEDUP, DEDUP_EXPIRY, LEASES, META, QUEUES, QueueRecord, READY,
@@ -126,11 +126,17 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the writer thread on an opened database whose state was loaded into `state`.
-    pub fn start(db: Arc<Database>, state: WriterState, clock: Arc<dyn Clock>) -> Self {
+    /// `changes` is bumped after every successful commit.
+    pub fn start(
+        db: Arc<Database>,
+        state: WriterState,
+        clock: Arc<dyn Clock>,
+        changes: watch::Sender<u64>,
+    ) -> Self {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("wasmq-redb-writer".into())
-            .spawn(move || run(&db, state, &*clock, &inbox))
+            .spawn(move || run(&db, state, &*clock, &inbox, &changes))
             .expect("spawning the redb writer thread");
         Self {
             jobs: Some(jobs),
@@ -188,7 +194,13 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: &Database, mut state: WriterState, clock: &dyn Clock, inbox: &mpsc::Receiver<Job>) {
+fn run(
+    db: &Database,
+    mut state: WriterState,
+    clock: &dyn Clock,
+    inbox: &mpsc::Receiver<Job>,
+    changes: &watch::Sender<u64>,
+) {
     let mut stopped: Option<BrokerError> = None;
     while let Ok(first) = inbox.recv() {
         let mut group = vec![first];
@@ -204,7 +216,11 @@ fn run(db: &Database, mut state: WriterState, clock: &dyn Clock, inbox: &mpsc::R
             }
             continue;
         }
-        if let Err(err) = commit_group(db, &mut state, clock.now_ms(), group) {
+        let committed = commit_group(db, &mut state, clock.now_ms(), group);
+        if committed.is_ok() {
+            changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        if let Err(err) = committed {
             tracing::error!(error = %err, "queue storage commit failed; refusing writes until reopened");
             stopped = Some(BrokerError::Unavailable(format!(
                 "a commit failed ({err}); writes are refused until the host restarts"

@@ -1,0 +1,305 @@
+//! The `host` command line: `run`, the API client commands (`send`, `queues`) and `bench`.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::de::DeserializeOwned;
+
+use crate::bench::{self, EngineBench};
+use crate::engine::{Backlog, ContentType, QueueInfo};
+use crate::http::wire::{Envelope, PublishMessage};
+use crate::{manifest, run};
+
+/// Durable message queues for WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "host", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the queues, the consumer components and the HTTP API of a manifest.
+    Run {
+        /// The manifest.
+        #[arg(default_value = "manifest.toml")]
+        manifest: PathBuf,
+    },
+    /// Send one message to a queue of a running host.
+    Send {
+        /// The queue.
+        queue: String,
+        /// The body (omit it with --file; `-` reads standard input).
+        body: Option<String>,
+        /// How the body is encoded.
+        #[arg(long, default_value = "text")]
+        content_type: ContentType,
+        /// Seconds before the message can be delivered.
+        #[arg(long)]
+        delay: Option<u32>,
+        /// Deduplication key.
+        #[arg(long)]
+        dedup_key: Option<String>,
+        /// Read the body from this file.
+        #[arg(long, conflicts_with = "body")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Inspect the queues of a running host.
+    Queues {
+        #[command(subcommand)]
+        command: QueuesCommand,
+    },
+    /// Measure throughput and latency.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueuesCommand {
+    /// Every queue with its backlog.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One queue's settings and metrics.
+    Info {
+        /// The queue.
+        queue: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The queue engine on a durable redb file.
+    Engine {
+        /// Messages per throughput run.
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        /// Body size in bytes.
+        #[arg(long, default_value_t = 128)]
+        body_bytes: usize,
+        /// Messages in the backlog run (0 skips it).
+        #[arg(long, default_value_t = 1_000_000)]
+        backlog: u64,
+        /// Folder for the benchmark databases (default: a temporary folder, removed after).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Internal: open a backlog database in a fresh process and time the first lease.
+    #[command(hide = true)]
+    OpenBacklog { path: PathBuf },
+}
+
+/// Where the API of the running host is.
+#[derive(Debug, Args)]
+struct ApiArgs {
+    /// Base URL of the host's API.
+    #[arg(long, env = "WASMQ_URL", default_value = "http://127.0.0.1:8787")]
+    url: String,
+}
+
+impl Cli {
+    /// Runs the command.
+    pub async fn execute(self) -> Result<()> {
+        match self.command {
+            Command::Run { manifest } => run_manifest(manifest).await,
+            Command::Send {
+                queue,
+                body,
+                content_type,
+                delay,
+                dedup_key,
+                file,
+                api,
+            } => {
+                let bytes = match (body, file) {
+                    (_, Some(file)) => std::fs::read(&file)
+                        .with_context(|| format!("reading {}", file.display()))?,
+                    (Some(body), None) if body == "-" => {
+                        let mut bytes = Vec::new();
+                        std::io::stdin().read_to_end(&mut bytes)?;
+                        bytes
+                    }
+                    (Some(body), None) => body.into_bytes(),
+                    (None, None) => bail!("give a BODY, `-` for standard input, or --file"),
+                };
+                let mut message =
+                    PublishMessage::from_bytes(&bytes, content_type).map_err(anyhow::Error::msg)?;
+                message.delay_seconds = delay;
+                message.dedup_key = dedup_key;
+                let url = format!("{}/queues/{queue}/messages", api.url);
+                let backlog: Backlog =
+                    call(reqwest::Client::new().post(&url).json(&message)).await?;
+                println!(
+                    "sent to {queue}; backlog {} message(s), {} bytes",
+                    backlog.count, backlog.bytes
+                );
+                Ok(())
+            }
+            Command::Queues { command } => match command {
+                QueuesCommand::List { api, json } => {
+                    let queues: Vec<QueueInfo> =
+                        call(reqwest::Client::new().get(format!("{}/queues", api.url))).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&queues)?);
+                    } else {
+                        print_table(&queues);
+                    }
+                    Ok(())
+                }
+                QueuesCommand::Info { queue, api, json } => {
+                    let info: QueueInfo =
+                        call(reqwest::Client::new().get(format!("{}/queues/{queue}", api.url)))
+                            .await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&info)?);
+                    } else {
+                        print_info(&info);
+                    }
+                    Ok(())
+                }
+            },
+            Command::Bench { what } => match what {
+                BenchCommand::Engine {
+                    messages,
+                    body_bytes,
+                    backlog,
+                    dir,
+                } => {
+                    bench::run_engine(&EngineBench {
+                        dir,
+                        messages,
+                        body_bytes,
+                        backlog,
+                    })
+                    .await
+                }
+                BenchCommand::OpenBacklog { path } => bench::open_backlog(&path).await,
+            },
+        }
+    }
+}
+
+async fn run_manifest(path: PathBuf) -> Result<()> {
+    let manifest = manifest::load(&path)?;
+    let host = run::start(&manifest).await?;
+    println!(
+        "wasmq host listening on http://{} (Ctrl-C stops)",
+        host.addr()
+    );
+    wait_for_signal().await;
+    println!("stopping: finishing running batches");
+    tokio::select! {
+        result = host.shutdown() => result,
+        _ = wait_for_signal() => bail!("stopped at once on a second signal"),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Sends an API request and unwraps its envelope; API errors become one readable line.
+async fn call<T: DeserializeOwned>(request: reqwest::RequestBuilder) -> Result<T> {
+    let response = request
+        .send()
+        .await
+        .context("the host's API did not answer (is `host run` running? see --url)")?;
+    let status = response.status();
+    let envelope: Envelope<T> = response
+        .json()
+        .await
+        .with_context(|| format!("the host answered {status} with an unexpected body"))?;
+    match (envelope.success, envelope.result) {
+        (true, Some(result)) => Ok(result),
+        _ => {
+            let errors: Vec<_> = envelope
+                .errors
+                .iter()
+                .map(|e| format!("{} ({})", e.message, e.code))
+                .collect();
+            bail!("{}", errors.join("; "))
+        }
+    }
+}
+
+fn print_table(queues: &[QueueInfo]) {
+    println!(
+        "{:<24} {:>10} {:>12} {:>10} {:>9} {:>10} {:>8}",
+        "QUEUE", "BACKLOG", "BYTES", "IN FLIGHT", "DELAYED", "ACKED", "PAUSED"
+    );
+    for q in queues {
+        let m = &q.metrics;
+        println!(
+            "{:<24} {:>10} {:>12} {:>10} {:>9} {:>10} {:>8}",
+            q.name,
+            m.backlog.count,
+            m.backlog.bytes,
+            m.in_flight,
+            m.delayed,
+            m.acked,
+            if q.paused { "yes" } else { "no" }
+        );
+    }
+}
+
+fn print_info(q: &QueueInfo) {
+    let m = &q.metrics;
+    let c = &q.settings.consumer;
+    println!(
+        "queue {}{}",
+        q.name,
+        if q.paused { " (paused)" } else { "" }
+    );
+    println!(
+        "  backlog        {} message(s), {} bytes, oldest {}",
+        m.backlog.count,
+        m.backlog.bytes,
+        m.backlog
+            .oldest_timestamp_ms
+            .map_or("-".into(), |t| t.to_string())
+    );
+    println!("  in flight      {}", m.in_flight);
+    println!("  delayed        {}", m.delayed);
+    println!(
+        "  totals         sent {}, acked {}, retried {}, dead-lettered {}, dropped {}, expired {}",
+        m.sent, m.acked, m.retried, m.dead_lettered, m.dropped, m.expired
+    );
+    println!(
+        "  consumer       max_batch_size {}, max_batch_timeout {} s, max_retries {}, retry_delay {} s, dead_letter_queue {}",
+        c.max_batch_size,
+        c.max_batch_timeout,
+        c.max_retries,
+        c.retry_delay,
+        c.dead_letter_queue.as_deref().unwrap_or("-")
+    );
+    println!(
+        "  queue          delivery_delay {} s, message_retention_period {} s, dedup_window {} s",
+        q.settings.delivery_delay, q.settings.message_retention_period, q.settings.dedup_window
+    );
+}

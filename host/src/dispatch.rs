@@ -1,0 +1,162 @@
+//! The dispatcher: for one push consumer, assembles batches by size or timeout, leases them,
+//! runs the component on them and settles the result in one transaction.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::engine::precedence::{self, BatchCall};
+use crate::engine::{Broker, BrokerError, ConsumerSettings, LeaseOptions, SettleReport};
+use crate::runtime::{BatchInput, BatchRun, ConsumerComponent};
+
+/// Longest sleep between two looks at the queue when nothing wakes the dispatcher (lease
+/// expiries and sweeps do not signal).
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+/// Added to the component's timeout to form the lease, so a batch that runs to its time limit
+/// is settled by the dispatcher rather than expired.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// Feeds one queue to one consumer component.
+pub struct Dispatcher {
+    broker: Arc<dyn Broker>,
+    queue: String,
+    settings: ConsumerSettings,
+    component: ConsumerComponent,
+}
+
+/// What one delivered batch came to.
+#[derive(Debug)]
+pub struct Delivery {
+    /// What the guest did.
+    pub run: BatchRun,
+    /// What the broker did with the outcomes.
+    pub report: SettleReport,
+}
+
+impl Dispatcher {
+    /// A dispatcher for `queue` with the batching settings of `settings`.
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        queue: impl Into<String>,
+        settings: ConsumerSettings,
+        component: ConsumerComponent,
+    ) -> Self {
+        Self {
+            broker,
+            queue: queue.into(),
+            settings,
+            component,
+        }
+    }
+
+    /// Delivers batches until `shutdown` turns true; the batch in progress is finished and
+    /// settled first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut changes = self.broker.changes();
+        let max = self.settings.max_batch_size;
+        let timeout_ms = u64::from(self.settings.max_batch_timeout) * 1000;
+        tracing::info!(queue = %self.queue, component = self.component.name(), "consumer started");
+        while !*shutdown.borrow() {
+            changes.borrow_and_update();
+            let wait = match self.broker.readiness(&self.queue, max).await {
+                Ok(r) if r.paused => IDLE_RECHECK,
+                Ok(r) => {
+                    let due = r.oldest_visible_at_ms.map(|t| t + timeout_ms);
+                    if r.visible >= max || due.is_some_and(|due| due <= r.now_ms) {
+                        if let Err(err) = self.deliver_one().await {
+                            tracing::error!(queue = %self.queue, error = format!("{err:#}"), "delivering a batch failed");
+                            tokio::time::sleep(IDLE_RECHECK).await;
+                        }
+                        continue;
+                    }
+                    due.or(r.next_visible_at_ms)
+                        .map_or(IDLE_RECHECK, |at| {
+                            Duration::from_millis(at.saturating_sub(r.now_ms))
+                        })
+                        .min(IDLE_RECHECK)
+                }
+                Err(err) => {
+                    tracing::error!(queue = %self.queue, error = %err, "reading the queue failed");
+                    IDLE_RECHECK
+                }
+            };
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        tracing::info!(queue = %self.queue, component = self.component.name(), "consumer stopped");
+    }
+
+    /// Leases one batch (whatever is visible, up to the batch size), runs the component on it
+    /// and settles it. `None` when nothing was visible or the queue is paused.
+    pub async fn deliver_one(&self) -> anyhow::Result<Option<Delivery>> {
+        let lease_ms = (self.component.limits().timeout + LEASE_MARGIN).as_millis() as u64;
+        let leased = match self
+            .broker
+            .lease(
+                &self.queue,
+                LeaseOptions::new(self.settings.max_batch_size, lease_ms),
+            )
+            .await
+        {
+            Ok(leased) => leased,
+            Err(BrokerError::Paused(_)) => return Ok(None),
+            Err(err) => return Err(err).context("leasing a batch"),
+        };
+        if leased.is_empty() {
+            return Ok(None);
+        }
+        let backlog = self
+            .broker
+            .metrics(&self.queue)
+            .await
+            .context("reading the backlog")?
+            .backlog;
+        let ids: Vec<_> = leased.iter().map(|m| m.message.id).collect();
+        let leases: HashMap<_, _> = leased.iter().map(|m| (m.message.id, m.lease)).collect();
+        let input = BatchInput {
+            queue: self.queue.clone(),
+            messages: leased.into_iter().map(|m| m.message).collect(),
+            backlog,
+        };
+        let component = self.component.clone();
+        let run = tokio::task::spawn_blocking(move || component.run_batch(input))
+            .await
+            .context("the guest's thread panicked")?;
+        if let Some(failure) = &run.failure {
+            tracing::warn!(queue = %self.queue, component = self.component.name(), messages = ids.len(), "batch failed: {failure}");
+        }
+        let resolution = precedence::resolve(&ids, &run.calls, run.result());
+        for ignored in &resolution.ignored {
+            tracing::warn!(queue = %self.queue, component = self.component.name(), call = %describe(&ignored.call), "ignored batch call: {}", ignored.reason);
+        }
+        let outcomes = resolution
+            .outcomes
+            .into_iter()
+            .map(|(id, outcome)| (leases[&id], outcome))
+            .collect();
+        let report = self
+            .broker
+            .settle(&self.queue, outcomes)
+            .await
+            .context("settling a batch")?;
+        if !report.stale.is_empty() {
+            tracing::warn!(queue = %self.queue, stale = report.stale.len(), "leases expired before the batch was settled; those messages will be redelivered");
+        }
+        Ok(Some(Delivery { run, report }))
+    }
+}
+
+fn describe(call: &BatchCall) -> String {
+    match call {
+        BatchCall::Ack(id) => format!("ack({id})"),
+        BatchCall::Retry(id, delay) => format!("retry({id}, {delay:?})"),
+        BatchCall::AckAll => "ack-all()".into(),
+        BatchCall::RetryAll(delay) => format!("retry-all({delay:?})"),
+    }
+}

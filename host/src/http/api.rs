@@ -1,0 +1,178 @@
+//! Routes and handlers of the HTTP API.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::wire::{ApiError, Envelope, PublishBatch, PublishMessage};
+use crate::engine::{Backlog, Broker, BrokerError, QueueInfo};
+
+/// Largest request body accepted: a full batch (256 000 bytes) with room for JSON escaping
+/// and base64. Larger requests are refused before they are read whole.
+const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+
+/// The API's routes over `broker`.
+pub fn router(broker: Arc<dyn Broker>) -> Router {
+    Router::new()
+        .route("/queues", get(list_queues))
+        .route("/queues/{queue}", get(queue_info))
+        .route("/queues/{queue}/messages", post(publish))
+        .route("/queues/{queue}/messages/batch", post(publish_batch))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(middleware::from_fn(refuse_declared_oversize))
+        .with_state(broker)
+}
+
+/// Refuses a request whose declared length is over the limit at once, without reading its
+/// body (chunked bodies are cut off by `DefaultBodyLimit` as they stream).
+async fn refuse_declared_oversize(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > MAX_REQUEST_BYTES as u64 => too_large().into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+fn too_large() -> Answer {
+    fail(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        format!("the request body is over {MAX_REQUEST_BYTES} bytes"),
+    )
+}
+
+type Api = State<Arc<dyn Broker>>;
+
+/// An answer with its status.
+struct Answer(StatusCode, serde_json::Value);
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+fn ok<T: Serialize>(result: T) -> Answer {
+    let envelope = Envelope {
+        success: true,
+        errors: vec![],
+        result: Some(result),
+    };
+    Answer(
+        StatusCode::OK,
+        serde_json::to_value(envelope).expect("serializable"),
+    )
+}
+
+fn fail(status: StatusCode, code: &str, message: impl Into<String>) -> Answer {
+    let envelope = Envelope::<()> {
+        success: false,
+        errors: vec![ApiError {
+            code: code.to_owned(),
+            message: message.into(),
+        }],
+        result: None,
+    };
+    Answer(
+        status,
+        serde_json::to_value(envelope).expect("serializable"),
+    )
+}
+
+fn broker_error(err: BrokerError) -> Answer {
+    let (status, code) = match &err {
+        BrokerError::UnknownQueue(_) => (StatusCode::NOT_FOUND, "unknown_queue"),
+        BrokerError::MessageTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "message_too_large"),
+        BrokerError::BatchTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large"),
+        BrokerError::TooManyMessages { .. } => (StatusCode::BAD_REQUEST, "too_many_messages"),
+        BrokerError::EmptyBatch => (StatusCode::BAD_REQUEST, "empty_batch"),
+        BrokerError::InvalidDelay { .. } => (StatusCode::BAD_REQUEST, "invalid_delay"),
+        BrokerError::InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
+        BrokerError::InvalidDedupKey(_) => (StatusCode::BAD_REQUEST, "invalid_dedup_key"),
+        BrokerError::Paused(_) => (StatusCode::CONFLICT, "queue_paused"),
+        BrokerError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        _ => (StatusCode::BAD_REQUEST, "invalid_request"),
+    };
+    fail(status, code, err.to_string())
+}
+
+fn json_error(rejection: JsonRejection) -> Answer {
+    match rejection {
+        JsonRejection::BytesRejection(_) => too_large(),
+        JsonRejection::MissingJsonContentType(_) => fail(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_json",
+            "send the request with `content-type: application/json`",
+        ),
+        other => fail(StatusCode::BAD_REQUEST, "invalid_json", other.body_text()),
+    }
+}
+
+fn respond<T: Serialize>(result: Result<T, BrokerError>) -> Answer {
+    match result {
+        Ok(value) => ok(value),
+        Err(err) => broker_error(err),
+    }
+}
+
+async fn list_queues(State(broker): Api) -> Answer {
+    respond::<Vec<QueueInfo>>(broker.list_queues().await)
+}
+
+async fn queue_info(State(broker): Api, Path(queue): Path<String>) -> Answer {
+    respond(broker.queue_info(&queue).await)
+}
+
+async fn publish(
+    State(broker): Api,
+    Path(queue): Path<String>,
+    body: Result<Json<PublishMessage>, JsonRejection>,
+) -> Answer {
+    let message = match body {
+        Ok(Json(message)) => message,
+        Err(rejection) => return json_error(rejection),
+    };
+    match message.into_request() {
+        Ok(request) => respond::<Backlog>(broker.send(&queue, request).await),
+        Err(why) => fail(StatusCode::BAD_REQUEST, "invalid_body", why),
+    }
+}
+
+async fn publish_batch(
+    State(broker): Api,
+    Path(queue): Path<String>,
+    body: Result<Json<PublishBatch>, JsonRejection>,
+) -> Answer {
+    let batch = match body {
+        Ok(Json(batch)) => batch,
+        Err(rejection) => return json_error(rejection),
+    };
+    let requests: Result<Vec<_>, _> = batch
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            m.into_request()
+                .map_err(|why| format!("message {i}: {why}"))
+        })
+        .collect();
+    match requests {
+        Ok(requests) => respond::<Backlog>(
+            broker
+                .send_batch(&queue, requests, batch.delay_seconds)
+                .await,
+        ),
+        Err(why) => fail(StatusCode::BAD_REQUEST, "invalid_body", why),
+    }
+}

@@ -1,0 +1,112 @@
+//! The JSON shapes of the HTTP API, shared by the server and the CLI client. They follow
+//! Cloudflare's Queues HTTP API: an envelope with `success`, `errors` and `result`, and
+//! messages as `{ "body": …, "content_type": "json" | "text" | "bytes", "delay_seconds": … }`.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{ContentType, SendRequest};
+
+/// One message in a publish request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishMessage {
+    /// `json`: any JSON value; `text`: a JSON string; `bytes`: a base64 string.
+    pub body: serde_json::Value,
+    /// How to store the body (default `json`).
+    #[serde(default = "default_content_type")]
+    pub content_type: ContentType,
+    /// Seconds before the message can be delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<u32>,
+    /// Deduplication key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_key: Option<String>,
+}
+
+fn default_content_type() -> ContentType {
+    ContentType::Json
+}
+
+/// `POST /queues/{queue}/messages/batch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBatch {
+    /// The messages (1..=100).
+    pub messages: Vec<PublishMessage>,
+    /// Delay for messages that set none of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<u32>,
+}
+
+impl PublishMessage {
+    /// The engine request this message stands for, or why it is malformed.
+    pub fn into_request(self) -> Result<SendRequest, String> {
+        let body = match (self.content_type, self.body) {
+            (ContentType::Json, value) => {
+                serde_json::to_vec(&value).expect("a JSON value serializes")
+            }
+            (ContentType::Text, serde_json::Value::String(text)) => text.into_bytes(),
+            (ContentType::Text, _) => {
+                return Err("a `text` message needs a string `body`".into());
+            }
+            (ContentType::Bytes, serde_json::Value::String(encoded)) => {
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map_err(|e| format!("a `bytes` body must be base64: {e}"))?
+            }
+            (ContentType::Bytes, _) => {
+                return Err("a `bytes` message needs a base64 string `body`".into());
+            }
+        };
+        Ok(SendRequest {
+            body,
+            content_type: self.content_type,
+            delay_seconds: self.delay_seconds,
+            dedup_key: self.dedup_key,
+        })
+    }
+
+    /// A message carrying `body` bytes as `content_type` (the CLI's side of
+    /// [`Self::into_request`]).
+    pub fn from_bytes(body: &[u8], content_type: ContentType) -> Result<Self, String> {
+        let body = match content_type {
+            ContentType::Json => serde_json::from_slice(body)
+                .map_err(|e| format!("the body is not valid JSON: {e}"))?,
+            ContentType::Text => serde_json::Value::String(
+                String::from_utf8(body.to_vec())
+                    .map_err(|_| "a text body must be UTF-8".to_owned())?,
+            ),
+            ContentType::Bytes => {
+                serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(body))
+            }
+        };
+        Ok(Self {
+            body,
+            content_type,
+            delay_seconds: None,
+            dedup_key: None,
+        })
+    }
+}
+
+/// One error in an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable, machine-readable code (`unknown_queue`, `message_too_large`…).
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// The envelope of every API answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// True when the request did what it asked.
+    pub success: bool,
+    /// Why not, when `success` is false.
+    #[serde(default)]
+    pub errors: Vec<ApiError>,
+    /// The answer.
+    pub result: Option<T>,
+}

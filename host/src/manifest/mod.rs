@@ -1,0 +1,215 @@
+//! The manifest: one `manifest.toml` that declares the host's settings, its queues and the
+//! components that produce to and consume from them.
+//!
+//! ```toml
+//! [host]
+//! data_dir = ".wasmq"          # redb lives here (relative to this file)
+//! listen = "127.0.0.1:8787"    # producer routes and the HTTP API
+//!
+//! [queues.jobs]
+//! delivery_delay = 0
+//! [queues.jobs-dlq]
+//!
+//! [components.webhook]
+//! source = "target/wasm32-wasip2/release/webhook.wasm"
+//! build = "cargo build --release --target wasm32-wasip2 -p webhook"
+//! route = "/webhook"
+//! producers = { JOBS = "jobs" }
+//!
+//! [components.worker]
+//! source = "target/wasm32-wasip2/release/worker.wasm"
+//! consumer = { queue = "jobs", max_batch_size = 10, dead_letter_queue = "jobs-dlq" }
+//! limits = { timeout = "30s", memory = "64MiB" }
+//! allowed_outbound_hosts = ["https://api.example.com"]
+//! env = { LOG_LEVEL = "debug" }
+//! ```
+//!
+//! [`load`] reads and checks the whole file: unknown keys, wrong types, out-of-range values,
+//! invalid names and references to undeclared queues are all refused with a
+//! [`ManifestError`] that names the file, the line and column, and the dotted key.
+
+mod check;
+mod error;
+mod hosts;
+mod raw;
+mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::engine::{ConsumerSettings, QueueSettings};
+
+pub use self::error::{ManifestError, Position};
+pub use self::hosts::AllowedHost;
+
+/// `host.data_dir` when the manifest gives none.
+pub const DEFAULT_DATA_DIR: &str = ".wasmq";
+/// `host.listen` when the manifest gives none.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+/// A checked manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The manifest file, as given to [`load`].
+    pub path: PathBuf,
+    /// The absolute folder holding the manifest; relative paths in it are resolved against
+    /// this folder, and `build` commands are meant to run in it.
+    pub dir: PathBuf,
+    /// `[host]`.
+    pub host: HostConfig,
+    /// Every declared queue with its settings. A queue's `consumer` settings come from the
+    /// component that consumes it (the defaults if none does).
+    pub queues: BTreeMap<String, QueueSettings>,
+    /// Every component, by name.
+    pub components: BTreeMap<String, ComponentConfig>,
+    /// Where each component's `source` is written, for [`Manifest::check_sources`].
+    source_positions: BTreeMap<String, Position>,
+}
+
+/// The `[host]` table.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HostConfig {
+    /// Where the queues are stored (default `.wasmq`, resolved against the manifest's folder).
+    pub data_dir: PathBuf,
+    /// Address of the HTTP server for producer routes and the API (default `127.0.0.1:8787`).
+    pub listen: SocketAddr,
+    /// Bearer token required by the HTTP API, if set.
+    pub api_token: Option<String>,
+}
+
+impl fmt::Debug for HostConfig {
+    /// Like a derived `Debug`, without printing the token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostConfig")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// One `[components.NAME]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentConfig {
+    /// The component's name (the `NAME` of its table).
+    pub name: String,
+    /// The `.wasm` file, resolved against the manifest's folder.
+    pub source: PathBuf,
+    /// A shell command that builds `source`, run by the host before loading it.
+    pub build: Option<String>,
+    /// The HTTP path this component answers (producers), starting with `/`.
+    pub route: Option<String>,
+    /// The queues this component may send to, by binding name (`producers = { JOBS = "jobs" }`
+    /// gives `JOBS` → `jobs`).
+    pub bindings: BTreeMap<String, String>,
+    /// The queue this component consumes, if any.
+    pub consumer: Option<ConsumerConfig>,
+    /// Time and memory limits of one invocation.
+    pub limits: Limits,
+    /// Origins the component may send HTTP requests to; empty denies all outbound requests.
+    pub allowed_outbound_hosts: Vec<AllowedHost>,
+    /// Environment variables the component sees (none unless listed).
+    pub env: BTreeMap<String, String>,
+}
+
+/// A component's `consumer` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// The queue it consumes.
+    pub queue: String,
+    /// Batching, retries and dead-lettering (wrangler's names); also copied onto the queue's
+    /// [`QueueSettings::consumer`].
+    pub settings: ConsumerSettings,
+    /// Most batches handled at once (1..=250); `None` lets the host decide.
+    pub max_concurrency: Option<u32>,
+}
+
+/// Largest `max_concurrency` of a consumer.
+pub const MAX_CONCURRENCY: u32 = 250;
+
+/// A component's `limits` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock time one invocation (a batch, an HTTP request) may take (default 30 s,
+    /// 1 ms..=15 min).
+    pub timeout: Duration,
+    /// Most linear memory the component may use, in bytes (default 64 MiB, 1 MiB..=4 GiB).
+    pub memory_bytes: u64,
+}
+
+impl Limits {
+    /// Shortest allowed `timeout`.
+    pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+    /// Longest allowed `timeout`.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+    /// Smallest allowed `memory`.
+    pub const MIN_MEMORY_BYTES: u64 = 1 << 20;
+    /// Largest allowed `memory`.
+    pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Reads and checks the manifest at `path`.
+///
+/// The `source` of every component without a `build` command must exist; call
+/// [`Manifest::check_sources`] after running the build commands for the others.
+pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ManifestError::whole_file(path, format!("cannot read the manifest: {e}")))?;
+    parse(&text, path)
+}
+
+/// Checks the manifest `text`, read from `path` (used to resolve relative paths and to name
+/// the file in errors).
+pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+    let document = toml::de::DeTable::parse(text)
+        .map_err(|e| ManifestError::from_toml(path, text, None, &e))?;
+    let raw = <raw::RawManifest as serde::Deserialize>::deserialize(toml::Deserializer::from(
+        document.clone(),
+    ))
+    .map_err(|e| ManifestError::from_toml(path, text, Some(document.get_ref()), &e))?;
+    check::check(raw, text, path)
+}
+
+impl Manifest {
+    /// Checks that the `source` of every component is a file; meant for after the `build`
+    /// commands have run.
+    pub fn check_sources(&self) -> Result<(), ManifestError> {
+        for component in self.components.values() {
+            if let Err(message) = check::source_file(&component.source, component.build.is_some()) {
+                return Err(ManifestError {
+                    file: self.path.clone(),
+                    position: self.source_positions.get(&component.name).copied(),
+                    key: Some(
+                        error::KeyPath::root("components")
+                            .child(&component.name)
+                            .child("source")
+                            .to_string(),
+                    ),
+                    message,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The component that consumes `queue`, if any.
+    pub fn consumer_of(&self, queue: &str) -> Option<&ComponentConfig> {
+        self.components.values().find(|c| {
+            c.consumer
+                .as_ref()
+                .is_some_and(|consumer| consumer.queue == queue)
+        })
+    }
+}

@@ -1,0 +1,113 @@
+//! The manifest exactly as written: what serde reads from the TOML, with the span of every
+//! value that is checked afterwards.
+//!
+//! Unknown keys and wrong types are refused here (`deny_unknown_fields`, typed fields); ranges,
+//! names and references are checked in [`super::check`].
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawManifest {
+    #[serde(default)]
+    pub host: RawHost,
+    #[serde(default)]
+    pub queues: BTreeMap<Spanned<String>, RawQueue>,
+    #[serde(default)]
+    pub components: BTreeMap<Spanned<String>, RawComponent>,
+}
+
+/// `[host]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHost {
+    pub data_dir: Option<Spanned<String>>,
+    pub listen: Option<Spanned<String>>,
+    pub api_token: Option<Spanned<String>>,
+}
+
+/// `[queues.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQueue {
+    pub delivery_delay: Option<Spanned<u32>>,
+    pub message_retention_period: Option<Spanned<u32>>,
+    pub dedup_window: Option<Spanned<u32>>,
+}
+
+impl RawQueue {
+    /// The span of the value of `key`, if it is written.
+    pub fn span_of(&self, key: &str) -> Option<Range<usize>> {
+        let value = match key {
+            "delivery_delay" => &self.delivery_delay,
+            "message_retention_period" => &self.message_retention_period,
+            "dedup_window" => &self.dedup_window,
+            _ => return None,
+        };
+        value.as_ref().map(Spanned::span)
+    }
+}
+
+/// `[components.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawComponent {
+    pub source: Spanned<String>,
+    pub build: Option<Spanned<String>>,
+    pub route: Option<Spanned<String>>,
+    #[serde(default)]
+    pub producers: BTreeMap<Spanned<String>, Spanned<String>>,
+    pub consumer: Option<Spanned<RawConsumer>>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<Spanned<String>, Spanned<String>>,
+}
+
+/// `components.NAME.consumer`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConsumer {
+    pub queue: Spanned<String>,
+    pub max_batch_size: Option<Spanned<u32>>,
+    pub max_batch_timeout: Option<Spanned<u32>>,
+    pub max_retries: Option<Spanned<u32>>,
+    pub retry_delay: Option<Spanned<u32>>,
+    pub dead_letter_queue: Option<Spanned<String>>,
+    pub max_concurrency: Option<Spanned<u32>>,
+}
+
+impl RawConsumer {
+    /// The span of the value of `key`, if it is written.
+    pub fn span_of(&self, key: &str) -> Option<Range<usize>> {
+        let value = match key {
+            "max_batch_size" => &self.max_batch_size,
+            "max_batch_timeout" => &self.max_batch_timeout,
+            "max_retries" => &self.max_retries,
+            "retry_delay" => &self.retry_delay,
+            "max_concurrency" => &self.max_concurrency,
+            _ => return None,
+        };
+        value.as_ref().map(Spanned::span)
+    }
+}
+
+/// `components.NAME.limits`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub timeout: Option<Spanned<String>>,
+    pub memory: Option<Spanned<String>>,
+}
+
+/// The value of an optional setting, or its default.
+pub(super) fn value_or<T: Copy>(value: &Option<Spanned<T>>, default: T) -> T {
+    value.as_ref().map_or(default, |v| *v.get_ref())
+}

@@ -1,0 +1,118 @@
+//! Guest stdout / stderr: forwarded line by line to the host's log under the component's name,
+//! and kept (up to a cap) so a batch's output can be inspected afterwards.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+
+/// Most bytes of output kept per store; more is still logged but not kept.
+const KEPT_BYTES: usize = 64 * 1024;
+
+/// Which stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One output stream of one guest store.
+#[derive(Debug, Clone)]
+pub struct GuestLog {
+    component: Arc<str>,
+    stream: Stream,
+    inner: Arc<Mutex<LogBuffer>>,
+}
+
+#[derive(Debug, Default)]
+struct LogBuffer {
+    partial: Vec<u8>,
+    kept: Vec<String>,
+    kept_bytes: usize,
+}
+
+impl GuestLog {
+    /// A stream for `component`.
+    pub fn new(component: Arc<str>, stream: Stream) -> Self {
+        Self {
+            component,
+            stream,
+            inner: Arc::default(),
+        }
+    }
+
+    /// The complete lines written so far (and the unterminated last one), up to the cap.
+    pub fn lines(&self) -> Vec<String> {
+        let mut buffer = self.inner.lock().expect("guest log lock");
+        buffer.flush_partial(&self.component, self.stream);
+        buffer.kept.clone()
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        let mut buffer = self.inner.lock().expect("guest log lock");
+        buffer.partial.extend_from_slice(bytes);
+        while let Some(end) = buffer.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buffer.partial.drain(..=end).collect();
+            buffer.emit(&self.component, self.stream, &line[..end]);
+        }
+    }
+}
+
+impl LogBuffer {
+    fn emit(&mut self, component: &str, stream: Stream, line: &[u8]) {
+        let line = String::from_utf8_lossy(line)
+            .trim_end_matches('\r')
+            .to_owned();
+        match stream {
+            Stream::Stdout => tracing::info!(target: "guest", component, "{line}"),
+            Stream::Stderr => tracing::warn!(target: "guest", component, "{line}"),
+        }
+        if self.kept_bytes + line.len() <= KEPT_BYTES {
+            self.kept_bytes += line.len();
+            self.kept.push(line);
+        }
+    }
+
+    fn flush_partial(&mut self, component: &str, stream: Stream) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.emit(component, stream, &line);
+        }
+    }
+}
+
+impl IsTerminal for GuestLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestLog {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl AsyncWrite for GuestLog {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.write(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,348 @@
+//! End-to-end through the real `host` binary: `host run` on a manifest with real guest
+//! components, `host send` and `host queues` against it over loopback HTTP, raw HTTP calls for
+//! the API's error cases, and Ctrl-C.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const HOST: &str = env!("CARGO_BIN_EXE_host");
+
+fn guest(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../guest-examples/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-guests.sh",
+        path.display()
+    );
+    path
+}
+
+/// A `host run` child process on a temporary manifest.
+struct RunningHost {
+    child: Child,
+    url: String,
+    stderr: std::sync::mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningHost {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("manifest.toml");
+        std::fs::write(
+            &manifest,
+            format!(
+                r#"
+[host]
+data_dir = "data"
+listen = "127.0.0.1:0"
+
+[queues.incoming]
+[queues.jobs]
+[queues.jobs-dlq]
+
+[components.fanout]
+source = "{fanout}"
+producers = {{ OUT = "jobs" }}
+consumer = {{ queue = "incoming", max_batch_timeout = 0 }}
+
+[components.worker]
+source = "{worker}"
+consumer = {{ queue = "jobs", max_batch_timeout = 0, dead_letter_queue = "jobs-dlq" }}
+"#,
+                fanout = guest("fanout").display(),
+                worker = guest("worker").display(),
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(HOST)
+            .arg("run")
+            .arg(&manifest)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|word| word.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        let (lines, stderr) = std::sync::mpsc::channel();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while err.read_line(&mut line).unwrap_or(0) > 0 {
+                let _ = lines.send(std::mem::take(&mut line));
+            }
+        });
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stdout.read_to_string(&mut rest);
+        });
+        Self {
+            child,
+            url,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(HOST)
+            .args(args)
+            .env("WASMQ_URL", &self.url)
+            .output()
+            .unwrap()
+    }
+
+    /// Waits until a log line contains `needle`.
+    fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?}"),
+            }
+        }
+    }
+
+    fn queue(&self, name: &str) -> Value {
+        let out = self.cli(&["queues", "info", name, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+#[test]
+fn a_message_goes_from_host_send_through_fanout_to_the_worker() {
+    let host = RunningHost::start();
+    let out = host.cli(&["send", "incoming", "hello wasmq"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sent to incoming"));
+
+    let line = host.wait_for_log("hello wasmq");
+    assert!(line.contains("worker"), "{line}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host.queue("jobs")["metrics"]["acked"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "jobs never acked: {}",
+            host.queue("jobs")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(host.queue("incoming")["metrics"]["acked"], 1);
+    assert_eq!(host.queue("jobs")["metrics"]["backlog"]["count"], 0);
+
+    let list = host.cli(&["queues", "list"]);
+    let table = String::from_utf8_lossy(&list.stdout);
+    for queue in ["incoming", "jobs", "jobs-dlq"] {
+        assert!(table.contains(queue), "{table}");
+    }
+    assert!(host.stop().success(), "Ctrl-C must stop the host cleanly");
+}
+
+#[test]
+fn cli_errors_are_one_clear_line_and_a_non_zero_exit() {
+    let host = RunningHost::start();
+    let out = host.cli(&["send", "nope", "x"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("queue `nope` does not exist (unknown_queue)"),
+        "{stderr}"
+    );
+
+    let out = host.cli(&["send", "jobs", "{not json", "--content-type", "json"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
+
+    let out = host.cli(&["send", "jobs", "x", "--delay", "86401"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_delay"));
+    assert_eq!(
+        host.queue("jobs")["metrics"]["sent"],
+        0,
+        "refused sends store nothing"
+    );
+    host.stop();
+}
+
+#[tokio::test]
+async fn http_api_publishes_and_refuses_bad_input_with_stable_codes() {
+    let host = RunningHost::start();
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("{}{path}", host.url))
+            .json(&body)
+            .send()
+    };
+
+    // A delayed message so the consumers leave it in the queue.
+    let r = post(
+        "/queues/jobs-dlq/messages",
+        json!({"body": {"n": 1}, "content_type": "json", "delay_seconds": 600}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["success"], true);
+    assert_eq!(v["result"]["count"], 1);
+
+    let batch = json!({"messages": [
+        {"body": "text", "content_type": "text"},
+        {"body": "aGVsbG8=", "content_type": "bytes"},
+    ], "delay_seconds": 600});
+    let r = post("/queues/jobs-dlq/messages/batch", batch)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let cases = [
+        (
+            "/queues/nope/messages",
+            json!({"body": 1}),
+            404,
+            "unknown_queue",
+        ),
+        (
+            "/queues/jobs-dlq/messages",
+            json!({"body": "x".repeat(128_001), "content_type": "text"}),
+            413,
+            "message_too_large",
+        ),
+        (
+            "/queues/jobs-dlq/messages",
+            json!({"body": 1, "content_type": "text"}),
+            400,
+            "invalid_body",
+        ),
+        (
+            "/queues/jobs-dlq/messages",
+            json!({"body": 1, "delay_seconds": 86_401}),
+            400,
+            "invalid_delay",
+        ),
+        (
+            "/queues/jobs-dlq/messages",
+            json!({"bdy": 1}),
+            400,
+            "invalid_json",
+        ),
+        (
+            "/queues/jobs-dlq/messages/batch",
+            json!({"messages": []}),
+            400,
+            "empty_batch",
+        ),
+        (
+            "/queues/jobs-dlq/messages/batch",
+            json!({"messages": vec![json!({"body": 1}); 101]}),
+            400,
+            "too_many_messages",
+        ),
+    ];
+    for (path, body, status, code) in cases {
+        let r = post(path, body).await.unwrap();
+        assert_eq!(r.status(), status, "{path} {code}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["success"], false);
+        assert_eq!(v["errors"][0]["code"], code, "{v}");
+    }
+    // Over the request limit: refused from the declared length, before the body is read.
+    let (status, body) = raw_post_head(&host.url, "/queues/jobs-dlq/messages", 3 << 20);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("request_too_large"), "{body}");
+
+    let info: Value = client
+        .get(format!("{}/queues/jobs-dlq", host.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        info["result"]["metrics"]["backlog"]["count"], 3,
+        "only good sends are stored"
+    );
+    assert_eq!(info["result"]["metrics"]["delayed"], 3);
+    host.stop();
+}
+
+#[test]
+fn a_bad_manifest_names_the_file_the_key_and_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("manifest.toml");
+    std::fs::write(
+        &manifest,
+        "[queues.jobs]\n\n[components.worker]\nsource = \"w.wasm\"\nconsumer = { queue = \"jobs\", max_batch_size = 101 }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("w.wasm"), b"\0asm").unwrap();
+    let out = Command::new(HOST)
+        .arg("run")
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("manifest.toml:5:"), "{stderr}");
+    assert!(
+        stderr.contains("components.worker.consumer.max_batch_size"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
+}
+
+/// Sends only the head of a POST declaring `length` body bytes, plus a few of them, and reads
+/// the answer: the server must answer without waiting for the rest.
+fn raw_post_head(url: &str, path: &str, length: usize) -> (u16, String) {
+    use std::io::Write;
+    let addr = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n{{\"body\": \"xxxx"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}

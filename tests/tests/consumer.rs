@@ -1,0 +1,334 @@
+//! End-to-end: real components from `guest-examples/` (build them with
+//! `scripts/build-guests.sh`) run by the real wasmtime runtime against a real redb file,
+//! driven through the scriptable guest.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use wasmq_host::dispatch::{Delivery, Dispatcher};
+use wasmq_host::engine::{
+    Broker, ConsumerSettings, LeaseOptions, Outcome, QueueSettings, RedbBroker, RedbOptions,
+    SendRequest,
+};
+use wasmq_host::runtime::{
+    ComponentLimits, ComponentOptions, ConsumerComponent, Failure, Runtime, SendTarget,
+};
+
+fn guest(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../guest-examples/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the guests with scripts/build-guests.sh",
+            path.display()
+        )
+    })
+}
+
+struct Setup {
+    broker: Arc<dyn Broker>,
+    dispatcher: Dispatcher,
+    _dir: TempDir,
+}
+
+async fn setup(consumer: ConsumerSettings, limits: ComponentLimits) -> Setup {
+    let dir = TempDir::new().unwrap();
+    let broker: Arc<dyn Broker> =
+        Arc::new(RedbBroker::open(dir.path().join("q.redb"), RedbOptions::default()).unwrap());
+    broker
+        .create_queue("dlq", QueueSettings::default())
+        .await
+        .unwrap();
+    broker
+        .create_queue("out", QueueSettings::default())
+        .await
+        .unwrap();
+    let settings = QueueSettings {
+        consumer: consumer.clone(),
+        ..QueueSettings::default()
+    };
+    broker.create_queue("jobs", settings).await.unwrap();
+    let target = SendTarget {
+        broker: broker.clone(),
+        bindings: Arc::new(BTreeMap::from([("OUT".to_owned(), "out".to_owned())])),
+        handle: tokio::runtime::Handle::current(),
+    };
+    let runtime = Runtime::new().unwrap();
+    let options = ComponentOptions {
+        limits,
+        send_target: Some(target),
+        ..ComponentOptions::default()
+    };
+    let component =
+        ConsumerComponent::new(&runtime, "scripted", &guest("scripted"), options).unwrap();
+    let dispatcher = Dispatcher::new(broker.clone(), "jobs", consumer, component);
+    Setup {
+        broker,
+        dispatcher,
+        _dir: dir,
+    }
+}
+
+async fn default_setup() -> Setup {
+    setup(ConsumerSettings::default(), ComponentLimits::default()).await
+}
+
+impl Setup {
+    async fn send(&self, scripts: &[&str]) {
+        let batch = scripts.iter().map(|s| SendRequest::text(*s)).collect();
+        self.broker.send_batch("jobs", batch, None).await.unwrap();
+    }
+
+    async fn deliver(&self) -> Delivery {
+        self.dispatcher
+            .deliver_one()
+            .await
+            .unwrap()
+            .expect("a batch")
+    }
+
+    async fn attempts_waiting(&self, queue: &str) -> Vec<(String, u32)> {
+        let leased = self
+            .broker
+            .lease(queue, LeaseOptions::new(100, 60_000))
+            .await
+            .unwrap();
+        let out = leased
+            .iter()
+            .map(|m| {
+                (
+                    String::from_utf8(m.message.body.clone()).unwrap(),
+                    m.message.attempts,
+                )
+            })
+            .collect();
+        let retries = leased
+            .iter()
+            .map(|m| {
+                (
+                    m.lease,
+                    Outcome::Retry {
+                        delay_seconds: Some(0),
+                    },
+                )
+            })
+            .collect();
+        self.broker.settle(queue, retries).await.unwrap();
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_ack_when_handle_returns_ok() {
+    let s = default_setup().await;
+    s.send(&["noop", "print:hello", "noop"]).await;
+    let d = s.deliver().await;
+    assert_eq!(d.run.failure, None);
+    assert_eq!(d.report.acked, 3);
+    assert!(
+        d.run.output.iter().any(|line| line == "hello"),
+        "{:?}",
+        d.run.output
+    );
+    assert_eq!(s.broker.metrics("jobs").await.unwrap().backlog.count, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_ack_survives_a_failed_batch() {
+    let s = default_setup().await;
+    s.send(&["ack", "fail:boom"]).await;
+    let d = s.deliver().await;
+    assert_eq!(d.run.failure, Some(Failure::Error("boom".into())));
+    assert_eq!((d.report.acked, d.report.retried), (1, 1));
+    assert_eq!(
+        s.attempts_waiting("jobs").await,
+        [("fail:boom".to_owned(), 2)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_retry_with_delay_and_retry_all() {
+    let s = default_setup().await;
+    s.send(&["retry:30", "noop"]).await;
+    let d = s.deliver().await;
+    assert_eq!((d.report.acked, d.report.retried), (1, 1));
+    assert_eq!(s.broker.metrics("jobs").await.unwrap().delayed, 1);
+
+    s.send(&["retry-all:0", "ack"]).await;
+    let d = s.deliver().await;
+    assert_eq!((d.report.acked, d.report.retried), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trap_fails_the_batch_and_the_host_keeps_serving() {
+    let s = default_setup().await;
+    s.send(&["ack", "trap:kaboom"]).await;
+    let d = s.deliver().await;
+    assert!(
+        matches!(d.run.failure, Some(Failure::Trap(_))),
+        "{:?}",
+        d.run.failure
+    );
+    // The ack came before the trap and stands; the trapping message is retried.
+    assert_eq!((d.report.acked, d.report.retried), (1, 1));
+
+    assert_eq!(
+        s.attempts_waiting("jobs").await,
+        [("trap:kaboom".to_owned(), 2)]
+    );
+
+    // The same component serves the next batch normally.
+    s.broker.purge("jobs").await.unwrap();
+    s.send(&["noop"]).await;
+    let d = s.deliver().await;
+    assert_eq!((d.run.failure, d.report.acked), (None, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_limit_interrupts_an_endless_loop() {
+    let limits = ComponentLimits {
+        timeout: Duration::from_millis(200),
+        ..ComponentLimits::default()
+    };
+    let s = setup(ConsumerSettings::default(), limits).await;
+    s.send(&["loop"]).await;
+    let started = std::time::Instant::now();
+    let d = s.deliver().await;
+    assert_eq!(d.run.failure, Some(Failure::Timeout));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(d.report.retried, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_stops_a_runaway_allocation() {
+    let limits = ComponentLimits {
+        memory_bytes: 16 * 1024 * 1024,
+        ..ComponentLimits::default()
+    };
+    let s = setup(ConsumerSettings::default(), limits).await;
+    s.send(&["oom"]).await;
+    let d = s.deliver().await;
+    assert!(
+        matches!(d.run.failure, Some(Failure::Trap(_))),
+        "{:?}",
+        d.run.failure
+    );
+    assert_eq!(d.report.retried, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_exhausted_move_to_the_dead_letter_queue() {
+    let consumer = ConsumerSettings {
+        max_retries: 1,
+        dead_letter_queue: Some("dlq".into()),
+        ..ConsumerSettings::default()
+    };
+    let s = setup(consumer, ComponentLimits::default()).await;
+    s.send(&["fail"]).await;
+    assert_eq!(s.deliver().await.report.retried, 1);
+    assert_eq!(s.deliver().await.report.dead_lettered, 1);
+    assert_eq!(s.attempts_waiting("dlq").await, [("fail".to_owned(), 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_fans_out_to_its_bindings_only() {
+    let s = default_setup().await;
+    s.send(&["send:OUT:hello;send-batch:OUT:3:n{i}"]).await;
+    let d = s.deliver().await;
+    assert_eq!(d.run.failure, None);
+    let mut out: Vec<_> = s
+        .attempts_waiting("out")
+        .await
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    out.sort();
+    assert_eq!(out, ["hello", "n0", "n1", "n2"]);
+
+    s.send(&["send:NOPE:x"]).await;
+    let d = s.deliver().await;
+    assert!(
+        matches!(&d.run.failure, Some(Failure::Error(e)) if e.contains("UnknownBinding")),
+        "{:?}",
+        d.run.failure
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatcher_flushes_on_size_and_on_timeout() {
+    let consumer = ConsumerSettings {
+        max_batch_size: 3,
+        max_batch_timeout: 1,
+        ..ConsumerSettings::default()
+    };
+    let s = setup(consumer, ComponentLimits::default()).await;
+    let Setup {
+        broker, dispatcher, ..
+    } = s;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(dispatcher.run(stopped));
+
+    // Two messages wait for the batch timeout (1 s); the third fills the batch at once.
+    let batch = ["noop", "noop"]
+        .iter()
+        .map(|b| SendRequest::text(*b))
+        .collect();
+    broker.send_batch("jobs", batch, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        broker.metrics("jobs").await.unwrap().acked,
+        0,
+        "delivered before full or due"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while broker.metrics("jobs").await.unwrap().acked < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "batch timeout never fired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let batch = ["noop", "noop", "noop"]
+        .iter()
+        .map(|b| SendRequest::text(*b))
+        .collect();
+    let sent = std::time::Instant::now();
+    broker.send_batch("jobs", batch, None).await.unwrap();
+    while broker.metrics("jobs").await.unwrap().acked < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "full batch never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        sent.elapsed() < Duration::from_millis(900),
+        "a full batch waited for the timeout"
+    );
+
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_without_the_handler_export_is_refused() {
+    let runtime = Runtime::new().unwrap();
+    // A core module is not a component at all.
+    let err = ConsumerComponent::new(
+        &runtime,
+        "bad",
+        b"\0asm\x01\0\0\0",
+        ComponentOptions::default(),
+    )
+    .err()
+    .expect("refused");
+    assert!(
+        format!("{err:#}").contains("compiling component `bad`"),
+        "{err:#}"
+    );
+}
