@@ -5,7 +5,9 @@
 
 use redb::ReadableTable;
 
-use super::records::{Counters, MessageState, Placement, QueueRecord, decode_body, encode_body};
+use super::records::{
+    Counters, LeaseRecord, MessageState, Placement, QueueRecord, decode_body, encode_body,
+};
 use super::writer::Txn;
 use crate::engine::error::{BrokerError, BrokerResult};
 use crate::engine::limits::{self, MAX_LEASE_MESSAGES, MAX_VISIBILITY_TIMEOUT_MS};
@@ -203,6 +205,7 @@ impl Txn<'_> {
 
         let now = self.now;
         let deadline = now + options.visibility_timeout_ms;
+        let ticket = self.next_seq();
         let max = options.max_messages as usize;
         let mut leased = Vec::with_capacity(max);
         while leased.len() < max {
@@ -222,9 +225,8 @@ impl Txn<'_> {
                     self.counters_mut(id).expired += 1;
                     continue;
                 }
-                self.unplace(id, seq, &state)?;
+                self.unplace(id, &state)?;
                 state.attempts += 1;
-                let ticket = self.next_seq();
                 state.placement = Placement::Leased { deadline, ticket };
                 self.place(id, seq, state)?;
                 leased.push(LeasedMessage {
@@ -233,6 +235,14 @@ impl Txn<'_> {
                     lease_deadline_ms: deadline,
                 });
             }
+        }
+        if !leased.is_empty() {
+            let record = LeaseRecord {
+                held: leased.len() as u32,
+                seqs: leased.iter().map(|m: &LeasedMessage| m.lease.seq).collect(),
+            };
+            self.leases
+                .insert((deadline, id, ticket), record.encode().as_slice())?;
         }
         Ok(leased)
     }
@@ -256,18 +266,19 @@ impl Txn<'_> {
         self.expire_leases(false)?;
         let mut report = SettleReport::default();
         for (lease, outcome) in outcomes {
-            let state = match self.try_load_state(id, lease.seq)? {
-                Some(state)
-                    if matches!(state.placement,
-                        Placement::Leased { ticket, .. } if ticket == lease.ticket) =>
-                {
-                    state
-                }
-                _ => {
-                    report.stale.push(lease);
-                    continue;
-                }
+            // Taking the state out first saves a lookup on the common path; every outcome below
+            // writes it back or deletes the message.
+            let Some(raw) = self.states.remove((id, lease.seq))?.map(|raw| raw.value()) else {
+                report.stale.push(lease);
+                continue;
             };
+            let state = MessageState::decode(&raw);
+            if !matches!(state.placement, Placement::Leased { ticket, .. } if ticket == lease.ticket)
+            {
+                self.states.insert((id, lease.seq), raw)?;
+                report.stale.push(lease);
+                continue;
+            }
             match outcome {
                 Outcome::Ack => {
                     self.delete_message(id, lease.seq, &state)?;
@@ -327,19 +338,37 @@ impl Txn<'_> {
     }
 
     /// Turns leases past their deadline (every lease when `all`, as after a restart) into
-    /// failed attempts. Returns how many.
+    /// failed attempts. Returns how many messages were still held by them.
     pub fn expire_leases(&mut self, all: bool) -> BrokerResult<u64> {
         let upper = if all { u64::MAX } else { self.now };
         let expired = self
             .leases
             .range(..=(upper, u32::MAX, u64::MAX))?
-            .map(|entry| entry.map(|(key, _)| key.value()))
+            .map(|entry| entry.map(|(key, raw)| (key.value(), LeaseRecord::decode(raw.value()))))
             .collect::<Result<Vec<_>, _>>()?;
-        for &(_, id, seq) in &expired {
-            let state = self.load_state(id, seq)?;
-            self.fail_attempt(id, seq, state, None)?;
+        let mut held = 0;
+        for (key, record) in expired {
+            self.leases.remove(key)?;
+            let (_, id, ticket) = key;
+            let mut seqs = record
+                .ok_or_else(|| corrupt(format!("lease {ticket} is malformed")))?
+                .seqs;
+            // Oldest first, so they queue up again in the order they were first sent.
+            seqs.sort_unstable();
+            for seq in seqs {
+                match self.try_load_state(id, seq)? {
+                    Some(state)
+                        if matches!(state.placement,
+                            Placement::Leased { ticket: t, .. } if t == ticket) =>
+                    {
+                        self.fail_attempt(id, seq, state, None)?;
+                        held += 1;
+                    }
+                    _ => {}
+                }
+            }
         }
-        Ok(expired.len() as u64)
+        Ok(held)
     }
 
     pub fn purge(&mut self, queue: &str) -> BrokerResult<u64> {
@@ -350,7 +379,7 @@ impl Txn<'_> {
     fn purge_id(&mut self, id: u32) -> BrokerResult<u64> {
         let all = self.states_of(id, usize::MAX, |_| true)?;
         for (seq, state) in &all {
-            self.unplace(id, *seq, state)?;
+            self.unplace(id, state)?;
             self.states.remove((id, *seq))?;
             self.bodies.remove(*seq)?;
         }
@@ -478,23 +507,21 @@ impl Txn<'_> {
             Placement::Ready { visible_at, ticket } => {
                 self.ready.insert((id, visible_at, ticket), seq)?;
             }
-            Placement::Leased { deadline, .. } => {
-                self.leases.insert((deadline, id, seq), ())?;
-                self.counters_mut(id).in_flight += 1;
-            }
+            // The lease's record in LEASES is written once per batch by `lease`.
+            Placement::Leased { .. } => self.counters_mut(id).in_flight += 1,
         }
         self.states.insert((id, seq), state.encode())?;
         Ok(())
     }
 
     /// Removes the index entry of `state`'s placement (not the state itself).
-    fn unplace(&mut self, id: u32, seq: u64, state: &MessageState) -> BrokerResult<()> {
+    fn unplace(&mut self, id: u32, state: &MessageState) -> BrokerResult<()> {
         match state.placement {
             Placement::Ready { visible_at, ticket } => {
                 self.ready.remove((id, visible_at, ticket))?;
             }
-            Placement::Leased { deadline, .. } => {
-                self.leases.remove((deadline, id, seq))?;
+            Placement::Leased { deadline, ticket } => {
+                *self.released.entry((deadline, id, ticket)).or_default() += 1;
                 let counters = self.counters_mut(id);
                 counters.in_flight = counters.in_flight.saturating_sub(1);
             }
@@ -510,7 +537,7 @@ impl Txn<'_> {
         mut state: MessageState,
         visible_at: u64,
     ) -> BrokerResult<()> {
-        self.unplace(id, seq, &state)?;
+        self.unplace(id, &state)?;
         state.placement = Placement::Ready {
             visible_at,
             ticket: self.next_seq(),
@@ -527,7 +554,7 @@ impl Txn<'_> {
         mut state: MessageState,
         to: u32,
     ) -> BrokerResult<()> {
-        self.unplace(from, seq, &state)?;
+        self.unplace(from, &state)?;
         self.states.remove((from, seq))?;
         self.counters_mut(from).remove_message(state.size);
         state.attempts = 0;
@@ -541,7 +568,7 @@ impl Txn<'_> {
     }
 
     fn delete_message(&mut self, id: u32, seq: u64, state: &MessageState) -> BrokerResult<()> {
-        self.unplace(id, seq, state)?;
+        self.unplace(id, state)?;
         self.states.remove((id, seq))?;
         self.bodies.remove(seq)?;
         self.counters_mut(id).remove_message(state.size);

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::types::{ContentType, MessageId, QueueSettings};
 
 /// Bumped when the layout changes incompatibly.
-pub(super) const SCHEMA_VERSION: u64 = 1;
+pub(super) const SCHEMA_VERSION: u64 = 2;
 
 /// Counters: `schema_version`, `next_seq`, `next_queue_id`.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -31,8 +31,10 @@ pub(super) const STATES: TableDefinition<(u32, u64), [u8; MessageState::LEN]> =
 /// The ticket is taken from the global sequence each time a message is (re)queued, so a
 /// retried message goes behind the ones already waiting.
 pub(super) const READY: TableDefinition<(u32, u64, u64), u64> = TableDefinition::new("ready");
-/// (lease deadline ms, queue id, seq) → (): messages in flight, soonest expiry first.
-pub(super) const LEASES: TableDefinition<(u64, u32, u64), ()> = TableDefinition::new("leases");
+/// (lease deadline ms, queue id, lease ticket) → [`LeaseRecord`]: one entry per lease (a
+/// batch), soonest expiry first. One record per batch instead of one per message halves the
+/// index work of leasing and settling.
+pub(super) const LEASES: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new("leases");
 /// (queue id, dedup key) → window end ms.
 pub(super) const DEDUP: TableDefinition<(u32, &str), u64> = TableDefinition::new("dedup");
 /// (window end ms, queue id, dedup key) → (): dedup keys, soonest expiry first.
@@ -53,7 +55,7 @@ pub(super) struct QueueRecord {
 pub(super) enum Placement {
     /// In [`READY`] under (queue, `visible_at`, `ticket`).
     Ready { visible_at: u64, ticket: u64 },
-    /// In [`LEASES`] under (`deadline`, queue, seq); `ticket` is the lease's id.
+    /// Held by the lease whose [`LEASES`] record is (`deadline`, queue, `ticket`).
     Leased { deadline: u64, ticket: u64 },
 }
 
@@ -108,6 +110,39 @@ impl MessageState {
             size: u32_at(12),
             placement,
         }
+    }
+}
+
+/// A lease: the seqs it handed out and how many of them are still held. Settled messages
+/// stay listed; their state no longer names this lease, so expiry skips them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct LeaseRecord {
+    pub held: u32,
+    pub seqs: Vec<u64>,
+}
+
+impl LeaseRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + 8 * self.seqs.len());
+        out.extend_from_slice(&self.held.to_le_bytes());
+        for seq in &self.seqs {
+            out.extend_from_slice(&seq.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(raw: &[u8]) -> Option<Self> {
+        let (held, seqs) = raw.split_first_chunk::<4>()?;
+        if seqs.len() % 8 != 0 {
+            return None;
+        }
+        Some(Self {
+            held: u32::from_le_bytes(*held),
+            seqs: seqs
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+        })
     }
 }
 
@@ -240,6 +275,13 @@ mod tests {
             expired: 9,
         };
         assert_eq!(Counters::decode(&c.encode()), c);
+
+        let lease = LeaseRecord {
+            held: 2,
+            seqs: vec![1, u64::MAX],
+        };
+        assert_eq!(LeaseRecord::decode(&lease.encode()), Some(lease));
+        assert_eq!(LeaseRecord::decode(&[1, 0, 0, 0, 9]), None);
 
         let id = MessageId([7; 16]);
         let raw = encode_body(&id, ContentType::Text, b"hello");

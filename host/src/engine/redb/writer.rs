@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use redb::{Database, Durability, Table, WriteTransaction};
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{oneshot, watch};
 
 use super::records::{
-    BODIES, COUNTERS, Counters, DEDUP, DEDUP_EXPIRY, LEASES, META, QUEUES, QueueRecord, READY,
-    STATES,
+    BODIES, COUNTERS, Counters, DEDUP, DEDUP_EXPIRY, LEASES, LeaseRecord, META, QUEUES,
+    QueueRecord, READY, STATES,
 };
 use crate::engine::clock::Clock;
 use crate::engine::error::{BrokerError, BrokerResult};
@@ -47,6 +47,8 @@ pub(super) struct Txn<'t> {
     pub now: u64,
     pub state: &'t mut WriterState,
     dirty_counters: HashSet<u32>,
+    /// Messages released from each lease in this transaction, applied to [`LEASES`] at flush.
+    pub released: HashMap<(u64, u32, u64), u32>,
     /// Set when a storage call failed: the transaction must not be committed.
     broken: Option<BrokerError>,
     pub meta: Table<'t, &'static str, u64>,
@@ -55,7 +57,7 @@ pub(super) struct Txn<'t> {
     pub bodies: Table<'t, u64, &'static [u8]>,
     pub states: Table<'t, (u32, u64), [u8; super::records::MessageState::LEN]>,
     pub ready: Table<'t, (u32, u64, u64), u64>,
-    pub leases: Table<'t, (u64, u32, u64), ()>,
+    pub leases: Table<'t, (u64, u32, u64), &'static [u8]>,
     pub dedup: Table<'t, (u32, &'static str), u64>,
     pub dedup_expiry: Table<'t, (u64, u32, &'static str), ()>,
 }
@@ -70,6 +72,7 @@ impl<'t> Txn<'t> {
             now,
             state,
             dirty_counters: HashSet::new(),
+            released: HashMap::new(),
             broken: None,
             meta: txn.open_table(META)?,
             queues: txn.open_table(QUEUES)?,
@@ -104,8 +107,25 @@ impl<'t> Txn<'t> {
         Ok(())
     }
 
-    /// Writes the in-memory counters and sequence that this transaction changed.
+    /// Writes the in-memory counters and sequence that this transaction changed, and updates
+    /// (or deletes, once nothing is held) the lease records it released messages from.
     pub fn flush(&mut self) -> BrokerResult<()> {
+        for (key, released) in std::mem::take(&mut self.released) {
+            let record = self
+                .leases
+                .get(key)?
+                .and_then(|raw| LeaseRecord::decode(raw.value()));
+            match record {
+                Some(mut record) if record.held > released => {
+                    record.held -= released;
+                    self.leases.insert(key, record.encode().as_slice())?;
+                }
+                Some(_) => {
+                    self.leases.remove(key)?;
+                }
+                None => {}
+            }
+        }
         for id in std::mem::take(&mut self.dirty_counters) {
             if let Some(c) = self.state.counters.get(&id) {
                 self.counters.insert(id, c.encode())?;
