@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 
-use crate::bench::{self, EngineBench};
+use crate::bench::{self, ConsumerBench, EngineBench};
 use crate::engine::{Backlog, ContentType, QueueInfo};
 use crate::http::wire::{Envelope, PublishMessage};
 use crate::{manifest, run};
@@ -100,6 +100,21 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The whole host path: engine, dispatcher and a real consumer component.
+    Consumer {
+        /// The consumer component.
+        #[arg(
+            long,
+            default_value = "guest-examples/target/wasm32-wasip2/release/worker.wasm"
+        )]
+        wasm: PathBuf,
+        /// Messages in the throughput run.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        /// Messages in the latency run.
+        #[arg(long, default_value_t = 1_000)]
+        latency_messages: u64,
+    },
     /// Internal: open a backlog database in a fresh process and time the first lease.
     #[command(hide = true)]
     OpenBacklog { path: PathBuf },
@@ -114,6 +129,15 @@ struct ApiArgs {
 }
 
 impl Cli {
+    /// The log level when `WASMQ_LOG` does not say: benchmarks log only problems, so that
+    /// guests' output does not distort their figures.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Bench { .. } => "warn",
+            _ => "info",
+        }
+    }
+
     /// Runs the command.
     pub async fn execute(self) -> Result<()> {
         match self.command {
@@ -186,6 +210,18 @@ impl Cli {
                         messages,
                         body_bytes,
                         backlog,
+                    })
+                    .await
+                }
+                BenchCommand::Consumer {
+                    wasm,
+                    messages,
+                    latency_messages,
+                } => {
+                    bench::run_consumer(&ConsumerBench {
+                        wasm,
+                        messages,
+                        latency_messages,
                     })
                     .await
                 }

@@ -346,26 +346,31 @@ impl Txn<'_> {
             .range(..=(upper, u32::MAX, u64::MAX))?
             .map(|entry| entry.map(|(key, raw)| (key.value(), LeaseRecord::decode(raw.value()))))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut candidates = Vec::new();
+        for ((deadline, id, ticket), record) in expired {
+            self.leases.remove((deadline, id, ticket))?;
+            let record = record.ok_or_else(|| corrupt(format!("lease {ticket} is malformed")))?;
+            candidates.extend(
+                record
+                    .seqs
+                    .into_iter()
+                    .map(|seq| (deadline, id, seq, ticket)),
+            );
+        }
+        // Soonest deadline first, then oldest message first: they queue up again in the order
+        // they were first sent.
+        candidates.sort_unstable();
         let mut held = 0;
-        for (key, record) in expired {
-            self.leases.remove(key)?;
-            let (_, id, ticket) = key;
-            let mut seqs = record
-                .ok_or_else(|| corrupt(format!("lease {ticket} is malformed")))?
-                .seqs;
-            // Oldest first, so they queue up again in the order they were first sent.
-            seqs.sort_unstable();
-            for seq in seqs {
-                match self.try_load_state(id, seq)? {
-                    Some(state)
-                        if matches!(state.placement,
-                            Placement::Leased { ticket: t, .. } if t == ticket) =>
-                    {
-                        self.fail_attempt(id, seq, state, None)?;
-                        held += 1;
-                    }
-                    _ => {}
+        for (_, id, seq, ticket) in candidates {
+            match self.try_load_state(id, seq)? {
+                Some(state)
+                    if matches!(state.placement,
+                        Placement::Leased { ticket: t, .. } if t == ticket) =>
+                {
+                    self.fail_attempt(id, seq, state, None)?;
+                    held += 1;
                 }
+                _ => {}
             }
         }
         Ok(held)

@@ -1,16 +1,14 @@
 //! `host bench engine`: throughput and latency of the queue engine on a real, durable redb
-//! file. Prints numbers; asserts nothing (targets are in the README).
+//! file.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use hdrhistogram::Histogram;
 
-use crate::engine::{
-    Broker, LeaseOptions, Outcome, QueueSettings, RedbBroker, RedbOptions, SendRequest,
-};
+use super::{body, histogram, print_latency, tempdir};
+use crate::engine::{Broker, LeaseOptions, Outcome, QueueSettings, RedbBroker, RedbOptions};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -57,12 +55,6 @@ pub async fn run_engine(bench: &EngineBench) -> Result<()> {
     Ok(())
 }
 
-fn tempdir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("wasmq-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
-}
-
 async fn fresh_broker(dir: &Path, name: &str) -> Result<Arc<RedbBroker>> {
     let path = dir.join(name);
     let _ = std::fs::remove_file(&path);
@@ -71,32 +63,6 @@ async fn fresh_broker(dir: &Path, name: &str) -> Result<Arc<RedbBroker>> {
         .create_queue("bench", QueueSettings::default())
         .await?;
     Ok(Arc::new(broker))
-}
-
-fn body(bytes: usize, n: u64) -> SendRequest {
-    let mut text = format!("message {n} ");
-    text.push_str(&PADDING[..bytes.saturating_sub(text.len()).min(PADDING.len())]);
-    SendRequest::text(text)
-}
-
-const PADDING: &str = concat!(
-    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-);
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
-}
-
-fn print_latency(label: &str, h: &Histogram<u64>) {
-    println!(
-        "    {label} latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        h.value_at_quantile(0.50) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
-        h.max() as f64 / 1000.0
-    );
 }
 
 /// `pipelines` tasks each loop: send a batch of 100, lease 100, ack them all.
