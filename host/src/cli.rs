@@ -114,6 +114,9 @@ enum BenchCommand {
         /// Messages in the latency run.
         #[arg(long, default_value_t = 1_000)]
         latency_messages: u64,
+        /// Batches in flight in the throughput runs (one run per value).
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        concurrency: Vec<u32>,
     },
     /// Internal: open a backlog database in a fresh process and time the first lease.
     #[command(hide = true)]
@@ -217,8 +220,10 @@ impl Cli {
                     wasm,
                     messages,
                     latency_messages,
+                    concurrency,
                 } => {
                     bench::run_consumer(&ConsumerBench {
+                        concurrency,
                         wasm,
                         messages,
                         latency_messages,

@@ -81,7 +81,8 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
             consumer.queue.clone(),
             consumer.settings.clone(),
             loaded,
-        );
+        )
+        .with_concurrency(consumer.max_concurrency.unwrap_or(1));
         tasks.spawn(dispatcher.run(stopped.clone()));
     }
     tasks.spawn(sweep(broker.clone(), stopped.clone()));

@@ -16,6 +16,8 @@ use crate::runtime::{ComponentOptions, ConsumerComponent, Runtime};
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct ConsumerBench {
+    /// Batches in flight at once in the throughput run.
+    pub concurrency: Vec<u32>,
     /// The consumer component (e.g. the `worker` example).
     pub wasm: PathBuf,
     /// Messages in the throughput run.
@@ -38,7 +40,9 @@ pub async fn run_consumer(bench: &ConsumerBench) -> Result<()> {
         started.elapsed().as_secs_f64() * 1000.0
     );
     let dir = tempdir()?;
-    throughput(&dir, bench, &component).await?;
+    for &concurrency in &bench.concurrency {
+        throughput(&dir, bench, &component, concurrency).await?;
+    }
     latency(&dir, bench, &component).await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -61,6 +65,7 @@ async fn throughput(
     dir: &Path,
     bench: &ConsumerBench,
     component: &ConsumerComponent,
+    concurrency: u32,
 ) -> Result<()> {
     let consumer = ConsumerSettings {
         max_batch_size: 100,
@@ -69,7 +74,8 @@ async fn throughput(
     };
     let broker = open(dir, "throughput.redb", &consumer).await?;
     let (stop, stopped) = watch::channel(false);
-    let dispatcher = Dispatcher::new(broker.clone(), "bench", consumer, component.clone());
+    let dispatcher = Dispatcher::new(broker.clone(), "bench", consumer, component.clone())
+        .with_concurrency(concurrency);
     let running = tokio::spawn(dispatcher.run(stopped));
 
     let batches = bench.messages.div_ceil(100);
@@ -104,7 +110,7 @@ async fn throughput(
     stop.send(true)?;
     running.await?;
     println!(
-        "end to end, max_batch_size 100: {:.0} msgs/s ({total} messages sent, handled and acked durably in {:.2} s; sending alone took {:.2} s)",
+        "end to end, max_batch_size 100, max_concurrency {concurrency}: {:.0} msgs/s ({total} messages sent, handled and acked durably in {:.2} s; sending alone took {:.2} s)",
         total as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
         sent.as_secs_f64()
