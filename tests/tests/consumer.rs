@@ -316,7 +316,68 @@ async fn dispatcher_flushes_on_size_and_on_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrency_batches_run_at_once_and_never_more() {
+    let consumer = ConsumerSettings {
+        max_batch_size: 1,
+        max_batch_timeout: 0,
+        ..ConsumerSettings::default()
+    };
+    let s = setup(consumer, ComponentLimits::default()).await;
+    let Setup {
+        broker, dispatcher, ..
+    } = s;
+    let (observe, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let dispatcher = dispatcher.with_concurrency(4).observe(observe);
+    let batch = (0..8).map(|_| SendRequest::text("sleep:400")).collect();
+    broker.send_batch("jobs", batch, None).await.unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(dispatcher.run(stopped));
+
+    let mut starts = Vec::new();
+    for _ in 0..8 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), started.recv())
+            .await
+            .expect("a batch starts")
+            .unwrap();
+        starts.push(batch.at);
+    }
+    // Each batch sleeps 400 ms: four start together, the next four only as those finish.
+    let first = starts[0];
+    let early = starts
+        .iter()
+        .filter(|at| at.duration_since(first) < Duration::from_millis(200))
+        .count();
+    assert_eq!(
+        early,
+        4,
+        "batches started at {:?}",
+        starts
+            .iter()
+            .map(|at| at.duration_since(first))
+            .collect::<Vec<_>>()
+    );
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    assert_eq!(broker.metrics("jobs").await.unwrap().acked, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_without_the_handler_export_is_refused() {
+    let runtime = Runtime::new().unwrap();
+    let empty = wat::parse_str("(component)").unwrap();
+    let err = ConsumerComponent::new(&runtime, "empty", &empty, ComponentOptions::default())
+        .err()
+        .expect("refused");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("component `empty` is not a consumer")
+            && text.contains("wasmq:queues/handler@0.1.0"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_module_is_refused() {
     let runtime = Runtime::new().unwrap();
     // A core module is not a component at all.
     let err = ConsumerComponent::new(
