@@ -163,6 +163,67 @@ async fn explicit_retry_with_delay_and_retry_all() {
     assert_eq!((d.report.acked, d.report.retried), (1, 1));
 }
 
+/// Every precedence case of DESIGN §2, driven through the guest: the bodies of one batch and
+/// what must become of each message (`A` acked, `R` retried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precedence_cases_through_a_real_guest() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["ack;retry"], "A"), // first call on a message wins
+        (&["retry;ack"], "R"),
+        (&["ack", "retry-all"], "AR"), // a single-message call beats retry-all
+        (&["retry", "ack-all"], "RA"), // … and ack-all
+        (&["retry-all", "ack"], "RA"), // whichever comes first
+        (&["ack-all;fail"], "A"),      // ack-all is explicit: a later failure keeps it
+        (&["retry-all", "noop"], "RR"), // retry-all then ok: retried
+        (&["retry-all;ack-all", "noop"], "RR"), // first batch-wide call wins
+        (&["noop", "fail"], "RR"),     // failure retries what was not acked
+        (&["noop", "noop"], "AA"),     // ok acks what was not retried
+    ];
+    for (bodies, expected) in cases {
+        let s = default_setup().await;
+        s.send(bodies).await;
+        let d = s.deliver().await;
+        let acked = expected.matches('A').count() as u32;
+        let retried = expected.matches('R').count() as u32;
+        assert_eq!(
+            (d.report.acked, d.report.retried),
+            (acked, retried),
+            "bodies {bodies:?}"
+        );
+        // Which ones: the retried bodies are the ones still waiting.
+        let mut waiting: Vec<_> = s
+            .attempts_waiting("jobs")
+            .await
+            .into_iter()
+            .map(|m| m.0)
+            .collect();
+        waiting.sort();
+        let mut want: Vec<_> = bodies
+            .iter()
+            .zip(expected.chars())
+            .filter(|(_, fate)| *fate == 'R')
+            .map(|(body, _)| body.to_string())
+            .collect();
+        want.sort();
+        assert_eq!(waiting, want, "bodies {bodies:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_exhausted_without_a_dead_letter_queue_drop_the_message() {
+    let consumer = ConsumerSettings {
+        max_retries: 0,
+        ..ConsumerSettings::default()
+    };
+    let s = setup(consumer, ComponentLimits::default()).await;
+    s.send(&["fail"]).await;
+    let d = s.deliver().await;
+    assert_eq!((d.report.dropped, d.report.retried), (1, 0));
+    let m = s.broker.metrics("jobs").await.unwrap();
+    assert_eq!((m.dropped, m.backlog.count), (1, 0));
+    assert_eq!(s.broker.metrics("dlq").await.unwrap().backlog.count, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trap_fails_the_batch_and_the_host_keeps_serving() {
     let s = default_setup().await;
