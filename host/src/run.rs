@@ -195,6 +195,7 @@ async fn load_consumer(
             bindings: Arc::new(component.bindings.clone()),
             handle: tokio::runtime::Handle::current(),
         }),
+        allowed_outbound_hosts: component.allowed_outbound_hosts.clone(),
     };
     let runtime = runtime.clone();
     let name = component.name.clone();

@@ -1,6 +1,7 @@
 //! `scripted`: a test consumer whose message bodies say what it should do, so end-to-end
 //! tests can drive every path of the host (acks, retries, failures, traps, timeouts, memory
-//! limits, fan-out sends and their errors) with nothing but the messages they send.
+//! limits, fan-out sends and their errors, outbound HTTP) with nothing but the messages they
+//! send.
 //!
 //! # Bodies
 //!
@@ -49,13 +50,24 @@
 //! | `send-size:BINDING:BYTES` | send a text body of BYTES `x` characters |
 //! | `send-batch-size:BINDING:N:BYTES` | send-batch of N text bodies of BYTES `x` characters each |
 //!
+//! Outbound HTTP, through `wasi:http/outgoing-handler` (the `wasi` crate's bindings):
+//!
+//! | command | effect |
+//! |---|---|
+//! | `http-get:URL` | GET `URL` (`http://` or `https://`, e.g. `http-get:http://127.0.0.1:8080/hook?x=1`), wait for the whole response and print `http-get <status> <body>` on a line of stdout (body as text, control characters escaped) |
+//!
 //! Anything else (an unknown name, a number that does not parse, a missing argument) prints a
 //! warning to stderr and is ignored.
 //!
 //! When a send returns an error, the error is printed to stderr, the script goes on, and
 //! `handle` returns `err("send failed: <error as Debug>")` at the end, e.g.
-//! `send failed: SendError::UnknownBinding("NOPE")`. When several commands ask for a failure
-//! (`fail`, failed sends), the first one gives the error text.
+//! `send failed: SendError::UnknownBinding("NOPE")`. A failed `http-get` (a URL it cannot
+//! parse, a request the host refuses, a connection or protocol error, a body that breaks off)
+//! likewise prints the error to stderr and makes `handle` return
+//! `err("http failed: <error>")`, e.g. `http failed: ErrorCode::HttpRequestDenied` for an
+//! origin the manifest does not allow; a response of any status, 4xx and 5xx included, is a
+//! success. When several commands ask for a failure (`fail`, failed sends or requests), the
+//! first one gives the error text.
 //!
 //! Example: a batch of two messages with bodies `ack;fail:boom` and `retry:30` ends with the
 //! first message acked, the second retried after 30 s, and `handle` returning `err("boom")`.
@@ -127,6 +139,7 @@ enum Command<'a> {
     SendBatch(&'a str, u32, Body<'a>),
     Print(&'a str),
     Sleep(u64),
+    HttpGet(&'a str),
     Noop,
 }
 
@@ -287,6 +300,7 @@ fn parse(text: &str) -> Result<Command<'_>, String> {
             let (binding, n, bytes) = split3(rest).ok_or_else(unknown)?;
             Command::SendBatch(binding, number(n)?, Body::Size(number(bytes)? as usize))
         }
+        ("http-get", Some(url)) if !url.trim().is_empty() => Command::HttpGet(url.trim()),
         _ => return Err(unknown()),
     };
     Ok(command)
@@ -327,8 +341,103 @@ fn run(batch: &MessageBatch, id: &str, command: Command<'_>) -> Result<(), Strin
                 return Err(format!("send failed: {e:?}"));
             }
         }
+        Command::HttpGet(url) => match http_get(url) {
+            Ok((status, body)) => println!(
+                "http-get {status} {}",
+                escape(&String::from_utf8_lossy(&body))
+            ),
+            Err(e) => {
+                eprintln!("[scripted] {id}: http-get {url} failed: {e}");
+                return Err(format!("http failed: {e}"));
+            }
+        },
     }
     Ok(())
+}
+
+/// A URL split into what `wasi:http` asks for: scheme, authority, path with query.
+#[derive(Debug, PartialEq, Eq)]
+struct Url<'a> {
+    scheme: &'a str,
+    authority: &'a str,
+    path_with_query: String,
+}
+
+/// Splits `scheme://authority[/path][?query]` (a fragment is dropped).
+fn split_url(url: &str) -> Result<Url<'_>, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("`{url}` is not a URL like http://host/path"))?;
+    let rest = rest.split('#').next().unwrap_or_default();
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if scheme.is_empty() || authority.is_empty() {
+        return Err(format!("`{url}` is not a URL like http://host/path"));
+    }
+    let path_with_query = match path {
+        "" => "/".to_string(),
+        p if p.starts_with('?') => format!("/{p}"),
+        p => p.to_string(),
+    };
+    Ok(Url {
+        scheme,
+        authority,
+        path_with_query,
+    })
+}
+
+/// GETs `url` through `wasi:http/outgoing-handler` and reads the whole response: its status
+/// and body, or the error as text (`ErrorCode`s in their `Debug` form).
+fn http_get(url: &str) -> Result<(u16, Vec<u8>), String> {
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{Fields, Method, OutgoingRequest, Scheme};
+    use wasi::io::streams::StreamError;
+
+    let parts = split_url(url)?;
+    let scheme = match parts.scheme {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        other => Scheme::Other(other.to_string()),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    request
+        .set_method(&Method::Get)
+        .map_err(|()| "invalid method".to_string())?;
+    request
+        .set_scheme(Some(&scheme))
+        .map_err(|()| format!("invalid scheme `{}`", parts.scheme))?;
+    request
+        .set_authority(Some(parts.authority))
+        .map_err(|()| format!("invalid authority `{}`", parts.authority))?;
+    request
+        .set_path_with_query(Some(&parts.path_with_query))
+        .map_err(|()| format!("invalid path `{}`", parts.path_with_query))?;
+
+    let pending = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    pending.subscribe().block();
+    let response = pending
+        .get()
+        .ok_or("no response after waiting for it")?
+        .map_err(|()| "response already taken")?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let body = response
+        .consume()
+        .map_err(|()| "response body already taken")?;
+    let stream = body.stream().map_err(|()| "body stream already taken")?;
+    let mut bytes = Vec::new();
+    let read = loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Err(StreamError::Closed) => break Ok(()),
+            Err(StreamError::LastOperationFailed(e)) => break Err(e.to_debug_string()),
+        }
+    };
+    // Children before parents: the stream, then the body, then the response.
+    drop(stream);
+    drop(body);
+    drop(response);
+    read.map(|()| (status, bytes))
 }
 
 /// Spins forever without calling the host: only the host's time limit (epoch interruption or
@@ -420,6 +529,10 @@ mod tests {
         );
         assert_eq!(parse("print:a b"), Ok(Command::Print("a b")));
         assert_eq!(parse("sleep:250"), Ok(Command::Sleep(250)));
+        assert_eq!(
+            parse("http-get:http://127.0.0.1:8080/a?b=c"),
+            Ok(Command::HttpGet("http://127.0.0.1:8080/a?b=c"))
+        );
         assert_eq!(parse("noop"), Ok(Command::Noop));
         assert_eq!(parse(""), Ok(Command::Noop));
         assert_eq!(parse("  "), Ok(Command::Noop));
@@ -441,6 +554,8 @@ mod tests {
             "explode",
             "loop:1",
             "noop:1",
+            "http-get",
+            "http-get: ",
         ] {
             assert!(parse(bad).is_err(), "{bad} should not parse");
         }
@@ -477,6 +592,37 @@ mod tests {
         assert_eq!(r.delay_seconds, Some(3));
         assert_eq!(r.dedup_key.as_deref(), Some("k"));
         assert!(Body::Json("1").request(0, None, None).content_type == ContentType::Json);
+    }
+
+    #[test]
+    fn splits_urls() {
+        assert_eq!(
+            split_url("http://127.0.0.1:8080/hook?x=1#top"),
+            Ok(Url {
+                scheme: "http",
+                authority: "127.0.0.1:8080",
+                path_with_query: "/hook?x=1".into()
+            })
+        );
+        assert_eq!(
+            split_url("https://api.example.com")
+                .unwrap()
+                .path_with_query,
+            "/"
+        );
+        assert_eq!(
+            split_url("https://api.example.com?q")
+                .unwrap()
+                .path_with_query,
+            "/?q"
+        );
+        assert_eq!(
+            split_url("http://[::1]:3000/x").unwrap().authority,
+            "[::1]:3000"
+        );
+        for bad in ["127.0.0.1:8080/x", "http://", "http:///x", "://host/"] {
+            assert!(split_url(bad).is_err(), "{bad} should not split");
+        }
     }
 
     #[test]

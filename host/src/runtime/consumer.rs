@@ -1,18 +1,27 @@
 //! Consumer components: the `consumer` world, the host side of its `batch` and `producer`
 //! imports, and one call of `handle` per batch in a fresh store.
+//!
+//! Besides the wasmq interfaces a consumer may import the WASI interfaces mainstream toolchains
+//! use: `wasi:cli`, `clocks`, `filesystem`, `random`, `sockets`, `io` (wasmtime-wasi, with no
+//! preopened directory and no network) and `wasi:http` (outgoing requests only to the origins
+//! in its `allowed_outbound_hosts`, see `outbound.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::guest_log::{GuestLog, Stream};
+use super::outbound::OutboundHttp;
 use super::{ComponentLimits, Runtime};
 use crate::engine::precedence::{BatchCall, HandlerResult};
 use crate::engine::{self, Backlog, Broker, BrokerError, MessageId};
+use crate::manifest::AllowedHost;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -42,7 +51,8 @@ pub enum Failure {
     Error(String),
     /// The guest trapped (panicked, hit its memory limit…).
     Trap(String),
-    /// The guest ran past its time limit.
+    /// The guest ran past its time limit (computing, or waiting for an outbound HTTP
+    /// response).
     Timeout,
 }
 
@@ -98,6 +108,8 @@ pub struct BatchResource {
 /// Everything one store holds.
 struct GuestState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    outbound: OutboundHttp,
     table: ResourceTable,
     limits: StoreLimits,
     target: Option<SendTarget>,
@@ -114,6 +126,16 @@ impl WasiView for GuestState {
     }
 }
 
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
 /// What a component is granted besides its code.
 #[derive(Clone, Default)]
 pub struct ComponentOptions {
@@ -123,6 +145,9 @@ pub struct ComponentOptions {
     pub env: Vec<(String, String)>,
     /// Where its sends go (none: every send fails with `unknown-binding`).
     pub send_target: Option<SendTarget>,
+    /// The origins it may send `wasi:http` requests to (none by default: every request fails
+    /// in the guest with `HTTP-request-denied`).
+    pub allowed_outbound_hosts: Vec<AllowedHost>,
 }
 
 /// A consumer component, compiled and linked once, instantiated per batch.
@@ -132,6 +157,7 @@ pub struct ConsumerComponent {
     runtime: Runtime,
     pre: bindings::ConsumerPre<GuestState>,
     options: ComponentOptions,
+    allowed_hosts: Arc<[AllowedHost]>,
 }
 
 impl ConsumerComponent {
@@ -149,6 +175,9 @@ impl ConsumerComponent {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking WASI")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:http")?;
         bindings::Consumer::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)
             .context("linking the wasmq interfaces")?;
@@ -165,11 +194,13 @@ impl ConsumerComponent {
                     "component `{name}` is not a consumer: it must export `wasmq:queues/handler@0.1.0` with `handle`"
                 )
             })?;
+        let allowed_hosts = options.allowed_outbound_hosts.clone().into();
         Ok(Self {
             name: name.into(),
             runtime: runtime.clone(),
             pre,
             options,
+            allowed_hosts,
         })
     }
 
@@ -187,6 +218,7 @@ impl ConsumerComponent {
     /// A trap, a timeout or running out of memory are reported as a [`Failure`], not an
     /// error; errors are host problems (instantiation failing for want of resources…).
     pub fn run_batch(&self, batch: BatchInput) -> BatchRun {
+        let deadline = Instant::now() + self.options.limits.timeout;
         let stdout = GuestLog::new(self.name.clone(), Stream::Stdout);
         let stderr = GuestLog::new(self.name.clone(), Stream::Stderr);
         let wasi = WasiCtx::builder()
@@ -196,6 +228,8 @@ impl ConsumerComponent {
             .build();
         let state = GuestState {
             wasi,
+            http: WasiHttpCtx::new(),
+            outbound: OutboundHttp::new(self.name.clone(), self.allowed_hosts.clone(), deadline),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.options.limits.memory_bytes)
@@ -211,6 +245,9 @@ impl ConsumerComponent {
 
         let outcome = self.call_handle(&mut store, batch);
         let failure = match outcome {
+            // Waiting for HTTP past the deadline is running past the time limit, whatever the
+            // guest made of the timeout error it got.
+            _ if store.data().outbound.deadline_hit() => Some(Failure::Timeout),
             Ok(Ok(())) => None,
             Ok(Err(text)) => Some(Failure::Error(text)),
             Err(err) => Some(classify(&err)),

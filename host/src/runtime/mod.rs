@@ -4,6 +4,7 @@
 
 mod consumer;
 mod guest_log;
+mod outbound;
 
 use std::sync::Arc;
 use std::time::Duration;
