@@ -1,4 +1,5 @@
-//! The `host` command line: `run`, the API client commands (`send`, `queues`) and `bench`.
+//! The `host` command line: `run`, `test`, the API client commands (`send`, `queues`) and
+//! `bench`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -27,6 +28,18 @@ enum Command {
         /// The manifest.
         #[arg(default_value = "manifest.toml")]
         manifest: PathBuf,
+    },
+    /// Run fixture files (TOML) against their consumer components and report per case.
+    ///
+    /// Exits non-zero if any case fails or a fixture file is malformed. The format is in
+    /// docs/fixtures.md.
+    Test {
+        /// Fixture files, or folders searched for `*.toml` files.
+        #[arg(default_value = "fixtures")]
+        paths: Vec<PathBuf>,
+        /// Also write the results as JUnit XML to this file.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
     /// Send one message to a queue of a running host.
     Send {
@@ -137,6 +150,8 @@ impl Cli {
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
             Command::Bench { .. } => "warn",
+            // The harness reports guest output and failures itself.
+            Command::Test { .. } => "error",
             _ => "info",
         }
     }
@@ -145,6 +160,9 @@ impl Cli {
     pub async fn execute(self) -> Result<()> {
         match self.command {
             Command::Run { manifest } => run_manifest(manifest).await,
+            Command::Test { paths, junit } => {
+                crate::harness::report::run_cli(&paths, junit.as_deref()).await
+            }
             Command::Send {
                 queue,
                 body,

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod dispatch;
 pub mod engine;
+pub mod harness;
 pub mod http;
 pub mod manifest;
 pub mod run;

@@ -10,11 +10,15 @@
 //!   (returned `err`, trapped or timed out);
 //! - retry delay: `retry(id, delay)` > `retry-all(delay)` > the consumer's `retry_delay`
 //!   (the last one is applied by the broker, signalled here by `None`).
+//!
+//! [`fate`] then decides what a retried message comes to: redelivery after its delay, or the
+//! dead-letter queue (or deletion) once its retries are used up. The engine settles with it and
+//! the fixture harness predicts with it, so the two cannot disagree.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
-use super::types::{MessageId, Outcome};
+use super::types::{ConsumerSettings, MessageId, Outcome};
 
 /// One call a consumer made on its batch, in the order made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +124,35 @@ pub fn resolve(ids: &[MessageId], calls: &[BatchCall], result: HandlerResult) ->
         })
         .collect();
     Resolution { outcomes, ignored }
+}
+
+/// What becomes of a message whose attempt failed (an [`Outcome::Retry`], an expired lease).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Delivered again after this many seconds.
+    Retry {
+        /// The delay actually applied: the explicit one, else the consumer's `retry_delay`.
+        delay_seconds: u32,
+    },
+    /// Retries exhausted: moved to the consumer's `dead_letter_queue`.
+    DeadLetter,
+    /// Retries exhausted and no `dead_letter_queue`: deleted (and logged).
+    Drop,
+}
+
+/// The fate of a message that failed its `attempts`-th delivery (DESIGN §2 "Retries
+/// exhausted"): retried while `attempts <= max_retries`, after `delay_seconds` or the
+/// consumer's `retry_delay`; then dead-lettered if a `dead_letter_queue` is set, else dropped.
+pub fn fate(attempts: u32, settings: &ConsumerSettings, delay_seconds: Option<u32>) -> Fate {
+    if attempts <= settings.max_retries {
+        Fate::Retry {
+            delay_seconds: delay_seconds.unwrap_or(settings.retry_delay),
+        }
+    } else if settings.dead_letter_queue.is_some() {
+        Fate::DeadLetter
+    } else {
+        Fate::Drop
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +271,27 @@ mod tests {
         );
         // An explicit 0 overrides; a retry without delay falls back to retry-all's delay.
         assert_eq!(got, [retry_in(0), retry_in(9), retry_in(9)]);
+    }
+
+    #[test]
+    fn fate_retries_until_max_retries_then_dead_letters_or_drops() {
+        let mut settings = ConsumerSettings {
+            max_retries: 2,
+            retry_delay: 5,
+            ..ConsumerSettings::default()
+        };
+        // Attempts 1 and 2 fail: retried, with the default or the explicit delay.
+        assert_eq!(fate(1, &settings, None), Fate::Retry { delay_seconds: 5 });
+        assert_eq!(
+            fate(2, &settings, Some(0)),
+            Fate::Retry { delay_seconds: 0 }
+        );
+        // Attempt 3 is the last of 1 + max_retries.
+        assert_eq!(fate(3, &settings, Some(9)), Fate::Drop);
+        settings.dead_letter_queue = Some("dlq".into());
+        assert_eq!(fate(3, &settings, None), Fate::DeadLetter);
+        settings.max_retries = 0;
+        assert_eq!(fate(1, &settings, None), Fate::DeadLetter);
     }
 
     #[test]

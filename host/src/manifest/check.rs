@@ -456,12 +456,12 @@ impl Checker<'_> {
 }
 
 /// Binding names (`producers = { JOBS = "jobs" }`): letters, digits and `_`.
-fn is_binding_name(name: &str) -> bool {
+pub(crate) fn is_binding_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Environment variable names: letters, digits and `_`, not starting with a digit.
-fn is_env_name(name: &str) -> bool {
+pub(crate) fn is_env_name(name: &str) -> bool {
     name.bytes()
         .next()
         .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')

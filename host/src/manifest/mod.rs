@@ -42,8 +42,11 @@ use std::time::Duration;
 
 use crate::engine::{ConsumerSettings, QueueSettings};
 
+pub(crate) use self::check::{is_binding_name, is_env_name};
+pub(crate) use self::error::KeyPath;
 pub use self::error::{ManifestError, Position};
 pub use self::hosts::AllowedHost;
+pub(crate) use self::units::parse_size;
 
 /// `host.data_dir` when the manifest gives none.
 pub const DEFAULT_DATA_DIR: &str = ".wasmq";

@@ -27,7 +27,7 @@ const SIZE_UNITS: [(&str, u64); 7] = [
 ];
 
 /// Parses a size such as `"64MiB"`, `"512 KiB"` or `"1GB"` into bytes.
-pub(super) fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let invalid =
         || format!("`{text}` is not a size like \"64MiB\" (units: B, KB, MB, GB, KiB, MiB, GiB)");
     let trimmed = text.trim();

@@ -11,6 +11,7 @@ use super::records::{
 use super::writer::Txn;
 use crate::engine::error::{BrokerError, BrokerResult};
 use crate::engine::limits::{self, MAX_LEASE_MESSAGES, MAX_VISIBILITY_TIMEOUT_MS};
+use crate::engine::precedence;
 use crate::engine::types::{
     Backlog, LeaseId, LeaseOptions, LeasedMessage, Message, MessageId, Outcome, QueueMetrics,
     QueueSettings, SendRequest, SettleReport, SweepReport,
@@ -308,17 +309,20 @@ impl Txn<'_> {
     ) -> BrokerResult<Fate> {
         let record = self.queue_by_id(id)?;
         let consumer = &record.settings.consumer;
-        if state.attempts <= consumer.max_retries {
-            let delay = delay_seconds.unwrap_or(consumer.retry_delay);
-            self.requeue(id, seq, state, self.now + u64::from(delay) * 1000)?;
-            self.counters_mut(id).retried += 1;
-            return Ok(Fate::Retried);
-        }
-        let dlq = consumer
-            .dead_letter_queue
-            .as_ref()
-            .and_then(|name| self.state.queues.get(name))
-            .map(|dlq| dlq.id);
+        let dlq = match precedence::fate(state.attempts, consumer, delay_seconds) {
+            precedence::Fate::Retry { delay_seconds } => {
+                let visible_at = self.now + u64::from(delay_seconds) * 1000;
+                self.requeue(id, seq, state, visible_at)?;
+                self.counters_mut(id).retried += 1;
+                return Ok(Fate::Retried);
+            }
+            precedence::Fate::DeadLetter => consumer
+                .dead_letter_queue
+                .as_ref()
+                .and_then(|name| self.state.queues.get(name))
+                .map(|dlq| dlq.id),
+            precedence::Fate::Drop => None,
+        };
         let queue = self.state.names[&id].clone();
         let message_id = self.message_id(seq)?;
         match dlq {
