@@ -10,7 +10,8 @@ use serde::de::DeserializeOwned;
 
 use crate::bench::{self, ConsumerBench, EngineBench};
 use crate::engine::{Backlog, ContentType, QueueInfo};
-use crate::http::wire::{Envelope, PublishMessage};
+use crate::http::MAX_REPLAY;
+use crate::http::wire::{Envelope, PeekedMessage, PublishMessage, ReplayRequest};
 use crate::{manifest, run};
 
 /// Durable message queues for WebAssembly components.
@@ -67,6 +68,16 @@ enum Command {
         #[command(subcommand)]
         command: QueuesCommand,
     },
+    /// Look at messages of a running host.
+    Messages {
+        #[command(subcommand)]
+        command: MessagesCommand,
+    },
+    /// Work with dead-letter queues of a running host.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Measure throughput and latency.
     Bench {
         #[command(subcommand)]
@@ -93,6 +104,64 @@ enum QueuesCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Stop delivering a queue's messages (sends are still accepted).
+    Pause {
+        /// The queue.
+        queue: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Deliver a paused queue's messages again.
+    Resume {
+        /// The queue.
+        queue: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Delete every message of a queue, delayed and in-flight ones included.
+    Purge {
+        /// The queue.
+        queue: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MessagesCommand {
+    /// Show the next messages of a queue without leasing them.
+    Peek {
+        /// The queue.
+        queue: String,
+        /// How many (1..=100).
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Move messages from a dead-letter queue back to a queue, oldest first.
+    Replay {
+        /// The dead-letter queue.
+        dlq: String,
+        /// The queue to move them to.
+        #[arg(long)]
+        to: String,
+        /// At most this many (default: all).
+        #[arg(long)]
+        limit: Option<u64>,
+        #[command(flatten)]
+        api: ApiArgs,
     },
 }
 
@@ -142,6 +211,13 @@ struct ApiArgs {
     /// Base URL of the host's API.
     #[arg(long, env = "WASMQ_URL", default_value = "http://127.0.0.1:8787")]
     url: String,
+}
+
+impl ApiArgs {
+    /// The URL of `path` on the API.
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url.trim_end_matches('/'))
+    }
 }
 
 impl Cli {
@@ -207,6 +283,27 @@ impl Cli {
                     }
                     Ok(())
                 }
+                QueuesCommand::Pause { queue, api } => {
+                    let info: QueueInfo =
+                        call(client().post(api.at(&format!("/queues/{queue}/pause")))).await?;
+                    println!("queue {} paused", info.name);
+                    Ok(())
+                }
+                QueuesCommand::Resume { queue, api } => {
+                    let info: QueueInfo =
+                        call(client().post(api.at(&format!("/queues/{queue}/resume")))).await?;
+                    println!("queue {} resumed", info.name);
+                    Ok(())
+                }
+                QueuesCommand::Purge { queue, force, api } => {
+                    if !force && !confirm(&format!("delete every message of queue `{queue}`?"))? {
+                        bail!("not purged (pass --force to purge without asking)");
+                    }
+                    let result: serde_json::Value =
+                        call(client().post(api.at(&format!("/queues/{queue}/purge")))).await?;
+                    println!("purged {} message(s) from {queue}", result["purged"]);
+                    Ok(())
+                }
                 QueuesCommand::Info { queue, api, json } => {
                     let info: QueueInfo =
                         call(reqwest::Client::new().get(format!("{}/queues/{queue}", api.url)))
@@ -219,6 +316,40 @@ impl Cli {
                     Ok(())
                 }
             },
+            Command::Messages {
+                command:
+                    MessagesCommand::Peek {
+                        queue,
+                        limit,
+                        api,
+                        json,
+                    },
+            } => {
+                let messages: Vec<PeekedMessage> =
+                    call(client().get(api.at(&format!("/queues/{queue}/messages?limit={limit}"))))
+                        .await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&messages)?);
+                } else {
+                    for m in &messages {
+                        println!(
+                            "{} attempts {} {}: {}",
+                            m.id, m.attempts, m.content_type, m.body
+                        );
+                    }
+                    println!("{} message(s)", messages.len());
+                }
+                Ok(())
+            }
+            Command::Dlq {
+                command:
+                    DlqCommand::Replay {
+                        dlq,
+                        to,
+                        limit,
+                        api,
+                    },
+            } => replay(&api, &dlq, &to, limit).await,
             Command::Bench { what } => match what {
                 BenchCommand::Engine {
                     messages,
@@ -281,6 +412,56 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Moves messages in calls of at most [`MAX_REPLAY`], printing progress, until `limit` moved
+/// or the queue has no more.
+async fn replay(api: &ApiArgs, dlq: &str, to: &str, limit: Option<u64>) -> Result<()> {
+    let mut moved = 0u64;
+    loop {
+        let want = limit.map_or(MAX_REPLAY, |l| (l - moved).min(MAX_REPLAY));
+        if want == 0 {
+            break;
+        }
+        let request = ReplayRequest {
+            to: to.to_owned(),
+            limit: Some(want),
+        };
+        let result: serde_json::Value = call(
+            client()
+                .post(api.at(&format!("/queues/{dlq}/replay")))
+                .json(&request),
+        )
+        .await?;
+        let step = result["moved"].as_u64().unwrap_or(0);
+        moved += step;
+        if step > 0 {
+            eprint!("\rreplayed {moved} message(s) from {dlq} to {to}");
+        }
+        if step < want {
+            break;
+        }
+    }
+    eprintln!();
+    println!("replayed {moved} message(s) from {dlq} to {to}");
+    Ok(())
+}
+
+/// Asks a yes/no question on the terminal; `false` when standard input is not a terminal.
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
 }
 
 /// Sends an API request and unwraps its envelope; API errors become one readable line.

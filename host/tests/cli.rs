@@ -346,3 +346,101 @@ fn raw_post_head(url: &str, path: &str, length: usize) -> (u16, String) {
         .unwrap_or(0);
     (status, answer)
 }
+
+#[test]
+fn operators_pause_purge_peek_replay_and_read_metrics() {
+    let host = RunningHost::start();
+    let ok = |args: &[&str]| {
+        let out = host.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let wait_for = |queue: &str, what: &dyn Fn(&Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !what(&host.queue(queue)) {
+            assert!(Instant::now() < deadline, "{queue}: {}", host.queue(queue));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // Three messages wait (delayed) in the dead-letter queue, which has no consumer.
+    for n in 0..3 {
+        ok(&["send", "jobs-dlq", &format!("dead {n}"), "--delay", "600"]);
+    }
+    let peeked: Vec<Value> =
+        serde_json::from_str(&ok(&["messages", "peek", "jobs-dlq", "--json"])).unwrap();
+    let bodies: Vec<_> = peeked.iter().map(|m| m["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, ["dead 0", "dead 1", "dead 2"]);
+    assert!(peeked.iter().all(|m| m["attempts"] == 0));
+    assert_eq!(
+        host.queue("jobs-dlq")["metrics"]["backlog"]["count"],
+        3,
+        "peek leases nothing"
+    );
+
+    // Replay moves them to `incoming`, visible at once: fanout forwards them, worker acks them.
+    assert!(ok(&["dlq", "replay", "jobs-dlq", "--to", "incoming"]).contains("replayed 3"));
+    wait_for("jobs", &|q| q["metrics"]["acked"] == 3);
+    assert_eq!(host.queue("jobs-dlq")["metrics"]["backlog"]["count"], 0);
+
+    // A paused queue accepts messages and delivers none until resumed.
+    ok(&["queues", "pause", "jobs"]);
+    assert_eq!(host.queue("jobs")["paused"], true);
+    ok(&["send", "incoming", "while paused"]);
+    wait_for("incoming", &|q| q["metrics"]["acked"] == 4);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(host.queue("jobs")["metrics"]["backlog"]["count"], 1);
+    assert_eq!(host.queue("jobs")["metrics"]["acked"], 3);
+    ok(&["queues", "resume", "jobs"]);
+    wait_for("jobs", &|q| q["metrics"]["acked"] == 4);
+
+    // Purge asks first (and refuses without a terminal), then deletes delayed messages too.
+    ok(&["send", "jobs-dlq", "a", "--delay", "600"]);
+    ok(&["send", "jobs-dlq", "b", "--delay", "600"]);
+    let refused = host.cli(&["queues", "purge", "jobs-dlq"]);
+    assert!(!refused.status.success());
+    assert_eq!(host.queue("jobs-dlq")["metrics"]["backlog"]["count"], 2);
+    assert!(ok(&["queues", "purge", "jobs-dlq", "--force"]).contains("purged 2"));
+    assert_eq!(host.queue("jobs-dlq")["metrics"]["backlog"]["count"], 0);
+
+    let out = host.cli(&["messages", "peek", "jobs", "--limit", "101"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_limit"));
+
+    let metrics = plain_get(&format!("{}/metrics", host.url));
+    for line in [
+        "# TYPE wasmq_messages_acked_total counter",
+        "wasmq_messages_acked_total{queue=\"jobs\"} 4",
+        "wasmq_messages_sent_total{queue=\"jobs-dlq\"} 5",
+        "wasmq_queue_backlog_messages{queue=\"jobs-dlq\"} 0",
+        "wasmq_queue_paused{queue=\"jobs\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
+    assert!(host.stop().success());
+}
+
+/// A GET over a plain TCP connection, for tests without an async runtime.
+fn plain_get(url: &str) -> String {
+    use std::io::Write;
+    let rest = url.trim_start_matches("http://");
+    let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}

@@ -25,6 +25,7 @@ pub fn router(broker: Arc<dyn Broker>) -> Router {
         .route("/queues/{queue}", get(queue_info))
         .route("/queues/{queue}/messages", post(publish))
         .route("/queues/{queue}/messages/batch", post(publish_batch))
+        .merge(super::operator::routes())
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .layer(middleware::from_fn(refuse_declared_oversize))
         .with_state(broker)
@@ -52,10 +53,10 @@ fn too_large() -> Answer {
     )
 }
 
-type Api = State<Arc<dyn Broker>>;
+pub(super) type Api = State<Arc<dyn Broker>>;
 
 /// An answer with its status.
-struct Answer(StatusCode, serde_json::Value);
+pub(super) struct Answer(StatusCode, serde_json::Value);
 
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
@@ -63,7 +64,7 @@ impl IntoResponse for Answer {
     }
 }
 
-fn ok<T: Serialize>(result: T) -> Answer {
+pub(super) fn ok<T: Serialize>(result: T) -> Answer {
     let envelope = Envelope {
         success: true,
         errors: vec![],
@@ -75,7 +76,7 @@ fn ok<T: Serialize>(result: T) -> Answer {
     )
 }
 
-fn fail(status: StatusCode, code: &str, message: impl Into<String>) -> Answer {
+pub(super) fn fail(status: StatusCode, code: &str, message: impl Into<String>) -> Answer {
     let envelope = Envelope::<()> {
         success: false,
         errors: vec![ApiError {
@@ -90,7 +91,7 @@ fn fail(status: StatusCode, code: &str, message: impl Into<String>) -> Answer {
     )
 }
 
-fn broker_error(err: BrokerError) -> Answer {
+pub(super) fn broker_error(err: BrokerError) -> Answer {
     let (status, code) = match &err {
         BrokerError::UnknownQueue(_) => (StatusCode::NOT_FOUND, "unknown_queue"),
         BrokerError::MessageTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "message_too_large"),
@@ -107,7 +108,7 @@ fn broker_error(err: BrokerError) -> Answer {
     fail(status, code, err.to_string())
 }
 
-fn json_error(rejection: JsonRejection) -> Answer {
+pub(super) fn json_error(rejection: JsonRejection) -> Answer {
     match rejection {
         JsonRejection::BytesRejection(_) => too_large(),
         JsonRejection::MissingJsonContentType(_) => fail(
@@ -119,7 +120,7 @@ fn json_error(rejection: JsonRejection) -> Answer {
     }
 }
 
-fn respond<T: Serialize>(result: Result<T, BrokerError>) -> Answer {
+pub(super) fn respond<T: Serialize>(result: Result<T, BrokerError>) -> Answer {
     match result {
         Ok(value) => ok(value),
         Err(err) => broker_error(err),

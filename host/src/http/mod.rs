@@ -2,6 +2,8 @@
 //! manifest's `listen` address; the CLI is its client).
 
 mod api;
+mod operator;
 pub mod wire;
 
 pub use self::api::router;
+pub use self::operator::{MAX_PEEK, MAX_REPLAY, prometheus_text};

@@ -110,3 +110,56 @@ pub struct Envelope<T> {
     /// The answer.
     pub result: Option<T>,
 }
+
+/// A message as `GET /queues/{queue}/messages` (peek) shows it: the body as JSON for `json`,
+/// a string for `text`, base64 for `bytes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeekedMessage {
+    /// The message id.
+    pub id: String,
+    /// First send, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// How the body is encoded.
+    pub content_type: ContentType,
+    /// The body.
+    pub body: serde_json::Value,
+    /// Deliveries so far (0 if never delivered).
+    pub attempts: u32,
+}
+
+impl From<crate::engine::Message> for PeekedMessage {
+    fn from(message: crate::engine::Message) -> Self {
+        let body = match message.content_type {
+            ContentType::Json => {
+                serde_json::from_slice(&message.body).unwrap_or_else(|_| lossy_text(&message.body))
+            }
+            ContentType::Text => lossy_text(&message.body),
+            ContentType::Bytes => serde_json::Value::String(
+                base64::engine::general_purpose::STANDARD.encode(&message.body),
+            ),
+        };
+        Self {
+            id: message.id.to_string(),
+            timestamp_ms: message.timestamp_ms,
+            content_type: message.content_type,
+            body,
+            attempts: message.attempts,
+        }
+    }
+}
+
+fn lossy_text(bytes: &[u8]) -> serde_json::Value {
+    serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// `POST /queues/{queue}/replay`: move messages from this queue (usually a dead-letter queue)
+/// back to `to`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// The queue to move them to.
+    pub to: String,
+    /// At most this many, oldest first (default and maximum 10 000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}

@@ -1,0 +1,215 @@
+//! Operator routes: pause / resume delivery, purge, peek, DLQ replay, and `GET /metrics` in the
+//! Prometheus text format.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::api::{Answer, Api, broker_error, fail, json_error, ok, respond};
+use super::wire::{PeekedMessage, ReplayRequest};
+use crate::engine::{Broker, QueueInfo};
+
+/// Most messages one peek returns.
+pub const MAX_PEEK: u32 = 100;
+/// Most messages one replay call moves (the CLI repeats calls for more).
+pub const MAX_REPLAY: u64 = 10_000;
+
+/// The operator routes (state: the broker).
+pub(super) fn routes() -> Router<Arc<dyn Broker>> {
+    Router::new()
+        .route("/queues/{queue}/pause", post(pause))
+        .route("/queues/{queue}/resume", post(resume))
+        .route("/queues/{queue}/purge", post(purge))
+        .route("/queues/{queue}/messages", get(peek))
+        .route("/queues/{queue}/replay", post(replay))
+        .route("/metrics", get(metrics))
+}
+
+async fn set_paused(broker: &dyn Broker, queue: &str, paused: bool) -> Answer {
+    match broker.set_paused(queue, paused).await {
+        Ok(()) => respond::<QueueInfo>(broker.queue_info(queue).await),
+        Err(err) => broker_error(err),
+    }
+}
+
+async fn pause(State(broker): Api, Path(queue): Path<String>) -> Answer {
+    set_paused(&*broker, &queue, true).await
+}
+
+async fn resume(State(broker): Api, Path(queue): Path<String>) -> Answer {
+    set_paused(&*broker, &queue, false).await
+}
+
+async fn purge(State(broker): Api, Path(queue): Path<String>) -> Answer {
+    match broker.purge(&queue).await {
+        Ok(purged) => ok(serde_json::json!({ "purged": purged })),
+        Err(err) => broker_error(err),
+    }
+}
+
+/// `?limit=N` of a peek.
+#[derive(Debug, Deserialize)]
+struct PeekQuery {
+    #[serde(default = "default_peek")]
+    limit: u32,
+}
+
+fn default_peek() -> u32 {
+    10
+}
+
+async fn peek(
+    State(broker): Api,
+    Path(queue): Path<String>,
+    Query(query): Query<PeekQuery>,
+) -> Answer {
+    if !(1..=MAX_PEEK).contains(&query.limit) {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            format!(
+                "limit is {}; it must be between 1 and {MAX_PEEK}",
+                query.limit
+            ),
+        );
+    }
+    match broker.peek(&queue, query.limit).await {
+        Ok(messages) => ok(messages
+            .into_iter()
+            .map(PeekedMessage::from)
+            .collect::<Vec<_>>()),
+        Err(err) => broker_error(err),
+    }
+}
+
+async fn replay(
+    State(broker): Api,
+    Path(queue): Path<String>,
+    body: Result<Json<ReplayRequest>, JsonRejection>,
+) -> Answer {
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(rejection) => return json_error(rejection),
+    };
+    let limit = request.limit.unwrap_or(MAX_REPLAY);
+    if !(1..=MAX_REPLAY).contains(&limit) {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            format!("limit is {limit}; it must be between 1 and {MAX_REPLAY}"),
+        );
+    }
+    match broker.replay(&queue, &request.to, limit).await {
+        Ok(moved) => ok(serde_json::json!({ "moved": moved })),
+        Err(err) => broker_error(err),
+    }
+}
+
+/// Every queue's gauges and counters in the Prometheus text exposition format.
+async fn metrics(State(broker): Api) -> Response {
+    match broker.list_queues().await {
+        Ok(queues) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            prometheus_text(&queues),
+        )
+            .into_response(),
+        Err(err) => broker_error(err).into_response(),
+    }
+}
+
+/// Renders the metrics of `queues`. Queue names need no escaping: they are `[a-z0-9_-]`.
+pub fn prometheus_text(queues: &[QueueInfo]) -> String {
+    type Read = fn(&QueueInfo) -> u64;
+    let families: [(&str, &str, &str, Read); 10] = [
+        (
+            "wasmq_queue_backlog_messages",
+            "gauge",
+            "Messages stored (visible, delayed and in flight).",
+            |q| q.metrics.backlog.count,
+        ),
+        (
+            "wasmq_queue_backlog_bytes",
+            "gauge",
+            "Body bytes stored.",
+            |q| q.metrics.backlog.bytes,
+        ),
+        (
+            "wasmq_queue_in_flight_messages",
+            "gauge",
+            "Messages leased and not yet settled.",
+            |q| q.metrics.in_flight,
+        ),
+        (
+            "wasmq_queue_delayed_messages",
+            "gauge",
+            "Messages waiting for a delay.",
+            |q| q.metrics.delayed,
+        ),
+        (
+            "wasmq_messages_sent_total",
+            "counter",
+            "Messages accepted by sends.",
+            |q| q.metrics.sent,
+        ),
+        (
+            "wasmq_messages_acked_total",
+            "counter",
+            "Messages acked.",
+            |q| q.metrics.acked,
+        ),
+        (
+            "wasmq_messages_retried_total",
+            "counter",
+            "Failed attempts that led to a redelivery.",
+            |q| q.metrics.retried,
+        ),
+        (
+            "wasmq_messages_dead_lettered_total",
+            "counter",
+            "Messages moved to the dead-letter queue.",
+            |q| q.metrics.dead_lettered,
+        ),
+        (
+            "wasmq_messages_dropped_total",
+            "counter",
+            "Messages dropped after their retries, with no dead-letter queue.",
+            |q| q.metrics.dropped,
+        ),
+        (
+            "wasmq_messages_expired_total",
+            "counter",
+            "Messages deleted when their retention ran out.",
+            |q| q.metrics.expired,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, read) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for queue in queues {
+            let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", queue.name, read(queue));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wasmq_queue_paused 1 while delivery is paused.\n# TYPE wasmq_queue_paused gauge"
+    );
+    for queue in queues {
+        let _ = writeln!(
+            out,
+            "wasmq_queue_paused{{queue=\"{}\"}} {}",
+            queue.name,
+            u8::from(queue.paused)
+        );
+    }
+    out
+}
