@@ -205,18 +205,34 @@ enum BenchCommand {
     OpenBacklog { path: PathBuf },
 }
 
-/// Where the API of the running host is.
+/// Where the API of the running host is, and how to get in.
 #[derive(Debug, Args)]
 struct ApiArgs {
     /// Base URL of the host's API.
     #[arg(long, env = "WASMQ_URL", default_value = "http://127.0.0.1:8787")]
     url: String,
+    /// The API token, when the host requires one.
+    #[arg(long, env = "WASMQ_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 impl ApiArgs {
-    /// The URL of `path` on the API.
-    fn at(&self, path: &str) -> String {
-        format!("{}{path}", self.url.trim_end_matches('/'))
+    /// A request for `path` on the API, with the token if there is one.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        let request = reqwest::Client::new().request(method, url);
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::GET, path)
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::POST, path)
     }
 }
 
@@ -263,9 +279,11 @@ impl Cli {
                     PublishMessage::from_bytes(&bytes, content_type).map_err(anyhow::Error::msg)?;
                 message.delay_seconds = delay;
                 message.dedup_key = dedup_key;
-                let url = format!("{}/queues/{queue}/messages", api.url);
-                let backlog: Backlog =
-                    call(reqwest::Client::new().post(&url).json(&message)).await?;
+                let backlog: Backlog = call(
+                    api.post(&format!("/queues/{queue}/messages"))
+                        .json(&message),
+                )
+                .await?;
                 println!(
                     "sent to {queue}; backlog {} message(s), {} bytes",
                     backlog.count, backlog.bytes
@@ -274,8 +292,7 @@ impl Cli {
             }
             Command::Queues { command } => match command {
                 QueuesCommand::List { api, json } => {
-                    let queues: Vec<QueueInfo> =
-                        call(reqwest::Client::new().get(format!("{}/queues", api.url))).await?;
+                    let queues: Vec<QueueInfo> = call(api.get("/queues")).await?;
                     if json {
                         println!("{}", serde_json::to_string_pretty(&queues)?);
                     } else {
@@ -284,14 +301,13 @@ impl Cli {
                     Ok(())
                 }
                 QueuesCommand::Pause { queue, api } => {
-                    let info: QueueInfo =
-                        call(client().post(api.at(&format!("/queues/{queue}/pause")))).await?;
+                    let info: QueueInfo = call(api.post(&format!("/queues/{queue}/pause"))).await?;
                     println!("queue {} paused", info.name);
                     Ok(())
                 }
                 QueuesCommand::Resume { queue, api } => {
                     let info: QueueInfo =
-                        call(client().post(api.at(&format!("/queues/{queue}/resume")))).await?;
+                        call(api.post(&format!("/queues/{queue}/resume"))).await?;
                     println!("queue {} resumed", info.name);
                     Ok(())
                 }
@@ -300,14 +316,12 @@ impl Cli {
                         bail!("not purged (pass --force to purge without asking)");
                     }
                     let result: serde_json::Value =
-                        call(client().post(api.at(&format!("/queues/{queue}/purge")))).await?;
+                        call(api.post(&format!("/queues/{queue}/purge"))).await?;
                     println!("purged {} message(s) from {queue}", result["purged"]);
                     Ok(())
                 }
                 QueuesCommand::Info { queue, api, json } => {
-                    let info: QueueInfo =
-                        call(reqwest::Client::new().get(format!("{}/queues/{queue}", api.url)))
-                            .await?;
+                    let info: QueueInfo = call(api.get(&format!("/queues/{queue}"))).await?;
                     if json {
                         println!("{}", serde_json::to_string_pretty(&info)?);
                     } else {
@@ -326,8 +340,7 @@ impl Cli {
                     },
             } => {
                 let messages: Vec<PeekedMessage> =
-                    call(client().get(api.at(&format!("/queues/{queue}/messages?limit={limit}"))))
-                        .await?;
+                    call(api.get(&format!("/queues/{queue}/messages?limit={limit}"))).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&messages)?);
                 } else {
@@ -427,12 +440,8 @@ async fn replay(api: &ApiArgs, dlq: &str, to: &str, limit: Option<u64>) -> Resul
             to: to.to_owned(),
             limit: Some(want),
         };
-        let result: serde_json::Value = call(
-            client()
-                .post(api.at(&format!("/queues/{dlq}/replay")))
-                .json(&request),
-        )
-        .await?;
+        let result: serde_json::Value =
+            call(api.post(&format!("/queues/{dlq}/replay")).json(&request)).await?;
         let step = result["moved"].as_u64().unwrap_or(0);
         moved += step;
         if step > 0 {
@@ -458,10 +467,6 @@ fn confirm(question: &str) -> Result<bool> {
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::new()
 }
 
 /// Sends an API request and unwraps its envelope; API errors become one readable line.

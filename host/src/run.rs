@@ -91,7 +91,15 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
         .await
         .with_context(|| format!("listening on {}", manifest.host.listen))?;
     let addr = listener.local_addr()?;
-    let router = http::router(broker.clone());
+    let token = manifest.host.api_token.clone().or_else(|| {
+        std::env::var("WASMQ_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+    });
+    if token.is_none() && !manifest.host.listen.ip().is_loopback() {
+        tracing::warn!(listen = %manifest.host.listen, "the API listens beyond loopback without a token; set [host] api_token or WASMQ_API_TOKEN");
+    }
+    let router = http::router(broker.clone(), token);
     let mut stop_http = stopped.clone();
     tasks.spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {

@@ -33,6 +33,11 @@ struct RunningHost {
 
 impl RunningHost {
     fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Starts a host whose `[host]` table also has `host_lines`.
+    fn start_with(host_lines: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let manifest = dir.path().join("manifest.toml");
         std::fs::write(
@@ -42,6 +47,7 @@ impl RunningHost {
 [host]
 data_dir = "data"
 listen = "127.0.0.1:0"
+{host_lines}
 
 [queues.incoming]
 [queues.jobs]
@@ -57,6 +63,7 @@ source = "{worker}"
 consumer = {{ queue = "jobs", max_batch_timeout = 0, dead_letter_queue = "jobs-dlq" }}
 "#,
                 fanout = guest("fanout").display(),
+                host_lines = host_lines,
                 worker = guest("worker").display(),
             ),
         )
@@ -100,6 +107,7 @@ consumer = {{ queue = "jobs", max_batch_timeout = 0, dead_letter_queue = "jobs-d
         Command::new(HOST)
             .args(args)
             .env("WASMQ_URL", &self.url)
+            .env_remove("WASMQ_API_TOKEN")
             .output()
             .unwrap()
     }
@@ -443,4 +451,39 @@ fn plain_get(url: &str) -> String {
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default()
+}
+
+#[test]
+fn with_an_api_token_every_route_requires_it() {
+    let host = RunningHost::start_with(r#"api_token = "s3cret""#);
+    let out = host.cli(&["queues", "list"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(unauthorized)"));
+    let out = host.cli(&["send", "jobs", "x", "--token", "wrong"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(unauthorized)"));
+
+    let with_token = |args: &[&str]| {
+        Command::new(HOST)
+            .args(args)
+            .env("WASMQ_URL", &host.url)
+            .env("WASMQ_API_TOKEN", "s3cret")
+            .output()
+            .unwrap()
+    };
+    let out = with_token(&["send", "jobs-dlq", "x", "--delay", "600"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = with_token(&["queues", "info", "jobs-dlq", "--json"]);
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        info["metrics"]["sent"], 1,
+        "only the authorised send was stored"
+    );
+
+    let metrics = plain_get(&format!("{}/metrics", host.url));
+    assert!(metrics.contains("\"unauthorized\""), "{metrics}");
+    host.stop();
 }

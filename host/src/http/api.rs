@@ -18,9 +18,10 @@ use crate::engine::{Backlog, Broker, BrokerError, QueueInfo};
 /// and base64. Larger requests are refused before they are read whole.
 const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 
-/// The API's routes over `broker`.
-pub fn router(broker: Arc<dyn Broker>) -> Router {
-    Router::new()
+/// The API's routes over `broker`. With a `token`, every route requires
+/// `Authorization: Bearer <token>` and answers 401 otherwise.
+pub fn router(broker: Arc<dyn Broker>, token: Option<String>) -> Router {
+    let router = Router::new()
         .route("/queues", get(list_queues))
         .route("/queues/{queue}", get(queue_info))
         .route("/queues/{queue}/messages", post(publish))
@@ -28,7 +29,42 @@ pub fn router(broker: Arc<dyn Broker>) -> Router {
         .merge(super::operator::routes())
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .layer(middleware::from_fn(refuse_declared_oversize))
-        .with_state(broker)
+        .with_state(broker);
+    match token {
+        // Outermost, so an unauthenticated request is refused before anything else looks at it.
+        Some(token) => {
+            let token: Arc<str> = token.into();
+            router.layer(middleware::from_fn(move |request, next| {
+                require_token(token.clone(), request, next)
+            }))
+        }
+        None => router,
+    }
+}
+
+/// Lets the request through only with the right bearer token.
+async fn require_token(token: Arc<str>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(presented) if same_secret(presented.as_bytes(), token.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => fail(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this API needs `Authorization: Bearer <token>` with the host's API token",
+        )
+        .into_response(),
+    }
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// Refuses a request whose declared length is over the limit at once, without reading its
