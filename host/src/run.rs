@@ -99,7 +99,7 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
     if token.is_none() && !manifest.host.listen.ip().is_loopback() {
         tracing::warn!(listen = %manifest.host.listen, "the API listens beyond loopback without a token; set [host] api_token or WASMQ_API_TOKEN");
     }
-    let router = http::router(broker.clone(), token);
+    let router = http::router(broker.clone(), manifest.pull_consumers.clone(), token);
     let mut stop_http = stopped.clone();
     tasks.spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {

@@ -52,6 +52,8 @@ listen = "127.0.0.1:0"
 [queues.incoming]
 [queues.jobs]
 [queues.jobs-dlq]
+[queues.pulled]
+pull_consumer = {{ visibility_timeout_ms = 400, max_retries = 1, dead_letter_queue = "jobs-dlq" }}
 
 [components.fanout]
 source = "{fanout}"
@@ -485,5 +487,127 @@ fn with_an_api_token_every_route_requires_it() {
 
     let metrics = plain_get(&format!("{}/metrics", host.url));
     assert!(metrics.contains("\"unauthorized\""), "{metrics}");
+    host.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_consumers_lease_ack_retry_and_expire_over_http() {
+    let host = RunningHost::start();
+    let client = reqwest::Client::new();
+    let post = |path: String, body: Value| {
+        let request = client.post(format!("{}{path}", host.url)).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let pull = |batch_size: u32, visibility: Option<u64>| {
+        let mut body = json!({ "batch_size": batch_size });
+        if let Some(ms) = visibility {
+            body["visibility_timeout_ms"] = json!(ms);
+        }
+        post("/queues/pulled/messages/pull".into(), body)
+    };
+    let bodies = |v: &Value| -> Vec<(String, u64)> {
+        v["result"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["body"].as_str().unwrap().to_owned(),
+                    m["attempts"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let lease = |v: &Value, i: usize| {
+        v["result"]["messages"][i]["lease_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    let batch = json!({"messages": [
+        {"body": "a", "content_type": "text"},
+        {"body": "b", "content_type": "text"},
+        {"body": "c", "content_type": "text"},
+    ]});
+    assert_eq!(
+        post("/queues/pulled/messages/batch".into(), batch).await.0,
+        200
+    );
+
+    let (status, first) = pull(2, Some(60_000)).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(bodies(&first), [("a".into(), 1), ("b".into(), 1)]);
+    assert_eq!(first["result"]["message_backlog_count"], 3);
+    assert_eq!(lease(&first, 0).len(), 32);
+
+    let settle = json!({
+        "acks": [{"lease_id": lease(&first, 0)}],
+        "retries": [{"lease_id": lease(&first, 1), "delay_seconds": 0}],
+    });
+    let (status, acked) = post("/queues/pulled/messages/ack".into(), settle).await;
+    assert_eq!(status, 200, "{acked}");
+    assert_eq!(
+        (
+            acked["result"]["ack_count"].as_u64(),
+            acked["result"]["retry_count"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(acked["result"]["warnings"], json!([]));
+
+    // The retried message goes behind the one already waiting, with its attempt counted.
+    let (_, second) = pull(10, Some(60_000)).await;
+    assert_eq!(bodies(&second), [("c".into(), 1), ("b".into(), 2)]);
+    let settle = json!({"acks": [{"lease_id": lease(&second, 0)}, {"lease_id": "nonsense"}]});
+    let (_, acked) = post("/queues/pulled/messages/ack".into(), settle).await;
+    assert_eq!(acked["result"]["ack_count"], 1);
+    assert!(
+        acked["result"]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("nonsense")
+    );
+
+    // An expired lease makes the message visible again with attempts + 1; a late ack warns.
+    let send_d = json!({"body": "d", "content_type": "text"});
+    assert_eq!(post("/queues/pulled/messages".into(), send_d).await.0, 200);
+    let (_, third) = pull(10, None).await; // the queue's visibility_timeout_ms: 400
+    assert_eq!(bodies(&third), [("d".into(), 1)]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (_, fourth) = pull(10, Some(60_000)).await;
+    assert_eq!(bodies(&fourth), [("d".into(), 2)]);
+    let late = json!({"acks": [{"lease_id": lease(&third, 0)}]});
+    let (_, acked) = post("/queues/pulled/messages/ack".into(), late).await;
+    assert_eq!(acked["result"]["ack_count"], 0);
+    assert!(
+        acked["result"]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("unknown or expired")
+    );
+
+    let (status, bad) = pull(101, None).await;
+    assert_eq!(
+        (status, bad["errors"][0]["code"].as_str()),
+        (400, Some("invalid_lease"))
+    );
+    let (status, other) = post("/queues/jobs/messages/pull".into(), json!({})).await;
+    assert_eq!(
+        (status, other["errors"][0]["code"].as_str()),
+        (409, Some("no_pull_consumer"))
+    );
+    let (status, _) = post("/queues/nope/messages/pull".into(), json!({})).await;
+    assert_eq!(status, 404);
+    assert_eq!(post("/queues/pulled/pause".into(), json!({})).await.0, 200);
+    let (status, paused) = pull(1, None).await;
+    assert_eq!(
+        (status, paused["errors"][0]["code"].as_str()),
+        (409, Some("queue_paused"))
+    );
     host.stop();
 }

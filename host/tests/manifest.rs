@@ -886,3 +886,75 @@ fn an_unreadable_manifest_names_the_file() {
         "{e}"
     );
 }
+
+#[test]
+fn a_pull_consumer_sets_the_queue_retry_settings_and_its_lease() {
+    let m = parse(
+        r#"
+[queues.pulled]
+pull_consumer = { visibility_timeout_ms = 5000, max_retries = 1, retry_delay = 7, dead_letter_queue = "dlq" }
+[queues.dlq]
+[queues.plain]
+pull_consumer = {}
+"#,
+    )
+    .unwrap();
+    let pulled = &m.queues["pulled"].consumer;
+    assert_eq!(
+        (
+            pulled.max_retries,
+            pulled.retry_delay,
+            pulled.dead_letter_queue.as_deref()
+        ),
+        (1, 7, Some("dlq"))
+    );
+    assert_eq!(m.pull_consumers["pulled"].visibility_timeout_ms, 5000);
+    assert_eq!(
+        m.pull_consumers["plain"].visibility_timeout_ms,
+        manifest::DEFAULT_VISIBILITY_TIMEOUT_MS
+    );
+    assert!(!m.pull_consumers.contains_key("dlq"));
+}
+
+#[test]
+fn a_pull_queue_cannot_also_have_a_component_consumer() {
+    let e = error_at(
+        r#"
+[queues.jobs]
+pull_consumer = {}
+[components.a]
+source = "a.wasm"
+build = "make"
+consumer = { queue = "jobs" }
+"#,
+        "components.a.consumer.queue",
+        7,
+    );
+    assert_says(&e, "already consumed by a pull_consumer (line 3)");
+}
+
+#[test]
+fn pull_consumer_settings_are_checked() {
+    let e = error_at(
+        "[queues.jobs]\npull_consumer = { visibility_timeout_ms = 0 }\n",
+        "queues.jobs.pull_consumer.visibility_timeout_ms",
+        2,
+    );
+    assert_says(&e, "out of range");
+    let e = error_at(
+        "[queues.jobs]\npull_consumer = { dead_letter_queue = \"jobs\" }\n",
+        "queues.jobs.pull_consumer.dead_letter_queue",
+        2,
+    );
+    assert_says(&e, "cannot be its own dead_letter_queue");
+    error_at(
+        "[queues.jobs]\npull_consumer = { max_retries = 101 }\n",
+        "queues.jobs.pull_consumer.max_retries",
+        2,
+    );
+    error_at(
+        "[queues.jobs]\npull_consumer = { batch_size = 5 }\n",
+        "queues.jobs.pull_consumer.batch_size",
+        2,
+    );
+}

@@ -1,5 +1,6 @@
 //! Routes and handlers of the HTTP API.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -13,23 +14,29 @@ use serde::Serialize;
 
 use super::wire::{ApiError, Envelope, PublishBatch, PublishMessage};
 use crate::engine::{Backlog, Broker, BrokerError, QueueInfo};
+use crate::manifest::PullConsumerConfig;
 
 /// Largest request body accepted: a full batch (256 000 bytes) with room for JSON escaping
 /// and base64. Larger requests are refused before they are read whole.
 const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 
-/// The API's routes over `broker`. With a `token`, every route requires
-/// `Authorization: Bearer <token>` and answers 401 otherwise.
-pub fn router(broker: Arc<dyn Broker>, token: Option<String>) -> Router {
+/// The API's routes over `broker`; `pull_queues` are the queues consumed over HTTP. With a
+/// `token`, every route requires `Authorization: Bearer <token>` and answers 401 otherwise.
+pub fn router(
+    broker: Arc<dyn Broker>,
+    pull_queues: BTreeMap<String, PullConsumerConfig>,
+    token: Option<String>,
+) -> Router {
     let router = Router::new()
         .route("/queues", get(list_queues))
         .route("/queues/{queue}", get(queue_info))
         .route("/queues/{queue}/messages", post(publish))
         .route("/queues/{queue}/messages/batch", post(publish_batch))
         .merge(super::operator::routes())
+        .with_state(broker.clone())
+        .merge(super::pull::routes(broker, pull_queues))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .layer(middleware::from_fn(refuse_declared_oversize))
-        .with_state(broker);
+        .layer(middleware::from_fn(refuse_declared_oversize));
     match token {
         // Outermost, so an unauthenticated request is refused before anything else looks at it.
         Some(token) => {
@@ -138,6 +145,7 @@ pub(super) fn broker_error(err: BrokerError) -> Answer {
         BrokerError::InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
         BrokerError::InvalidDedupKey(_) => (StatusCode::BAD_REQUEST, "invalid_dedup_key"),
         BrokerError::Paused(_) => (StatusCode::CONFLICT, "queue_paused"),
+        BrokerError::InvalidLease(_) => (StatusCode::BAD_REQUEST, "invalid_lease"),
         BrokerError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         _ => (StatusCode::BAD_REQUEST, "invalid_request"),
     };

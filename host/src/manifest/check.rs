@@ -13,13 +13,16 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::error::KeyPath;
-use super::raw::{RawComponent, RawConsumer, RawHost, RawLimits, RawManifest, RawQueue, value_or};
+use super::raw::{
+    RawComponent, RawConsumer, RawHost, RawLimits, RawManifest, RawPullConsumer, RawQueue, value_or,
+};
 use super::units::{format_duration, parse_duration, parse_size};
 use super::{
-    AllowedHost, ComponentConfig, ConsumerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN, HostConfig,
-    Limits, MAX_CONCURRENCY, Manifest, ManifestError, Position,
+    AllowedHost, ComponentConfig, ConsumerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
+    DEFAULT_VISIBILITY_TIMEOUT_MS, HostConfig, Limits, MAX_CONCURRENCY, Manifest, ManifestError,
+    Position, PullConsumerConfig,
 };
-use crate::engine::limits::check_queue_name;
+use crate::engine::limits::{MAX_VISIBILITY_TIMEOUT_MS, check_queue_name};
 use crate::engine::{BrokerError, ConsumerSettings, QueueSettings};
 
 /// Checks `raw`, read from `text` in the file `path`.
@@ -45,11 +48,17 @@ pub(super) fn check(raw: RawManifest, text: &str, path: &Path) -> Result<Manifes
     };
 
     let host = checker.host(&raw.host);
-    let mut queues: BTreeMap<String, QueueSettings> = raw
-        .queues
-        .iter()
-        .map(|(name, queue)| (name.get_ref().clone(), checker.queue(name, queue)))
-        .collect();
+    let mut pull_consumers = BTreeMap::new();
+    let mut queues: BTreeMap<String, QueueSettings> = BTreeMap::new();
+    for (name, queue) in &raw.queues {
+        let mut settings = checker.queue(name, queue);
+        if let Some(pull) = &queue.pull_consumer {
+            let (consumer, config) = checker.pull_consumer(name, pull);
+            settings.consumer = consumer;
+            pull_consumers.insert(name.get_ref().clone(), config);
+        }
+        queues.insert(name.get_ref().clone(), settings);
+    }
 
     // In file order, so that a duplicate route or consumer is blamed on the later component.
     let mut raw_components: Vec<_> = raw.components.iter().collect();
@@ -79,6 +88,7 @@ pub(super) fn check(raw: RawManifest, text: &str, path: &Path) -> Result<Manifes
         host,
         queues,
         components,
+        pull_consumers,
         source_positions,
     })
 }
@@ -110,7 +120,7 @@ struct Checker<'a> {
     queues: BTreeSet<String>,
     /// Each route, with the component that took it first and where.
     routes: BTreeMap<String, (String, Position)>,
-    /// Each consumed queue, with its consumer and where.
+    /// Each consumed queue, with its consumer (`component `x`` or `a pull_consumer`) and where.
     consumers: BTreeMap<String, (String, Position)>,
 }
 
@@ -224,6 +234,61 @@ impl Checker<'_> {
             self.report_setting(&key, e, |k| raw.span_of(k), name.span());
         }
         settings
+    }
+
+    /// A queue's `pull_consumer`: its retry settings and its default lease.
+    fn pull_consumer(
+        &mut self,
+        queue: &Spanned<String>,
+        raw: &Spanned<RawPullConsumer>,
+    ) -> (ConsumerSettings, PullConsumerConfig) {
+        let key = KeyPath::root("queues")
+            .child(queue.get_ref())
+            .child("pull_consumer");
+        let pull = raw.get_ref();
+        let at = self.position(raw.span());
+        self.consumers
+            .insert(queue.get_ref().clone(), ("a pull_consumer".to_owned(), at));
+
+        let defaults = ConsumerSettings::default();
+        let settings = ConsumerSettings {
+            max_retries: value_or(&pull.max_retries, defaults.max_retries),
+            retry_delay: value_or(&pull.retry_delay, defaults.retry_delay),
+            dead_letter_queue: pull.dead_letter_queue.as_ref().map(|d| d.get_ref().clone()),
+            ..defaults
+        };
+        if let Err(e) = settings.validate() {
+            self.report_setting(&key, e, |k| pull.span_of(k), raw.span());
+        }
+        if let Some(dlq) = &pull.dead_letter_queue {
+            let dlq_key = key.child("dead_letter_queue");
+            if dlq.get_ref() == queue.get_ref() {
+                let message = format!(
+                    "queue `{}` cannot be its own dead_letter_queue",
+                    dlq.get_ref()
+                );
+                self.report(&dlq_key, dlq.span(), message);
+            } else {
+                self.check_declared(&dlq_key, dlq);
+            }
+        }
+        let visibility_timeout_ms =
+            value_or(&pull.visibility_timeout_ms, DEFAULT_VISIBILITY_TIMEOUT_MS);
+        if !(1..=MAX_VISIBILITY_TIMEOUT_MS).contains(&visibility_timeout_ms) {
+            self.report(
+                &key.child("visibility_timeout_ms"),
+                pull.span_of("visibility_timeout_ms").unwrap_or(raw.span()),
+                format!(
+                    "{visibility_timeout_ms} is out of range (1..={MAX_VISIBILITY_TIMEOUT_MS})"
+                ),
+            );
+        }
+        (
+            settings,
+            PullConsumerConfig {
+                visibility_timeout_ms,
+            },
+        )
     }
 
     fn component(&mut self, name: &Spanned<String>, raw: &RawComponent) -> ComponentConfig {
@@ -365,7 +430,7 @@ impl Checker<'_> {
         if self.check_declared(&queue_key, &consumer.queue) {
             if let Some((other, at)) = self.consumers.get(queue) {
                 let message = format!(
-                    "queue `{queue}` is already consumed by component `{other}` (line {}); \
+                    "queue `{queue}` is already consumed by {other} (line {}); \
                      a queue has one consumer",
                     at.line
                 );
@@ -373,7 +438,7 @@ impl Checker<'_> {
             } else {
                 let at = self.position(consumer.queue.span());
                 self.consumers
-                    .insert(queue.clone(), (component.to_owned(), at));
+                    .insert(queue.clone(), (format!("component `{component}`"), at));
             }
         }
 

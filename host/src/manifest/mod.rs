@@ -68,6 +68,9 @@ pub struct Manifest {
     pub queues: BTreeMap<String, QueueSettings>,
     /// Every component, by name.
     pub components: BTreeMap<String, ComponentConfig>,
+    /// The queues consumed over HTTP (`pull_consumer`), by name. Their retry settings are in
+    /// `queues`.
+    pub pull_consumers: BTreeMap<String, PullConsumerConfig>,
     /// Where each component's `source` is written, for [`Manifest::check_sources`].
     source_positions: BTreeMap<String, Position>,
 }
@@ -117,6 +120,16 @@ pub struct ComponentConfig {
     /// Environment variables the component sees (none unless listed).
     pub env: BTreeMap<String, String>,
 }
+
+/// A queue's `pull_consumer` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullConsumerConfig {
+    /// How long a pulled message stays leased when the pull does not say (ms, default 30 000).
+    pub visibility_timeout_ms: u64,
+}
+
+/// Default of `pull_consumer.visibility_timeout_ms`.
+pub const DEFAULT_VISIBILITY_TIMEOUT_MS: u64 = 30_000;
 
 /// A component's `consumer` table.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,6 +38,29 @@ pub(super) struct RawQueue {
     pub delivery_delay: Option<Spanned<u32>>,
     pub message_retention_period: Option<Spanned<u32>>,
     pub dedup_window: Option<Spanned<u32>>,
+    pub pull_consumer: Option<Spanned<RawPullConsumer>>,
+}
+
+/// `queues.NAME.pull_consumer`: the queue is consumed over HTTP, not by a component.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPullConsumer {
+    pub visibility_timeout_ms: Option<Spanned<u64>>,
+    pub max_retries: Option<Spanned<u32>>,
+    pub retry_delay: Option<Spanned<u32>>,
+    pub dead_letter_queue: Option<Spanned<String>>,
+}
+
+impl RawPullConsumer {
+    /// The span of the value of `key`, if it is written.
+    pub fn span_of(&self, key: &str) -> Option<Range<usize>> {
+        match key {
+            "visibility_timeout_ms" => self.visibility_timeout_ms.as_ref().map(Spanned::span),
+            "max_retries" => self.max_retries.as_ref().map(Spanned::span),
+            "retry_delay" => self.retry_delay.as_ref().map(Spanned::span),
+            _ => None,
+        }
+    }
 }
 
 impl RawQueue {
