@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 
-use crate::bench::{self, ConsumerBench, EngineBench};
+use crate::bench::{self, ConsumerBench, EngineBench, HttpBench};
 use crate::engine::{Backlog, ContentType, QueueInfo};
 use crate::http::MAX_REPLAY;
 use crate::http::wire::{Envelope, PeekedMessage, PublishMessage, ReplayRequest};
@@ -200,6 +200,15 @@ enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "1,4")]
         concurrency: Vec<u32>,
     },
+    /// Publishing through the HTTP API over loopback, and pull / ack.
+    Http {
+        /// Messages to publish.
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 8)]
+        connections: u64,
+    },
     /// Internal: open a backlog database in a fresh process and time the first lease.
     #[command(hide = true)]
     OpenBacklog { path: PathBuf },
@@ -389,6 +398,16 @@ impl Cli {
                         wasm,
                         messages,
                         latency_messages,
+                    })
+                    .await
+                }
+                BenchCommand::Http {
+                    messages,
+                    connections,
+                } => {
+                    bench::run_http(&HttpBench {
+                        messages,
+                        connections,
                     })
                     .await
                 }

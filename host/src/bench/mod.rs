@@ -3,6 +3,7 @@
 
 mod consumer;
 mod engine;
+mod http;
 
 use std::path::PathBuf;
 
@@ -11,6 +12,7 @@ use hdrhistogram::Histogram;
 
 pub use self::consumer::{ConsumerBench, run_consumer};
 pub use self::engine::{EngineBench, open_backlog, run_engine};
+pub use self::http::{HttpBench, run_http};
 use crate::engine::SendRequest;
 
 fn tempdir() -> Result<PathBuf> {
