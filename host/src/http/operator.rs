@@ -130,7 +130,7 @@ async fn metrics(State(broker): Api) -> Response {
 /// Renders the metrics of `queues`. Queue names need no escaping: they are `[a-z0-9_-]`.
 pub fn prometheus_text(queues: &[QueueInfo]) -> String {
     type Read = fn(&QueueInfo) -> u64;
-    let families: [(&str, &str, &str, Read); 10] = [
+    let families: [(&str, &str, &str, Read); 11] = [
         (
             "wasmq_queue_backlog_messages",
             "gauge",
@@ -191,6 +191,12 @@ pub fn prometheus_text(queues: &[QueueInfo]) -> String {
             "Messages deleted when their retention ran out.",
             |q| q.metrics.expired,
         ),
+        (
+            "wasmq_queue_paused",
+            "gauge",
+            "1 while delivery is paused.",
+            |q| u64::from(q.paused),
+        ),
     ];
     let mut out = String::new();
     for (name, kind, help, read) in families {
@@ -198,18 +204,6 @@ pub fn prometheus_text(queues: &[QueueInfo]) -> String {
         for queue in queues {
             let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", queue.name, read(queue));
         }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP wasmq_queue_paused 1 while delivery is paused.\n# TYPE wasmq_queue_paused gauge"
-    );
-    for queue in queues {
-        let _ = writeln!(
-            out,
-            "wasmq_queue_paused{{queue=\"{}\"}} {}",
-            queue.name,
-            u8::from(queue.paused)
-        );
     }
     out
 }
