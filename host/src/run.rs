@@ -12,8 +12,11 @@ use tokio::task::JoinSet;
 use crate::dispatch::Dispatcher;
 use crate::engine::{Broker, BrokerError, RedbBroker, RedbOptions};
 use crate::http;
+use crate::http::{ProducerRoute, ProducerRoutes};
 use crate::manifest::{ComponentConfig, Manifest};
-use crate::runtime::{ComponentLimits, ComponentOptions, ConsumerComponent, Runtime, SendTarget};
+use crate::runtime::{
+    ComponentLimits, ComponentOptions, ConsumerComponent, ProducerComponent, Runtime, SendTarget,
+};
 
 /// How often expired leases, retention and dedup windows are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -68,14 +71,29 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
     let runtime = Runtime::new()?;
     let (shutdown, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let mut producers = Vec::new();
     for component in manifest.components.values() {
-        if component.route.is_some() {
-            tracing::warn!(component = %component.name, "producer routes are not served yet; the route is ignored");
+        if let Some(route) = &component.route {
+            let options = component_options(component, broker.clone());
+            let loaded = compile(&runtime, component, move |runtime, name, wasm| {
+                ProducerComponent::new(runtime, name, wasm, options)
+            })
+            .await?;
+            tracing::info!(component = %component.name, %route, "serving producer");
+            producers.push(ProducerRoute {
+                route: route.clone(),
+                component: loaded,
+                requires_token: component.route_requires_token,
+            });
         }
         let Some(consumer) = &component.consumer else {
             continue;
         };
-        let loaded = load_consumer(&runtime, component, broker.clone()).await?;
+        let options = component_options(component, broker.clone());
+        let loaded = compile(&runtime, component, move |runtime, name, wasm| {
+            ConsumerComponent::new(runtime, name, wasm, options)
+        })
+        .await?;
         let dispatcher = Dispatcher::new(
             broker.clone(),
             consumer.queue.clone(),
@@ -99,7 +117,12 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
     if token.is_none() && !manifest.host.listen.ip().is_loopback() {
         tracing::warn!(listen = %manifest.host.listen, "the API listens beyond loopback without a token; set [host] api_token or WASMQ_API_TOKEN");
     }
-    let router = http::router(broker.clone(), manifest.pull_consumers.clone(), token);
+    let router = http::router(http::ServeConfig {
+        broker: broker.clone(),
+        pull_queues: manifest.pull_consumers.clone(),
+        token,
+        producers: ProducerRoutes::new(producers),
+    });
     let mut stop_http = stopped.clone();
     tasks.spawn(async move {
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
@@ -180,19 +203,9 @@ async fn sync_queues(broker: &dyn Broker, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-async fn load_consumer(
-    runtime: &Runtime,
-    component: &ComponentConfig,
-    broker: Arc<RedbBroker>,
-) -> Result<ConsumerComponent> {
-    let wasm = std::fs::read(&component.source).with_context(|| {
-        format!(
-            "reading component `{}` from {}",
-            component.name,
-            component.source.display()
-        )
-    })?;
-    let options = ComponentOptions {
+/// What the manifest grants `component`: its limits, environment, bindings and outbound hosts.
+fn component_options(component: &ComponentConfig, broker: Arc<dyn Broker>) -> ComponentOptions {
+    ComponentOptions {
         limits: ComponentLimits {
             timeout: component.limits.timeout,
             memory_bytes: usize::try_from(component.limits.memory_bytes).unwrap_or(usize::MAX),
@@ -204,10 +217,25 @@ async fn load_consumer(
             handle: tokio::runtime::Handle::current(),
         }),
         allowed_outbound_hosts: component.allowed_outbound_hosts.clone(),
-    };
+    }
+}
+
+/// Reads `component`'s file and compiles it with `load` on a blocking thread.
+async fn compile<T: Send + 'static>(
+    runtime: &Runtime,
+    component: &ComponentConfig,
+    load: impl FnOnce(&Runtime, &str, &[u8]) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let wasm = std::fs::read(&component.source).with_context(|| {
+        format!(
+            "reading component `{}` from {}",
+            component.name,
+            component.source.display()
+        )
+    })?;
     let runtime = runtime.clone();
     let name = component.name.clone();
-    tokio::task::spawn_blocking(move || ConsumerComponent::new(&runtime, &name, &wasm, options))
+    tokio::task::spawn_blocking(move || load(&runtime, &name, &wasm))
         .await
         .context("compiling a component")?
 }

@@ -39,7 +39,12 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
     )]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let router = http::router(broker.clone(), pull, None);
+    let router = http::router(http::ServeConfig {
+        broker: broker.clone(),
+        pull_queues: pull,
+        token: None,
+        producers: Default::default(),
+    });
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
     println!(
         "wasmq HTTP bench: {} messages in batches of 100 over {} keep-alive connections, durable",

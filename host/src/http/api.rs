@@ -5,68 +5,82 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
+use super::producer::ProducerRoutes;
 use super::wire::{ApiError, Envelope, PublishBatch, PublishMessage};
 use crate::engine::{Backlog, Broker, BrokerError, QueueInfo};
 use crate::manifest::PullConsumerConfig;
 
 /// Largest request body accepted: a full batch (256 000 bytes) with room for JSON escaping
 /// and base64. Larger requests are refused before they are read whole.
-const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+pub(super) const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 
-/// The API's routes over `broker`; `pull_queues` are the queues consumed over HTTP. With a
-/// `token`, every route requires `Authorization: Bearer <token>` and answers 401 otherwise.
-pub fn router(
-    broker: Arc<dyn Broker>,
-    pull_queues: BTreeMap<String, PullConsumerConfig>,
-    token: Option<String>,
-) -> Router {
-    let router = Router::new()
+/// What the HTTP server serves.
+pub struct ServeConfig {
+    /// The queues.
+    pub broker: Arc<dyn Broker>,
+    /// The queues consumed over HTTP, with their pull settings.
+    pub pull_queues: BTreeMap<String, PullConsumerConfig>,
+    /// With a token, every API route requires `Authorization: Bearer <token>` and answers 401
+    /// otherwise; producer routes only when they ask for it.
+    pub token: Option<String>,
+    /// The producer components, matched after the API's own paths.
+    pub producers: ProducerRoutes,
+}
+
+/// The API's routes and the producer routes.
+pub fn router(config: ServeConfig) -> Router {
+    let token: Option<Arc<str>> = config.token.map(Into::into);
+    let api = Router::new()
         .route("/queues", get(list_queues))
         .route("/queues/{queue}", get(queue_info))
         .route("/queues/{queue}/messages", post(publish))
         .route("/queues/{queue}/messages/batch", post(publish_batch))
         .merge(super::operator::routes())
-        .with_state(broker.clone())
-        .merge(super::pull::routes(broker, pull_queues))
-        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .layer(middleware::from_fn(refuse_declared_oversize));
-    match token {
+        .with_state(config.broker.clone())
+        .merge(super::pull::routes(config.broker, config.pull_queues));
+    let api = match token.clone() {
         // Outermost, so an unauthenticated request is refused before anything else looks at it.
-        Some(token) => {
-            let token: Arc<str> = token.into();
-            router.layer(middleware::from_fn(move |request, next| {
-                require_token(token.clone(), request, next)
-            }))
-        }
-        None => router,
-    }
+        Some(token) => api.layer(middleware::from_fn(move |request, next| {
+            require_token(token.clone(), request, next)
+        })),
+        None => api,
+    };
+    api.merge(super::producer::router(config.producers, token))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(middleware::from_fn(refuse_declared_oversize))
 }
 
 /// Lets the request through only with the right bearer token.
 async fn require_token(token: Arc<str>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
+    if authorized(&token, request.headers()) {
+        next.run(request).await
+    } else {
+        unauthorized().into_response()
+    }
+}
+
+/// True if `headers` carry `Authorization: Bearer <token>`.
+pub(super) fn authorized(token: &str, headers: &HeaderMap) -> bool {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(presented) if same_secret(presented.as_bytes(), token.as_bytes()) => {
-            next.run(request).await
-        }
-        _ => fail(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this API needs `Authorization: Bearer <token>` with the host's API token",
-        )
-        .into_response(),
-    }
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|presented| same_secret(presented.as_bytes(), token.as_bytes()))
+}
+
+pub(super) fn unauthorized() -> Answer {
+    fail(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this API needs `Authorization: Bearer <token>` with the host's API token",
+    )
 }
 
 /// Compares two secrets in time that depends only on their lengths.

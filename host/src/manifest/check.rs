@@ -4,7 +4,7 @@
 //! Every check runs and records its error; the one earliest in the file is returned, so that
 //! fixing errors top to bottom works.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -20,7 +20,7 @@ use super::units::{format_duration, parse_duration, parse_size};
 use super::{
     AllowedHost, ComponentConfig, ConsumerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
     DEFAULT_VISIBILITY_TIMEOUT_MS, HostConfig, Limits, MAX_CONCURRENCY, Manifest, ManifestError,
-    Position, PullConsumerConfig,
+    Position, PullConsumerConfig, Route,
 };
 use crate::engine::limits::{MAX_VISIBILITY_TIMEOUT_MS, check_queue_name};
 use crate::engine::{BrokerError, ConsumerSettings, QueueSettings};
@@ -43,7 +43,7 @@ pub(super) fn check(raw: RawManifest, text: &str, path: &Path) -> Result<Manifes
             .keys()
             .map(|name| name.get_ref().clone())
             .collect(),
-        routes: BTreeMap::new(),
+        routes: HashMap::new(),
         consumers: BTreeMap::new(),
     };
 
@@ -119,7 +119,7 @@ struct Checker<'a> {
     /// Every declared queue.
     queues: BTreeSet<String>,
     /// Each route, with the component that took it first and where.
-    routes: BTreeMap<String, (String, Position)>,
+    routes: HashMap<Route, (String, Position)>,
     /// Each consumed queue, with its consumer (`component `x`` or `a pull_consumer`) and where.
     consumers: BTreeMap<String, (String, Position)>,
 }
@@ -313,7 +313,16 @@ impl Checker<'_> {
         let route = raw
             .route
             .as_ref()
-            .map(|route| self.route(&key, name.get_ref(), route));
+            .and_then(|route| self.route(&key, name.get_ref(), route));
+        if let Some(flag) = &raw.route_requires_token
+            && raw.route.is_none()
+        {
+            self.report(
+                &key.child("route_requires_token"),
+                flag.span(),
+                "only a component with a `route` can require the API token on it",
+            );
+        }
 
         let mut bindings = BTreeMap::new();
         for (binding, queue) in &raw.producers {
@@ -337,6 +346,17 @@ impl Checker<'_> {
             .as_ref()
             .map(|consumer| self.consumer(&key, name.get_ref(), consumer));
 
+        if let (Some(consumer), Some(_)) = (&raw.consumer, &raw.route) {
+            self.report(
+                &key.child("consumer"),
+                consumer.span(),
+                format!(
+                    "component `{}` has both a `consumer` and a `route`: a component is a \
+                     consumer or a producer; split it in two",
+                    name.get_ref()
+                ),
+            );
+        }
         if raw.consumer.is_none() && raw.route.is_none() {
             self.report(
                 &key,
@@ -380,6 +400,10 @@ impl Checker<'_> {
             source,
             build,
             route,
+            route_requires_token: raw
+                .route_requires_token
+                .as_ref()
+                .is_some_and(|flag| *flag.get_ref()),
             bindings,
             consumer,
             limits,
@@ -388,21 +412,21 @@ impl Checker<'_> {
         }
     }
 
-    fn route(&mut self, component_key: &KeyPath, component: &str, raw: &Spanned<String>) -> String {
+    fn route(
+        &mut self,
+        component_key: &KeyPath,
+        component: &str,
+        raw: &Spanned<String>,
+    ) -> Option<Route> {
         let key = component_key.child("route");
-        let route = raw.get_ref();
-        if !route.starts_with('/') {
-            self.report(&key, raw.span(), format!("`{route}` must start with `/`"));
-        } else if route
-            .chars()
-            .any(|c| c.is_whitespace() || c == '?' || c == '#')
-        {
-            self.report(
-                &key,
-                raw.span(),
-                format!("`{route}` must be a plain path (no spaces, `?` or `#`)"),
-            );
-        } else if let Some((other, at)) = self.routes.get(route) {
+        let route = match raw.get_ref().parse::<Route>() {
+            Ok(route) => route,
+            Err(message) => {
+                self.report(&key, raw.span(), message);
+                return None;
+            }
+        };
+        if let Some((other, at)) = self.routes.get(&route) {
             let message = format!(
                 "route `{route}` is already taken by component `{other}` (line {})",
                 at.line
@@ -413,7 +437,7 @@ impl Checker<'_> {
             self.routes
                 .insert(route.clone(), (component.to_owned(), at));
         }
-        route.clone()
+        Some(route)
     }
 
     fn consumer(

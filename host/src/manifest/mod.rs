@@ -32,6 +32,7 @@ mod check;
 mod error;
 mod hosts;
 mod raw;
+mod route;
 mod units;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,7 @@ pub(crate) use self::check::{is_binding_name, is_env_name};
 pub(crate) use self::error::KeyPath;
 pub use self::error::{ManifestError, Position};
 pub use self::hosts::AllowedHost;
+pub use self::route::Route;
 pub(crate) use self::units::parse_size;
 
 /// `host.data_dir` when the manifest gives none.
@@ -106,8 +108,10 @@ pub struct ComponentConfig {
     pub source: PathBuf,
     /// A shell command that builds `source`, run by the host before loading it.
     pub build: Option<String>,
-    /// The HTTP path this component answers (producers), starting with `/`.
-    pub route: Option<String>,
+    /// The HTTP path this component answers (producers).
+    pub route: Option<Route>,
+    /// Whether requests on `route` need the API token, like the API (default: public).
+    pub route_requires_token: bool,
     /// The queues this component may send to, by binding name (`producers = { JOBS = "jobs" }`
     /// gives `JOBS` → `jobs`).
     pub bindings: BTreeMap<String, String>,

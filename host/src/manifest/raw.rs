@@ -83,6 +83,7 @@ pub(super) struct RawComponent {
     pub source: Spanned<String>,
     pub build: Option<Spanned<String>>,
     pub route: Option<Spanned<String>>,
+    pub route_requires_token: Option<Spanned<bool>>,
     #[serde(default)]
     pub producers: BTreeMap<Spanned<String>, Spanned<String>>,
     pub consumer: Option<Spanned<RawConsumer>>,

@@ -1,37 +1,23 @@
-//! Consumer components: the `consumer` world, the host side of its `batch` and `producer`
-//! imports, and one call of `handle` per batch in a fresh store.
+//! Consumer components: the `consumer` world, the host side of its `batch` import, and one
+//! call of `handle` per batch in a fresh store (see `guest.rs` for what every store holds).
 //!
 //! Besides the wasmq interfaces a consumer may import the WASI interfaces mainstream toolchains
 //! use: `wasi:cli`, `clocks`, `filesystem`, `random`, `sockets`, `io` (wasmtime-wasi, with no
 //! preopened directory and no network) and `wasi:http` (outgoing requests only to the origins
 //! in its `allowed_outbound_hosts`, see `outbound.rs`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context;
-use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime::Store;
+use wasmtime::component::{HasSelf, Resource};
 
-use super::guest_log::{GuestLog, Stream};
-use super::outbound::OutboundHttp;
+use super::bindings::{self, wit};
+use super::guest::{self, ComponentOptions, GuestState};
 use super::{ComponentLimits, Runtime};
 use crate::engine::precedence::{BatchCall, HandlerResult};
-use crate::engine::{self, Backlog, Broker, BrokerError, MessageId};
+use crate::engine::{self, Backlog, MessageId};
 use crate::manifest::AllowedHost;
-
-mod bindings {
-    wasmtime::component::bindgen!({
-        world: "consumer",
-        path: "../wit",
-        with: { "wasmq:queues/batch.message-batch": super::BatchResource },
-    });
-}
-
-use bindings::wasmq::queues::types as wit;
 
 /// What the host hands a consumer: one batch of one queue.
 #[derive(Debug, Clone)]
@@ -87,67 +73,11 @@ impl BatchRun {
     }
 }
 
-/// Where a guest's sends go: its bindings (name → queue) on a broker.
-#[derive(Clone)]
-pub struct SendTarget {
-    /// The broker holding the queues.
-    pub broker: Arc<dyn Broker>,
-    /// Binding name → queue name.
-    pub bindings: Arc<BTreeMap<String, String>>,
-    /// Runtime on which the (async) sends are driven from the guest's blocking thread.
-    pub handle: tokio::runtime::Handle,
-}
-
 /// The host side of the `message-batch` resource.
 pub struct BatchResource {
     queue: String,
     messages: Vec<wit::Message>,
     backlog: Backlog,
-}
-
-/// Everything one store holds.
-struct GuestState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    outbound: OutboundHttp,
-    table: ResourceTable,
-    limits: StoreLimits,
-    target: Option<SendTarget>,
-    calls: Vec<BatchCall>,
-    component: Arc<str>,
-}
-
-impl WasiView for GuestState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for GuestState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.outbound,
-        }
-    }
-}
-
-/// What a component is granted besides its code.
-#[derive(Clone, Default)]
-pub struct ComponentOptions {
-    /// Time and memory limits.
-    pub limits: ComponentLimits,
-    /// Environment variables it can read (none by default).
-    pub env: Vec<(String, String)>,
-    /// Where its sends go (none: every send fails with `unknown-binding`).
-    pub send_target: Option<SendTarget>,
-    /// The origins it may send `wasi:http` requests to (none by default: every request fails
-    /// in the guest with `HTTP-request-denied`).
-    pub allowed_outbound_hosts: Vec<AllowedHost>,
 }
 
 /// A consumer component, compiled and linked once, instantiated per batch.
@@ -168,19 +98,11 @@ impl ConsumerComponent {
         wasm: &[u8],
         options: ComponentOptions,
     ) -> anyhow::Result<Self> {
-        let component = Component::new(runtime.engine(), wasm)
+        let component = runtime.compile(name, wasm)?;
+        let mut linker = guest::linker(runtime)?;
+        bindings::wasmq::queues::batch::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)
-            .with_context(|| format!("compiling component `{name}`"))?;
-        let mut linker = Linker::<GuestState>::new(runtime.engine());
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("linking WASI")?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("linking wasi:http")?;
-        bindings::Consumer::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
-            .map_err(anyhow::Error::from)
-            .context("linking the wasmq interfaces")?;
+            .context("linking wasmq:queues/batch")?;
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
@@ -218,31 +140,12 @@ impl ConsumerComponent {
     /// A trap, a timeout or running out of memory are reported as a [`Failure`], not an
     /// error; errors are host problems (instantiation failing for want of resources…).
     pub fn run_batch(&self, batch: BatchInput) -> BatchRun {
-        let deadline = Instant::now() + self.options.limits.timeout;
-        let stdout = GuestLog::new(self.name.clone(), Stream::Stdout);
-        let stderr = GuestLog::new(self.name.clone(), Stream::Stderr);
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .envs(&self.options.env)
-            .build();
-        let state = GuestState {
-            wasi,
-            http: WasiHttpCtx::new(),
-            outbound: OutboundHttp::new(self.name.clone(), self.allowed_hosts.clone(), deadline),
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.options.limits.memory_bytes)
-                .trap_on_grow_failure(true)
-                .build(),
-            target: self.options.send_target.clone(),
-            calls: Vec::new(),
-            component: self.name.clone(),
-        };
-        let mut store = Store::new(self.runtime.engine(), state);
-        store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(self.options.limits.ticks());
-
+        let (mut store, stdout, stderr) = guest::new_store(
+            &self.runtime,
+            &self.name,
+            &self.options,
+            &self.allowed_hosts,
+        );
         let outcome = self.call_handle(&mut store, batch);
         let failure = match outcome {
             // Waiting for HTTP past the deadline is running past the time limit, whatever the
@@ -250,7 +153,7 @@ impl ConsumerComponent {
             _ if store.data().outbound.deadline_hit() => Some(Failure::Timeout),
             Ok(Ok(())) => None,
             Ok(Err(text)) => Some(Failure::Error(text)),
-            Err(err) => Some(classify(&err)),
+            Err(err) => Some(guest::classify(&err)),
         };
         let mut output = stdout.lines();
         output.extend(stderr.lines());
@@ -282,20 +185,6 @@ impl ConsumerComponent {
     }
 }
 
-/// Sorts a wasmtime error into the failure a user should see.
-fn classify(err: &wasmtime::Error) -> Failure {
-    match err.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => Failure::Timeout,
-        _ => Failure::Trap(
-            format!("{err:?}")
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-        ),
-    }
-}
-
 fn to_wit_message(message: engine::Message) -> wit::Message {
     wit::Message {
         id: message.id.to_string(),
@@ -310,70 +199,12 @@ fn to_wit_message(message: engine::Message) -> wit::Message {
     }
 }
 
-fn to_wit_metrics(backlog: Backlog) -> wit::QueueMetrics {
-    wit::QueueMetrics {
-        backlog_count: backlog.count,
-        backlog_bytes: backlog.bytes,
-        oldest_timestamp_ms: backlog.oldest_timestamp_ms,
-    }
-}
-
-fn from_wit_request(request: wit::SendRequest) -> engine::SendRequest {
-    engine::SendRequest {
-        body: request.body,
-        content_type: match request.content_type {
-            wit::ContentType::Json => engine::ContentType::Json,
-            wit::ContentType::Text => engine::ContentType::Text,
-            wit::ContentType::Bytes => engine::ContentType::Bytes,
-        },
-        delay_seconds: request.delay_seconds,
-        dedup_key: request.dedup_key,
-    }
-}
-
-fn to_send_error(err: BrokerError) -> wit::SendError {
-    match err {
-        BrokerError::MessageTooLarge { size, .. } => wit::SendError::MessageTooLarge(size),
-        BrokerError::BatchTooLarge { size, .. } => wit::SendError::BatchTooLarge(size),
-        BrokerError::TooManyMessages { count, .. } => wit::SendError::TooManyMessages(count),
-        BrokerError::EmptyBatch => wit::SendError::EmptyBatch,
-        BrokerError::InvalidDelay { delay, .. } => wit::SendError::InvalidDelay(delay),
-        BrokerError::InvalidBody(text) => wit::SendError::InvalidBody(text),
-        BrokerError::InvalidDedupKey(text) => {
-            wit::SendError::InvalidBody(format!("invalid dedup key: {text}"))
-        }
-        other => wit::SendError::Unavailable(other.to_string()),
-    }
-}
-
 impl GuestState {
-    fn send(
-        &mut self,
-        binding: &str,
-        requests: Vec<engine::SendRequest>,
-        delay: Option<u32>,
-    ) -> Result<wit::QueueMetrics, wit::SendError> {
-        let Some(target) = &self.target else {
-            return Err(wit::SendError::UnknownBinding(binding.to_owned()));
-        };
-        let Some(queue) = target.bindings.get(binding) else {
-            return Err(wit::SendError::UnknownBinding(binding.to_owned()));
-        };
-        let broker = target.broker.clone();
-        let result = target
-            .handle
-            .block_on(broker.send_batch(queue, requests, delay));
-        result.map(to_wit_metrics).map_err(|err| {
-            tracing::debug!(component = %self.component, binding, error = %err, "guest send refused");
-            to_send_error(err)
-        })
-    }
-
     /// Records a call, or logs why it is ignored when its id or delay is malformed.
     fn record(&mut self, call: Result<BatchCall, String>) {
         match call {
             Ok(call) => self.calls.push(call),
-            Err(why) => tracing::warn!(component = %self.component, "ignored batch call: {why}"),
+            Err(why) => tracing::warn!(component = %self.component(), "ignored batch call: {why}"),
         }
     }
 }
@@ -389,28 +220,6 @@ fn check_delay(delay: Option<u32>) -> Result<Option<u32>, String> {
             engine::limits::MAX_DELAY_SECONDS
         )),
         other => Ok(other),
-    }
-}
-
-impl wit::Host for GuestState {}
-
-impl bindings::wasmq::queues::producer::Host for GuestState {
-    fn send(
-        &mut self,
-        binding: String,
-        request: wit::SendRequest,
-    ) -> Result<wit::QueueMetrics, wit::SendError> {
-        GuestState::send(self, &binding, vec![from_wit_request(request)], None)
-    }
-
-    fn send_batch(
-        &mut self,
-        binding: String,
-        requests: Vec<wit::SendRequest>,
-        delay_seconds: Option<u32>,
-    ) -> Result<wit::QueueMetrics, wit::SendError> {
-        let requests = requests.into_iter().map(from_wit_request).collect();
-        GuestState::send(self, &binding, requests, delay_seconds)
     }
 }
 
@@ -432,7 +241,7 @@ impl bindings::wasmq::queues::batch::HostMessageBatch for GuestState {
     }
 
     fn metrics(&mut self, batch: Resource<BatchResource>) -> wit::QueueMetrics {
-        to_wit_metrics(
+        guest::to_wit_metrics(
             self.table
                 .get(&batch)
                 .map(|b| b.backlog)

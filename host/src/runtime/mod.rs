@@ -2,20 +2,24 @@
 //! loaded once into [`InstancePre`](wasmtime::component::InstancePre)s, and a fresh store per
 //! batch with the component's time and memory limits.
 
+mod bindings;
 mod consumer;
+mod guest;
 mod guest_log;
 mod outbound;
+mod producer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
-pub use self::consumer::{
-    BatchInput, BatchRun, ComponentOptions, ConsumerComponent, Failure, SendTarget,
-};
+pub use self::consumer::{BatchInput, BatchRun, ConsumerComponent, Failure};
+pub use self::guest::{ComponentOptions, SendTarget};
 pub use self::guest_log::{GuestLog, Stream};
+pub use self::producer::ProducerComponent;
 
 /// How often the engine's epoch advances; the granularity of guest time limits.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -80,6 +84,13 @@ impl Runtime {
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Compiles a component binary for this engine.
+    pub(crate) fn compile(&self, name: &str, wasm: &[u8]) -> anyhow::Result<Component> {
+        Component::new(&self.engine, wasm)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("compiling component `{name}`"))
     }
 }
 

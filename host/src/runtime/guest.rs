@@ -1,0 +1,234 @@
+//! What every guest store holds, whatever its world: WASI with captured stdout and stderr,
+//! `wasi:http` limited to the allowed origins, memory and time limits, and the host side of
+//! the `producer` interface (sends through the component's bindings).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::bindings::{self, wit};
+use super::consumer::Failure;
+use super::guest_log::{GuestLog, Stream};
+use super::outbound::OutboundHttp;
+use super::{ComponentLimits, Runtime};
+use crate::engine::precedence::BatchCall;
+use crate::engine::{self, Backlog, Broker, BrokerError};
+use crate::manifest::AllowedHost;
+
+/// Where a guest's sends go: its bindings (name → queue) on a broker.
+#[derive(Clone)]
+pub struct SendTarget {
+    /// The broker holding the queues.
+    pub broker: Arc<dyn Broker>,
+    /// Binding name → queue name.
+    pub bindings: Arc<BTreeMap<String, String>>,
+    /// Runtime on which the (async) sends are driven from the guest's blocking thread.
+    pub handle: tokio::runtime::Handle,
+}
+
+/// What a component is granted besides its code.
+#[derive(Clone, Default)]
+pub struct ComponentOptions {
+    /// Time and memory limits.
+    pub limits: ComponentLimits,
+    /// Environment variables it can read (none by default).
+    pub env: Vec<(String, String)>,
+    /// Where its sends go (none: every send fails with `unknown-binding`).
+    pub send_target: Option<SendTarget>,
+    /// The origins it may send `wasi:http` requests to (none by default: every request fails
+    /// in the guest with `HTTP-request-denied`).
+    pub allowed_outbound_hosts: Vec<AllowedHost>,
+}
+
+/// Everything one store holds.
+pub(super) struct GuestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    pub(super) outbound: OutboundHttp,
+    pub(super) table: ResourceTable,
+    limits: StoreLimits,
+    target: Option<SendTarget>,
+    /// Batch calls of a consumer, in order.
+    pub(super) calls: Vec<BatchCall>,
+    component: Arc<str>,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// A linker with WASI, `wasi:http` (outgoing) and the wasmq `producer` interface; the caller
+/// adds what its world needs on top.
+pub(super) fn linker(runtime: &Runtime) -> anyhow::Result<Linker<GuestState>> {
+    let mut linker = Linker::<GuestState>::new(runtime.engine());
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("linking WASI")?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("linking wasi:http")?;
+    bindings::wasmq::queues::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)
+        .context("linking wasmq:queues/types")?;
+    bindings::wasmq::queues::producer::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)
+        .context("linking wasmq:queues/producer")?;
+    Ok(linker)
+}
+
+/// A fresh store for one call of `component` (a batch, a request), with its limits armed, and
+/// the stdout and stderr streams its output is captured from.
+pub(super) fn new_store(
+    runtime: &Runtime,
+    component: &Arc<str>,
+    options: &ComponentOptions,
+    allowed_hosts: &Arc<[AllowedHost]>,
+) -> (Store<GuestState>, GuestLog, GuestLog) {
+    let deadline = Instant::now() + options.limits.timeout;
+    let stdout = GuestLog::new(component.clone(), Stream::Stdout);
+    let stderr = GuestLog::new(component.clone(), Stream::Stderr);
+    let wasi = WasiCtx::builder()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .envs(&options.env)
+        .build();
+    let state = GuestState {
+        wasi,
+        http: WasiHttpCtx::new(),
+        outbound: OutboundHttp::new(component.clone(), allowed_hosts.clone(), deadline),
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size(options.limits.memory_bytes)
+            .trap_on_grow_failure(true)
+            .build(),
+        target: options.send_target.clone(),
+        calls: Vec::new(),
+        component: component.clone(),
+    };
+    let mut store = Store::new(runtime.engine(), state);
+    store.limiter(|state| &mut state.limits);
+    store.set_epoch_deadline(options.limits.ticks());
+    (store, stdout, stderr)
+}
+
+/// Sorts a wasmtime error from a guest call into the failure a user should see.
+pub(super) fn classify(err: &wasmtime::Error) -> Failure {
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Failure::Timeout,
+        _ => Failure::Trap(
+            format!("{err:?}")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+    }
+}
+
+pub(super) fn to_wit_metrics(backlog: Backlog) -> wit::QueueMetrics {
+    wit::QueueMetrics {
+        backlog_count: backlog.count,
+        backlog_bytes: backlog.bytes,
+        oldest_timestamp_ms: backlog.oldest_timestamp_ms,
+    }
+}
+
+fn from_wit_request(request: wit::SendRequest) -> engine::SendRequest {
+    engine::SendRequest {
+        body: request.body,
+        content_type: match request.content_type {
+            wit::ContentType::Json => engine::ContentType::Json,
+            wit::ContentType::Text => engine::ContentType::Text,
+            wit::ContentType::Bytes => engine::ContentType::Bytes,
+        },
+        delay_seconds: request.delay_seconds,
+        dedup_key: request.dedup_key,
+    }
+}
+
+fn to_send_error(err: BrokerError) -> wit::SendError {
+    match err {
+        BrokerError::MessageTooLarge { size, .. } => wit::SendError::MessageTooLarge(size),
+        BrokerError::BatchTooLarge { size, .. } => wit::SendError::BatchTooLarge(size),
+        BrokerError::TooManyMessages { count, .. } => wit::SendError::TooManyMessages(count),
+        BrokerError::EmptyBatch => wit::SendError::EmptyBatch,
+        BrokerError::InvalidDelay { delay, .. } => wit::SendError::InvalidDelay(delay),
+        BrokerError::InvalidBody(text) => wit::SendError::InvalidBody(text),
+        BrokerError::InvalidDedupKey(text) => {
+            wit::SendError::InvalidBody(format!("invalid dedup key: {text}"))
+        }
+        other => wit::SendError::Unavailable(other.to_string()),
+    }
+}
+
+impl GuestState {
+    /// The component's name.
+    pub(super) fn component(&self) -> &str {
+        &self.component
+    }
+
+    fn send(
+        &mut self,
+        binding: &str,
+        requests: Vec<engine::SendRequest>,
+        delay: Option<u32>,
+    ) -> Result<wit::QueueMetrics, wit::SendError> {
+        let Some(target) = &self.target else {
+            return Err(wit::SendError::UnknownBinding(binding.to_owned()));
+        };
+        let Some(queue) = target.bindings.get(binding) else {
+            return Err(wit::SendError::UnknownBinding(binding.to_owned()));
+        };
+        let broker = target.broker.clone();
+        let result = target
+            .handle
+            .block_on(broker.send_batch(queue, requests, delay));
+        result.map(to_wit_metrics).map_err(|err| {
+            tracing::debug!(component = %self.component, binding, error = %err, "guest send refused");
+            to_send_error(err)
+        })
+    }
+}
+
+impl wit::Host for GuestState {}
+
+impl bindings::wasmq::queues::producer::Host for GuestState {
+    fn send(
+        &mut self,
+        binding: String,
+        request: wit::SendRequest,
+    ) -> Result<wit::QueueMetrics, wit::SendError> {
+        GuestState::send(self, &binding, vec![from_wit_request(request)], None)
+    }
+
+    fn send_batch(
+        &mut self,
+        binding: String,
+        requests: Vec<wit::SendRequest>,
+        delay_seconds: Option<u32>,
+    ) -> Result<wit::QueueMetrics, wit::SendError> {
+        let requests = requests.into_iter().map(from_wit_request).collect();
+        GuestState::send(self, &binding, requests, delay_seconds)
+    }
+}

@@ -1,0 +1,136 @@
+//! Producer components: the `http-producer` world. Each HTTP request on the component's route
+//! is handed to its `wasi:http/incoming-handler` export in a fresh store with the component's
+//! limits; the component sends into its bound queues through the `producer` import.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::sync::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use super::consumer::Failure;
+use super::guest::{self, ComponentOptions, GuestState};
+use super::{ComponentLimits, Runtime};
+use crate::manifest::AllowedHost;
+
+/// A producer component, compiled and linked once, instantiated per request.
+#[derive(Clone)]
+pub struct ProducerComponent {
+    name: Arc<str>,
+    runtime: Runtime,
+    pre: ProxyPre<GuestState>,
+    options: ComponentOptions,
+    allowed_hosts: Arc<[AllowedHost]>,
+}
+
+impl ProducerComponent {
+    /// Compiles `wasm` (a component binary) and checks it against the `http-producer` world.
+    pub fn new(
+        runtime: &Runtime,
+        name: &str,
+        wasm: &[u8],
+        options: ComponentOptions,
+    ) -> anyhow::Result<Self> {
+        let component = runtime.compile(name, wasm)?;
+        let linker = guest::linker(runtime)?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!("component `{name}` imports something the host does not provide")
+            })?;
+        let pre = ProxyPre::new(instance_pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!(
+                    "component `{name}` is not a producer: it must export `wasi:http/incoming-handler@0.2.x` with `handle`"
+                )
+            })?;
+        let allowed_hosts = options.allowed_outbound_hosts.clone().into();
+        Ok(Self {
+            name: name.into(),
+            runtime: runtime.clone(),
+            pre,
+            options,
+            allowed_hosts,
+        })
+    }
+
+    /// The component's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its limits.
+    pub fn limits(&self) -> ComponentLimits {
+        self.options.limits
+    }
+
+    /// Hands `request` to the component in a fresh store and returns its response as soon as
+    /// the component sets it (the body streams while the component writes it). A component
+    /// that traps, runs out of time or memory, or returns without answering is a [`Failure`].
+    pub async fn handle<B>(
+        &self,
+        request: http::Request<B>,
+    ) -> Result<http::Response<HyperOutgoingBody>, Failure>
+    where
+        B: axum::body::HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let request = request.map(|body| {
+            body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
+        });
+        let (mut store, stdout, stderr) = guest::new_store(
+            &self.runtime,
+            &self.name,
+            &self.options,
+            &self.allowed_hosts,
+        );
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let resources = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request);
+        let request = resources.map_err(|e| Failure::Error(format!("{e:#}")))?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(|e| Failure::Trap(format!("{e:#}")))?;
+        let pre = self.pre.clone();
+        // The guest runs on a blocking thread (synchronous WASI); the response arrives through
+        // `receiver` once it calls `response-outparam.set`, possibly before it returns.
+        let call = tokio::task::spawn_blocking(move || {
+            let result = pre.instantiate(&mut store).and_then(|proxy| {
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, request, out)
+            });
+            let timed_out = store.data().outbound.deadline_hit();
+            // Flush unterminated output lines to the log.
+            stdout.lines();
+            stderr.lines();
+            match result {
+                _ if timed_out => Err(Failure::Timeout),
+                Ok(()) => Ok(()),
+                Err(err) => Err(guest::classify(&err)),
+            }
+        });
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(Failure::Error(format!("the component answered {code:?}"))),
+            // The store, and the sender with it, is gone without a response.
+            Err(_) => match call.await {
+                Ok(Ok(())) => Err(Failure::Error(
+                    "the component returned without setting a response".into(),
+                )),
+                Ok(Err(failure)) => Err(failure),
+                Err(join) => Err(Failure::Trap(format!("the request task failed: {join}"))),
+            },
+        }
+    }
+}
