@@ -115,7 +115,11 @@ limits = { timeout = "2m", memory = "128MiB" }
     assert_eq!(webhook.name, "webhook");
     assert_eq!(webhook.source, dir.join("wasm/webhook.wasm"));
     assert_eq!(webhook.build.as_deref(), Some("cargo build --release"));
-    assert_eq!(webhook.route.as_deref(), Some("/webhook"));
+    assert_eq!(
+        webhook.route.as_ref().map(ToString::to_string).as_deref(),
+        Some("/webhook")
+    );
+    assert!(!webhook.route_requires_token);
     assert_eq!(
         webhook
             .bindings
@@ -773,6 +777,55 @@ route = "hook"
         5,
     );
     assert_says(&e, "must start with `/`");
+}
+
+#[test]
+fn a_route_may_not_take_the_api_paths() {
+    let e = error_at(
+        r#"
+[components.web]
+source = "web.wasm"
+build = "make"
+route = "/queues/..."
+"#,
+        "components.web.route",
+        5,
+    );
+    assert_says(&e, "overlaps the host's own API at `/queues`");
+}
+
+#[test]
+fn a_component_is_a_consumer_or_a_producer_not_both() {
+    let e = error_at(
+        r#"
+[queues.jobs]
+[components.both]
+source = "both.wasm"
+build = "make"
+route = "/both"
+consumer = { queue = "jobs" }
+"#,
+        "components.both.consumer",
+        7,
+    );
+    assert_says(&e, "has both a `consumer` and a `route`");
+}
+
+#[test]
+fn only_a_route_can_require_the_token() {
+    let e = error_at(
+        r#"
+[queues.jobs]
+[components.worker]
+source = "worker.wasm"
+build = "make"
+consumer = { queue = "jobs" }
+route_requires_token = true
+"#,
+        "components.worker.route_requires_token",
+        7,
+    );
+    assert_says(&e, "only a component with a `route`");
 }
 
 #[test]

@@ -5,7 +5,9 @@
 //! [`semantic_suite!`] turns the whole list into one `#[tokio::test]` per case for a given
 //! backend factory.
 
+pub mod guests;
 pub mod power_loss;
 pub mod semantics;
 
+pub use guests::{guest, guest_path};
 pub use semantics::{Ctx, START_MS};

@@ -99,6 +99,13 @@ impl ConsumerComponent {
         options: ComponentOptions,
     ) -> anyhow::Result<Self> {
         let component = runtime.compile(name, wasm)?;
+        guest::require_export(
+            runtime,
+            &component,
+            name,
+            "consumer",
+            "wasmq:queues/handler@0.1.0",
+        )?;
         let mut linker = guest::linker(runtime)?;
         bindings::wasmq::queues::batch::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)

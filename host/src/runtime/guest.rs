@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -95,6 +95,27 @@ pub(super) fn linker(runtime: &Runtime) -> anyhow::Result<Linker<GuestState>> {
         .map_err(anyhow::Error::from)
         .context("linking wasmq:queues/producer")?;
     Ok(linker)
+}
+
+/// Fails unless `component` exports an interface whose name starts with `export` (so that a
+/// component of the wrong world is named as such, before any import is looked at).
+pub(super) fn require_export(
+    runtime: &Runtime,
+    component: &Component,
+    name: &str,
+    world: &str,
+    export: &str,
+) -> anyhow::Result<()> {
+    let engine = runtime.engine();
+    let found = component
+        .component_type()
+        .exports(engine)
+        .any(|(item, _)| item.starts_with(export));
+    anyhow::ensure!(
+        found,
+        "component `{name}` is not a {world}: it must export `{export}…`"
+    );
+    Ok(())
 }
 
 /// A fresh store for one call of `component` (a batch, a request), with its limits armed, and

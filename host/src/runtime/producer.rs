@@ -36,6 +36,13 @@ impl ProducerComponent {
         options: ComponentOptions,
     ) -> anyhow::Result<Self> {
         let component = runtime.compile(name, wasm)?;
+        guest::require_export(
+            runtime,
+            &component,
+            name,
+            "producer",
+            "wasi:http/incoming-handler@0.2.",
+        )?;
         let linker = guest::linker(runtime)?;
         let instance_pre = linker
             .instantiate_pre(&component)

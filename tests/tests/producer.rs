@@ -1,0 +1,371 @@
+//! Producer components over real HTTP on loopback: `host run`'s server (started in process
+//! with `run::start`) hands requests on a component's route to the `webhook` example guest,
+//! which queues them; a consumer component and the pull API then see exactly what was queued.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use wasmq_host::manifest;
+use wasmq_host::run::{self, RunningHost};
+use wasmq_tests::guest_path;
+
+const TOKEN: &str = "s3cret-token";
+
+/// A host started from a manifest with the `webhook` producer on `/webhook` (queueing into
+/// `incoming`), `fanout` moving `incoming` to the pull queue `jobs`, and `extra` appended.
+struct Host {
+    host: RunningHost,
+    url: String,
+    client: reqwest::Client,
+    _dir: TempDir,
+}
+
+async fn start(host_lines: &str, extra: &str) -> Host {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[host]
+data_dir = "data"
+listen = "127.0.0.1:0"
+{host_lines}
+
+[queues.incoming]
+dedup_window = 60
+[queues.jobs]
+pull_consumer = {{}}
+[queues.other]
+pull_consumer = {{}}
+
+[components.webhook]
+source = "{webhook}"
+route = "/webhook"
+producers = {{ JOBS = "incoming" }}
+
+[components.fanout]
+source = "{fanout}"
+producers = {{ OUT = "jobs" }}
+consumer = {{ queue = "incoming", max_batch_timeout = 0 }}
+{extra}
+"#,
+        webhook = guest_path("webhook").display(),
+        fanout = guest_path("fanout").display(),
+    );
+    let path = dir.path().join("manifest.toml");
+    std::fs::write(&path, &text).unwrap();
+    let manifest = manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let host = run::start(&manifest)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    Host {
+        url: format!("http://{}", host.addr()),
+        host,
+        client: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl Host {
+    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        self.send(self.client.post(format!("{}{path}", self.url)).body(body))
+            .await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text:?}"));
+        (status, value)
+    }
+
+    /// The queue's metrics, read from the broker.
+    async fn metrics(&self, queue: &str) -> wasmq_host::engine::QueueMetrics {
+        self.host.broker().metrics(queue).await.unwrap()
+    }
+
+    /// Waits until `queue` holds `count` messages.
+    async fn wait_backlog(&self, queue: &str, count: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let backlog = self.metrics(queue).await.backlog.count;
+            if backlog == count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`{queue}` holds {backlog} messages, not {count}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Pulls up to 100 messages of `queue` (with the token) and returns their JSON bodies.
+    async fn pull_bodies(&self, queue: &str) -> Vec<Value> {
+        let (status, answer) = self
+            .send(
+                self.client
+                    .post(format!("{}/queues/{queue}/messages/pull", self.url))
+                    .bearer_auth(TOKEN)
+                    .json(&json!({ "batch_size": 100 })),
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        answer["result"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                assert_eq!(m["content_type"], "json");
+                m["body"].clone()
+            })
+            .collect()
+    }
+}
+
+fn sorted(mut values: Vec<Value>) -> Vec<String> {
+    let mut out: Vec<String> = values.drain(..).map(|v| v.to_string()).collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_queues_json_that_a_consumer_then_sees() {
+    let host = start("", "").await;
+
+    let (status, answer) = host.post("/webhook", r#"{"order": 42}"#).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["queued"], 1);
+    assert!(answer["backlog"].as_u64().unwrap() >= 1, "{answer}");
+
+    let (status, answer) = host.post("/webhook", r#"[1, "two", {"three": 3}]"#).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["queued"], 3);
+
+    // `fanout` (a consumer component) moves them on to the pull queue `jobs`.
+    host.wait_backlog("jobs", 4).await;
+    host.wait_backlog("incoming", 0).await;
+    assert_eq!(host.metrics("incoming").await.acked, 4);
+    let bodies = host.pull_bodies("jobs").await;
+    assert_eq!(
+        sorted(bodies),
+        sorted(vec![
+            json!({"order": 42}),
+            json!(1),
+            json!("two"),
+            json!({"three": 3})
+        ])
+    );
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_answers_and_store_nothing() {
+    let host = start("", "").await;
+
+    let (status, answer) = host.post("/webhook", "{not json").await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid JSON"),
+        "{answer}"
+    );
+
+    let (status, answer) = host.post("/webhook", "[]").await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("an empty array queues nothing"))
+    );
+
+    let many = Value::Array((0..101).map(|i| json!(i)).collect()).to_string();
+    let (status, answer) = host.post("/webhook", many).await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("101 messages"),
+        "{answer}"
+    );
+
+    // One message over 128 000 bytes: the queue refuses it with a typed error.
+    let huge = json!("x".repeat(130_000)).to_string();
+    let (status, answer) = host.post("/webhook", huge).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("limit is 128000"),
+        "{answer}"
+    );
+
+    // Over the host's request limit: refused from the declared length, before the guest runs.
+    let (status, answer) = host.post("/webhook", vec![b' '; 3 << 20]).await;
+    assert_eq!(status, 413);
+    assert_eq!(answer["errors"][0]["code"], "request_too_large");
+
+    let (status, _) = host
+        .send(host.client.get(format!("{}/webhook", host.url)))
+        .await;
+    assert_eq!(status, 405);
+
+    let (status, answer) = host.post("/nowhere", "{}").await;
+    assert_eq!(status, 404);
+    assert_eq!(answer["errors"][0]["code"], "not_found");
+
+    let metrics = host.metrics("incoming").await;
+    assert_eq!((metrics.sent, metrics.backlog.count), (0, 0));
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_queues_a_webhook_once() {
+    let host = start(
+        "",
+        r#"
+[components.direct]
+source = "WEBHOOK"
+route = "/direct"
+producers = { JOBS = "incoming-direct" }
+
+[queues.incoming-direct]
+dedup_window = 60
+pull_consumer = {}
+"#
+        .replace("WEBHOOK", &guest_path("webhook").display().to_string())
+        .as_str(),
+    )
+    .await;
+    let post = |key: &'static str| {
+        host.send(
+            host.client
+                .post(format!("{}/direct", host.url))
+                .header("idempotency-key", key)
+                .body(r#"{"event": "push"}"#),
+        )
+    };
+    assert_eq!(post("delivery-1").await.0, 202);
+    assert_eq!(post("delivery-1").await.0, 202);
+    assert_eq!(host.metrics("incoming-direct").await.backlog.count, 1);
+    assert_eq!(post("delivery-2").await.0, 202);
+    assert_eq!(host.metrics("incoming-direct").await.backlog.count, 2);
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_match_exact_then_longest_prefix_and_can_require_the_token() {
+    let webhook = guest_path("webhook").display().to_string();
+    let host = start(
+        &format!("api_token = \"{TOKEN}\""),
+        &format!(
+            r#"
+[components.hooks]
+source = "{webhook}"
+route = "/hooks/..."
+producers = {{ JOBS = "jobs" }}
+
+[components.special]
+source = "{webhook}"
+route = "/hooks/special"
+route_requires_token = true
+producers = {{ JOBS = "other" }}
+"#
+        ),
+    )
+    .await;
+
+    // Producer routes are public unless they say otherwise; the API is not.
+    assert_eq!(host.post("/hooks/github", r#"{"n": 1}"#).await.0, 202);
+    assert_eq!(host.post("/hooks", r#"{"n": 2}"#).await.0, 202);
+    let (status, answer) = host.post("/hooks/special", r#"{"n": 3}"#).await;
+    assert_eq!(
+        (status, &answer["errors"][0]["code"]),
+        (401, &json!("unauthorized"))
+    );
+    let (status, _) = host
+        .send(
+            host.client
+                .post(format!("{}/hooks/special", host.url))
+                .bearer_auth(TOKEN)
+                .body(r#"{"n": 4}"#),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let (status, _) = host
+        .send(host.client.get(format!("{}/queues", host.url)))
+        .await;
+    assert_eq!(status, 401);
+
+    assert_eq!(
+        sorted(host.pull_bodies("jobs").await),
+        sorted(vec![json!({"n": 1}), json!({"n": 2})])
+    );
+    assert_eq!(host.pull_bodies("other").await, vec![json!({"n": 4})]);
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_producer_answers_500_and_the_host_keeps_serving() {
+    // 1 MiB of memory is less than the guest's initial memory: every instantiation fails.
+    let host = start(
+        "",
+        &format!(
+            r#"
+[components.starved]
+source = "{}"
+route = "/starved"
+producers = {{ JOBS = "jobs" }}
+limits = {{ memory = "1MiB" }}
+"#,
+            guest_path("webhook").display()
+        ),
+    )
+    .await;
+    let (status, answer) = host.post("/starved", "{}").await;
+    assert_eq!(status, 500, "{answer}");
+    assert_eq!(answer["errors"][0]["code"], "component_failed");
+    assert!(
+        answer["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("component `starved`"),
+        "{answer}"
+    );
+    assert_eq!(host.post("/webhook", "{}").await.0, 202);
+    host.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_component_on_a_route_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("manifest.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[host]
+data_dir = "data"
+listen = "127.0.0.1:0"
+
+[queues.jobs]
+
+[components.worker]
+source = "{}"
+route = "/worker"
+producers = {{ JOBS = "jobs" }}
+"#,
+            guest_path("worker").display()
+        ),
+    )
+    .unwrap();
+    let manifest = manifest::load(&path).unwrap();
+    let err = match run::start(&manifest).await {
+        Ok(_) => panic!("a consumer served as a producer"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(
+        err.contains("component `worker` is not a producer"),
+        "{err}"
+    );
+}
