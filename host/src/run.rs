@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{ConsumerStats, Dispatcher};
 use crate::engine::{Broker, BrokerError, RedbBroker, RedbOptions};
 use crate::http;
 use crate::http::{ProducerRoute, ProducerRoutes};
@@ -71,6 +71,7 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
     let runtime = Runtime::new()?;
     let (shutdown, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let consumer_stats = ConsumerStats::default();
     let mut producers = Vec::new();
     for component in manifest.components.values() {
         if let Some(route) = &component.route {
@@ -100,7 +101,8 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
             consumer.settings.clone(),
             loaded,
         )
-        .with_concurrency(consumer.max_concurrency.unwrap_or(1));
+        .with_concurrency(consumer.max_concurrency.unwrap_or(1))
+        .with_stats(consumer_stats.clone());
         tasks.spawn(dispatcher.run(stopped.clone()));
     }
     tasks.spawn(sweep(broker.clone(), stopped.clone()));
@@ -122,6 +124,7 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
         pull_queues: manifest.pull_consumers.clone(),
         token,
         producers: ProducerRoutes::new(producers),
+        consumer_stats,
     });
     let mut stop_http = stopped.clone();
     tasks.spawn(async move {

@@ -427,12 +427,37 @@ fn operators_pause_purge_peek_replay_and_read_metrics() {
         "wasmq_messages_sent_total{queue=\"jobs-dlq\"} 5",
         "wasmq_queue_backlog_messages{queue=\"jobs-dlq\"} 0",
         "wasmq_queue_paused{queue=\"jobs\"} 0",
+        "# TYPE wasmq_consumer_batch_duration_seconds histogram",
+        "wasmq_consumer_batches_total{component=\"worker\",queue=\"jobs\",result=\"failed\"} 0",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
             "missing {line:?} in\n{metrics}"
         );
     }
+    // The worker's batches (at least one, at most one per acked message) are all counted.
+    let value = |prefix: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(prefix));
+        let line = line.unwrap_or_else(|| panic!("no {prefix:?} in\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let labels = "component=\"worker\",queue=\"jobs\"";
+    let batches = value(&format!(
+        "wasmq_consumer_batch_duration_seconds_count{{{labels}}} "
+    ));
+    assert!((1..=4).contains(&batches), "{batches} batches");
+    assert_eq!(
+        value(&format!(
+            "wasmq_consumer_batches_total{{{labels},result=\"ok\"}} "
+        )),
+        batches
+    );
+    assert_eq!(
+        value(&format!(
+            "wasmq_consumer_batch_duration_seconds_bucket{{{labels},le=\"+Inf\"}} "
+        )),
+        batches
+    );
     assert!(host.stop().success());
 }
 

@@ -44,6 +44,7 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
         pull_queues: pull,
         token: None,
         producers: Default::default(),
+        consumer_stats: Default::default(),
     });
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
     println!(

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::producer::ProducerRoutes;
 use super::wire::{ApiError, Envelope, PublishBatch, PublishMessage};
+use crate::dispatch::ConsumerStats;
 use crate::engine::{Backlog, Broker, BrokerError, QueueInfo};
 use crate::manifest::PullConsumerConfig;
 
@@ -32,6 +33,8 @@ pub struct ServeConfig {
     pub token: Option<String>,
     /// The producer components, matched after the API's own paths.
     pub producers: ProducerRoutes,
+    /// The consumers' batch statistics, for `GET /metrics`.
+    pub consumer_stats: ConsumerStats,
 }
 
 /// The API's routes and the producer routes.
@@ -44,6 +47,10 @@ pub fn router(config: ServeConfig) -> Router {
         .route("/queues/{queue}/messages/batch", post(publish_batch))
         .merge(super::operator::routes())
         .with_state(config.broker.clone())
+        .merge(super::operator::metrics_route(
+            config.broker.clone(),
+            config.consumer_stats,
+        ))
         .merge(super::pull::routes(config.broker, config.pull_queues));
     let api = match token.clone() {
         // Outermost, so an unauthenticated request is refused before anything else looks at it.

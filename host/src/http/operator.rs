@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::api::{Answer, Api, broker_error, fail, json_error, ok, respond};
 use super::wire::{PeekedMessage, ReplayRequest};
+use crate::dispatch::ConsumerStats;
 use crate::engine::{Broker, QueueInfo};
 
 /// Most messages one peek returns.
@@ -29,7 +30,13 @@ pub(super) fn routes() -> Router<Arc<dyn Broker>> {
         .route("/queues/{queue}/purge", post(purge))
         .route("/queues/{queue}/messages", get(peek))
         .route("/queues/{queue}/replay", post(replay))
+}
+
+/// `GET /metrics`: the queues' gauges and counters, and the consumers' batch statistics.
+pub(super) fn metrics_route(broker: Arc<dyn Broker>, stats: ConsumerStats) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
+        .with_state((broker, stats))
 }
 
 async fn set_paused(broker: &dyn Broker, queue: &str, paused: bool) -> Answer {
@@ -112,17 +119,22 @@ async fn replay(
     }
 }
 
-/// Every queue's gauges and counters in the Prometheus text exposition format.
-async fn metrics(State(broker): Api) -> Response {
+/// Every queue's gauges and counters and every consumer's batch statistics in the Prometheus
+/// text exposition format.
+async fn metrics(State((broker, stats)): State<(Arc<dyn Broker>, ConsumerStats)>) -> Response {
     match broker.list_queues().await {
-        Ok(queues) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            prometheus_text(&queues),
-        )
-            .into_response(),
+        Ok(queues) => {
+            let mut text = prometheus_text(&queues);
+            stats.write_prometheus(&mut text);
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                text,
+            )
+                .into_response()
+        }
         Err(err) => broker_error(err).into_response(),
     }
 }

@@ -15,6 +15,10 @@ use crate::engine::{
 };
 use crate::runtime::{BatchInput, BatchRun, ConsumerComponent};
 
+mod stats;
+
+pub use self::stats::ConsumerStats;
+
 /// Longest sleep between two looks at the queue when nothing wakes the dispatcher (lease
 /// expiries and sweeps do not signal).
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
@@ -34,6 +38,7 @@ struct Inner {
     settings: ConsumerSettings,
     component: ConsumerComponent,
     observer: Option<mpsc::UnboundedSender<BatchStarted>>,
+    stats: ConsumerStats,
 }
 
 /// Sent to an observer just before a batch is handed to the component.
@@ -76,6 +81,7 @@ impl Dispatcher {
                 settings,
                 component,
                 observer: None,
+                stats: ConsumerStats::default(),
             }),
             concurrency: 1,
         }
@@ -93,6 +99,14 @@ impl Dispatcher {
         Arc::get_mut(&mut self.inner)
             .expect("observe is called before the dispatcher runs")
             .observer = Some(observer);
+        self
+    }
+
+    /// Records every batch's duration and result in `stats` (served on `GET /metrics`).
+    pub fn with_stats(mut self, stats: ConsumerStats) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_stats is called before the dispatcher runs")
+            .stats = stats;
         self
     }
 
@@ -205,9 +219,16 @@ impl Inner {
             });
         }
         let component = self.component.clone();
+        let started = Instant::now();
         let run = tokio::task::spawn_blocking(move || component.run_batch(input))
             .await
             .context("the guest's thread panicked")?;
+        self.stats.record(
+            self.component.name(),
+            &self.queue,
+            started.elapsed(),
+            run.failure.is_some(),
+        );
         if let Some(failure) = &run.failure {
             tracing::warn!(queue = %self.queue, component = self.component.name(), messages = ids.len(), "batch failed: {failure}");
         }

@@ -1,0 +1,138 @@
+//! Per-consumer batch statistics for `GET /metrics`: how long the component took per batch (a
+//! Prometheus histogram) and how many batches succeeded or failed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the batch-duration histogram's buckets.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Batch statistics of every consumer, shared by the dispatchers and the HTTP server.
+#[derive(Clone, Default)]
+pub struct ConsumerStats(Arc<Mutex<BTreeMap<ConsumerKey, BatchStats>>>);
+
+/// A consumer: (component, queue).
+type ConsumerKey = (String, String);
+
+#[derive(Default)]
+struct BatchStats {
+    /// Batches per bucket of [`BUCKETS`] (not cumulative), then the `+Inf` bucket.
+    buckets: [u64; BUCKETS.len() + 1],
+    sum_seconds: f64,
+    ok: u64,
+    failed: u64,
+}
+
+impl ConsumerStats {
+    /// Records one batch of `component` on `queue` that ran for `elapsed`.
+    pub fn record(&self, component: &str, queue: &str, elapsed: Duration, failed: bool) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(BUCKETS.len());
+        let mut all = self.0.lock().expect("consumer stats lock");
+        let stats = all
+            .entry((component.to_owned(), queue.to_owned()))
+            .or_default();
+        stats.buckets[bucket] += 1;
+        stats.sum_seconds += seconds;
+        if failed {
+            stats.failed += 1;
+        } else {
+            stats.ok += 1;
+        }
+    }
+
+    /// Batches recorded for `component` on `queue`: (succeeded, failed).
+    pub fn batches(&self, component: &str, queue: &str) -> (u64, u64) {
+        let all = self.0.lock().expect("consumer stats lock");
+        all.get(&(component.to_owned(), queue.to_owned()))
+            .map_or((0, 0), |s| (s.ok, s.failed))
+    }
+
+    /// Appends the statistics in the Prometheus text format to `out`.
+    pub fn write_prometheus(&self, out: &mut String) {
+        let all = self.0.lock().expect("consumer stats lock");
+        let name = "wasmq_consumer_batch_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time a consumer component took per batch.\n# TYPE {name} histogram"
+        );
+        for ((component, queue), stats) in all.iter() {
+            let labels = format!("component=\"{component}\",queue=\"{queue}\"");
+            let mut cumulative = 0;
+            for (bound, count) in BUCKETS.iter().zip(stats.buckets) {
+                cumulative += count;
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+            }
+            let total = stats.ok + stats.failed;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", stats.sum_seconds);
+            let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
+        }
+        let name = "wasmq_consumer_batches_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Batches handed to consumer components, by result.\n# TYPE {name} counter"
+        );
+        for ((component, queue), stats) in all.iter() {
+            let labels = format!("component=\"{component}\",queue=\"{queue}\"");
+            let _ = writeln!(out, "{name}{{{labels},result=\"ok\"}} {}", stats.ok);
+            let _ = writeln!(out, "{name}{{{labels},result=\"failed\"}} {}", stats.failed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_counts_split_by_result() {
+        let stats = ConsumerStats::default();
+        stats.record("worker", "jobs", Duration::from_micros(800), false);
+        stats.record("worker", "jobs", Duration::from_millis(20), false);
+        stats.record("worker", "jobs", Duration::from_secs(40), true);
+        let mut text = String::new();
+        stats.write_prometheus(&mut text);
+        let line = |needle: &str| {
+            text.lines()
+                .find(|l| l.starts_with(needle))
+                .unwrap_or_else(|| panic!("no `{needle}` in\n{text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        let labels = "component=\"worker\",queue=\"jobs\"";
+        let bucket = format!("wasmq_consumer_batch_duration_seconds_bucket{{{labels}");
+        assert_eq!(line(&format!("{bucket},le=\"0.001\"}}")), "1");
+        assert_eq!(line(&format!("{bucket},le=\"0.01\"}}")), "1");
+        assert_eq!(line(&format!("{bucket},le=\"0.025\"}}")), "2");
+        assert_eq!(line(&format!("{bucket},le=\"30\"}}")), "2");
+        assert_eq!(line(&format!("{bucket},le=\"+Inf\"}}")), "3");
+        let sum: f64 = line("wasmq_consumer_batch_duration_seconds_sum")
+            .parse()
+            .unwrap();
+        assert!((sum - 40.0208).abs() < 1e-9, "{sum}");
+        assert_eq!(
+            line(&format!(
+                "wasmq_consumer_batches_total{{{labels},result=\"ok\"}}"
+            )),
+            "2"
+        );
+        assert_eq!(
+            line(&format!(
+                "wasmq_consumer_batches_total{{{labels},result=\"failed\"}}"
+            )),
+            "1"
+        );
+        assert_eq!(stats.batches("worker", "jobs"), (2, 1));
+        assert_eq!(stats.batches("worker", "other"), (0, 0));
+    }
+}
