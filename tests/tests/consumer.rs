@@ -3,12 +3,11 @@
 //! driven through the scriptable guest.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use wasmq_host::dispatch::{Delivery, Dispatcher};
+use wasmq_host::dispatch::{ConsumerStats, Delivery, Dispatcher};
 use wasmq_host::engine::{
     Broker, ConsumerSettings, LeaseOptions, Outcome, QueueSettings, RedbBroker, RedbOptions,
     SendRequest,
@@ -16,18 +15,7 @@ use wasmq_host::engine::{
 use wasmq_host::runtime::{
     ComponentLimits, ComponentOptions, ConsumerComponent, Failure, Runtime, SendTarget,
 };
-
-fn guest(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../guest-examples/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; build the guests with scripts/build-guests.sh",
-            path.display()
-        )
-    })
-}
+use wasmq_tests::guest;
 
 struct Setup {
     broker: Arc<dyn Broker>,
@@ -453,4 +441,56 @@ async fn a_core_module_is_refused() {
         format!("{err:#}").contains("compiling component `bad`"),
         "{err:#}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_scales_up_with_the_backlog_and_back_down_when_it_drains() {
+    let consumer = ConsumerSettings {
+        max_batch_size: 1,
+        max_batch_timeout: 0,
+        ..ConsumerSettings::default()
+    };
+    let s = setup(consumer, ComponentLimits::default()).await;
+    let Setup {
+        broker, dispatcher, ..
+    } = s;
+    let stats = ConsumerStats::default();
+    let dispatcher = dispatcher.with_concurrency(4).with_stats(stats.clone());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(dispatcher.run(stopped));
+    let level = || stats.concurrency("scripted", "jobs");
+    let acked = || async { broker.metrics("jobs").await.unwrap().acked };
+
+    // One message at a time: one batch at a time.
+    for _ in 0..3 {
+        let before = acked().await;
+        broker
+            .send("jobs", SendRequest::text("sleep:50"))
+            .await
+            .unwrap();
+        while acked().await == before {
+            assert!(level() <= 1, "level {} under light load", level());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    // A backlog of slow batches: the level climbs to the ceiling and never past it.
+    let batch = (0..12).map(|_| SendRequest::text("sleep:300")).collect();
+    broker.send_batch("jobs", batch, None).await.unwrap();
+    let mut highest = 0;
+    while acked().await < 15 {
+        highest = highest.max(level());
+        assert!(level() <= 4, "level {}", level());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(highest, 4);
+
+    // Drained: back to one.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while level() != 1 {
+        assert!(Instant::now() < deadline, "level stays at {}", level());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap();
 }

@@ -26,19 +26,48 @@ const IDLE_RECHECK: Duration = Duration::from_secs(1);
 /// is settled by the dispatcher rather than expired.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
-/// Feeds one queue to one consumer component, up to `concurrency` batches at a time.
+/// What a dispatcher runs: the component and its batching settings. A hot swap replaces it
+/// whole through the dispatcher's [`ConsumerSlot`].
+#[derive(Clone)]
+pub struct ConsumerSpec {
+    /// The component batches go to.
+    pub component: ConsumerComponent,
+    /// Batch size and timeout (retries and the dead-letter queue live with the queue).
+    pub settings: ConsumerSettings,
+    /// Most batches in flight at once; the dispatcher scales between 1 and this.
+    pub max_concurrency: u32,
+}
+
+/// The consumer a running dispatcher uses. Replacing it takes effect for the next batch;
+/// batches already running finish on the component they started with.
+#[derive(Clone)]
+pub struct ConsumerSlot(watch::Sender<Arc<ConsumerSpec>>);
+
+impl ConsumerSlot {
+    /// Makes `spec` the consumer for every batch leased from now on.
+    pub fn replace(&self, spec: ConsumerSpec) {
+        self.0.send_replace(Arc::new(spec));
+    }
+
+    /// The consumer in use.
+    pub fn current(&self) -> Arc<ConsumerSpec> {
+        self.0.borrow().clone()
+    }
+}
+
+/// Feeds one queue to one consumer component, scaling the batches in flight between 1 and the
+/// consumer's `max_concurrency` with the backlog, within a host-wide ceiling.
 pub struct Dispatcher {
     inner: Arc<Inner>,
-    concurrency: u32,
+    slot: ConsumerSlot,
 }
 
 struct Inner {
     broker: Arc<dyn Broker>,
     queue: String,
-    settings: ConsumerSettings,
-    component: ConsumerComponent,
     observer: Option<mpsc::UnboundedSender<BatchStarted>>,
     stats: ConsumerStats,
+    ceiling: Option<Arc<Semaphore>>,
 }
 
 /// Sent to an observer just before a batch is handed to the component.
@@ -66,6 +95,28 @@ struct LeasedBatch {
     input: BatchInput,
 }
 
+/// How many batches may be in flight: one more whenever a full batch waits while every slot is
+/// busy (the backlog outgrows the consumer), down to what is running when the queue has nothing
+/// visible (it drained).
+#[derive(Debug)]
+struct Scaler {
+    level: u32,
+}
+
+impl Scaler {
+    fn level(&self, max: u32) -> u32 {
+        self.level.clamp(1, max.max(1))
+    }
+
+    fn grow(&mut self, max: u32) {
+        self.level = (self.level(max) + 1).min(max.max(1));
+    }
+
+    fn drained(&mut self, running: usize) {
+        self.level = (running as u32).max(1);
+    }
+}
+
 impl Dispatcher {
     /// A dispatcher for `queue` with the batching settings of `settings`, one batch at a time.
     pub fn new(
@@ -74,40 +125,58 @@ impl Dispatcher {
         settings: ConsumerSettings,
         component: ConsumerComponent,
     ) -> Self {
+        let spec = ConsumerSpec {
+            component,
+            settings,
+            max_concurrency: 1,
+        };
         Self {
             inner: Arc::new(Inner {
                 broker,
                 queue: queue.into(),
-                settings,
-                component,
                 observer: None,
                 stats: ConsumerStats::default(),
+                ceiling: None,
             }),
-            concurrency: 1,
+            slot: ConsumerSlot(watch::Sender::new(Arc::new(spec))),
         }
     }
 
-    /// Lets up to `batches` batches run at once (at least one).
-    pub fn with_concurrency(mut self, batches: u32) -> Self {
-        self.concurrency = batches.max(1);
+    /// Lets up to `batches` batches run at once (at least one), scaled with the backlog.
+    pub fn with_concurrency(self, batches: u32) -> Self {
+        let mut spec = (*self.slot.current()).clone();
+        spec.max_concurrency = batches.max(1);
+        self.slot.replace(spec);
+        self
+    }
+
+    /// Shares `ceiling` (one permit per batch in flight) with the host's other dispatchers.
+    pub fn with_ceiling(mut self, ceiling: Arc<Semaphore>) -> Self {
+        self.inner_mut().ceiling = Some(ceiling);
         self
     }
 
     /// Reports every batch's start to `observer` (benchmarks measure send-to-handler latency
     /// with it).
     pub fn observe(mut self, observer: mpsc::UnboundedSender<BatchStarted>) -> Self {
-        Arc::get_mut(&mut self.inner)
-            .expect("observe is called before the dispatcher runs")
-            .observer = Some(observer);
+        self.inner_mut().observer = Some(observer);
         self
     }
 
-    /// Records every batch's duration and result in `stats` (served on `GET /metrics`).
+    /// Records every batch's duration and result, and the concurrency level, in `stats`
+    /// (served on `GET /metrics`).
     pub fn with_stats(mut self, stats: ConsumerStats) -> Self {
-        Arc::get_mut(&mut self.inner)
-            .expect("with_stats is called before the dispatcher runs")
-            .stats = stats;
+        self.inner_mut().stats = stats;
         self
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::get_mut(&mut self.inner).expect("the dispatcher is configured before it runs")
+    }
+
+    /// The slot through which the running dispatcher's consumer is swapped.
+    pub fn slot(&self) -> ConsumerSlot {
+        self.slot.clone()
     }
 
     /// Delivers batches until `shutdown` turns true; batches in progress are finished and
@@ -115,77 +184,133 @@ impl Dispatcher {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let inner = &self.inner;
         let mut changes = inner.broker.changes();
-        let max = inner.settings.max_batch_size;
-        let timeout_ms = u64::from(inner.settings.max_batch_timeout) * 1000;
-        let permits = Arc::new(Semaphore::new(self.concurrency as usize));
+        let mut swaps = self.slot.0.subscribe();
+        let mut scaler = Scaler { level: 1 };
         let mut running = JoinSet::new();
-        tracing::info!(queue = %inner.queue, component = inner.component.name(), concurrency = self.concurrency, "consumer started");
+        let first = self.slot.current();
+        tracing::info!(queue = %inner.queue, component = first.component.name(), max_concurrency = first.max_concurrency, "consumer started");
         while !*shutdown.borrow() {
             changes.borrow_and_update();
+            let spec = swaps.borrow_and_update().clone();
             while running.try_join_next().is_some() {}
-            let wait = match inner.broker.readiness(&inner.queue, max).await {
-                Ok(r) if r.paused => IDLE_RECHECK,
-                Ok(r) => {
-                    let due = r.oldest_visible_at_ms.map(|t| t + timeout_ms);
-                    if r.visible >= max || due.is_some_and(|due| due <= r.now_ms) {
-                        let permit = tokio::select! {
-                            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                            _ = shutdown.changed() => continue,
-                        };
-                        match inner.lease().await {
-                            Ok(Some(batch)) => {
-                                let inner = inner.clone();
-                                running.spawn(async move {
-                                    if let Err(err) = inner.process(batch).await {
-                                        tracing::error!(queue = %inner.queue, error = format!("{err:#}"), "delivering a batch failed");
-                                    }
-                                    drop(permit);
-                                });
-                                continue;
-                            }
-                            Ok(None) => continue,
-                            Err(err) => {
-                                tracing::error!(queue = %inner.queue, error = format!("{err:#}"), "leasing a batch failed");
-                                IDLE_RECHECK
-                            }
-                        }
-                    } else {
-                        due.or(r.next_visible_at_ms)
-                            .map_or(IDLE_RECHECK, |at| {
-                                Duration::from_millis(at.saturating_sub(r.now_ms))
-                            })
-                            .min(IDLE_RECHECK)
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(queue = %inner.queue, error = %err, "reading the queue failed");
-                    IDLE_RECHECK
-                }
+            let step = inner
+                .next_step(&spec, &mut scaler, &mut running, &mut shutdown)
+                .await;
+            let level = scaler.level(spec.max_concurrency);
+            inner
+                .stats
+                .set_concurrency(spec.component.name(), &inner.queue, level);
+            let wait = match step {
+                Step::Leased => continue,
+                Step::Wait(wait) => wait,
             };
             tokio::select! {
                 _ = changes.changed() => {}
                 _ = shutdown.changed() => {}
+                _ = swaps.changed() => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
         while running.join_next().await.is_some() {}
-        tracing::info!(queue = %inner.queue, component = inner.component.name(), "consumer stopped");
+        let last = self.slot.current();
+        tracing::info!(queue = %inner.queue, component = last.component.name(), "consumer stopped");
     }
 
     /// Leases one batch (whatever is visible, up to the batch size), runs the component on it
     /// and settles it. `None` when nothing was visible or the queue is paused.
     pub async fn deliver_one(&self) -> anyhow::Result<Option<Delivery>> {
-        match self.inner.lease().await? {
-            Some(batch) => self.inner.process(batch).await.map(Some),
+        let spec = self.slot.current();
+        match self.inner.lease(&spec).await? {
+            Some(batch) => self.inner.process(batch, &spec.component).await.map(Some),
             None => Ok(None),
         }
     }
 }
 
+/// What the dispatcher loop does next.
+enum Step {
+    /// A batch was leased and handed over; look again at once.
+    Leased,
+    /// Nothing to do for this long (or until woken).
+    Wait(Duration),
+}
+
 impl Inner {
-    async fn lease(&self) -> anyhow::Result<Option<LeasedBatch>> {
-        let lease_ms = (self.component.limits().timeout + LEASE_MARGIN).as_millis() as u64;
-        let options = LeaseOptions::new(self.settings.max_batch_size, lease_ms);
+    /// Leases and starts a batch if one is due, or says how long to wait.
+    async fn next_step(
+        self: &Arc<Self>,
+        spec: &Arc<ConsumerSpec>,
+        scaler: &mut Scaler,
+        running: &mut JoinSet<()>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Step {
+        let max = spec.settings.max_batch_size;
+        let timeout_ms = u64::from(spec.settings.max_batch_timeout) * 1000;
+        let r = match self.broker.readiness(&self.queue, max).await {
+            Ok(r) => r,
+            Err(err) => {
+                tracing::error!(queue = %self.queue, error = %err, "reading the queue failed");
+                return Step::Wait(IDLE_RECHECK);
+            }
+        };
+        if r.paused {
+            return Step::Wait(IDLE_RECHECK);
+        }
+        if r.visible == 0 {
+            scaler.drained(running.len());
+        }
+        let due = r.oldest_visible_at_ms.map(|t| t + timeout_ms);
+        if r.visible < max && !due.is_some_and(|due| due <= r.now_ms) {
+            let wait = due.or(r.next_visible_at_ms).map_or(IDLE_RECHECK, |at| {
+                Duration::from_millis(at.saturating_sub(r.now_ms))
+            });
+            return Step::Wait(wait.min(IDLE_RECHECK));
+        }
+        let busy = running.len() as u32;
+        if busy >= scaler.level(spec.max_concurrency) {
+            if r.visible >= max {
+                scaler.grow(spec.max_concurrency);
+            }
+            if busy >= scaler.level(spec.max_concurrency) {
+                // Every slot is busy: wait for a batch to finish (or more backlog).
+                return Step::Wait(IDLE_RECHECK);
+            }
+        }
+        let permit = match &self.ceiling {
+            Some(ceiling) => {
+                let acquire = ceiling.clone().acquire_owned();
+                tokio::select! {
+                    permit = acquire => Some(permit.expect("the ceiling is never closed")),
+                    _ = shutdown.changed() => return Step::Wait(Duration::ZERO),
+                    Some(_) = running.join_next(), if !running.is_empty() => return Step::Wait(Duration::ZERO),
+                }
+            }
+            None => None,
+        };
+        match self.lease(spec).await {
+            Ok(Some(batch)) => {
+                let inner = self.clone();
+                let component = spec.component.clone();
+                running.spawn(async move {
+                    if let Err(err) = inner.process(batch, &component).await {
+                        tracing::error!(queue = %inner.queue, error = format!("{err:#}"), "delivering a batch failed");
+                    }
+                    drop(permit);
+                });
+                Step::Leased
+            }
+            Ok(None) => Step::Wait(Duration::ZERO),
+            Err(err) => {
+                tracing::error!(queue = %self.queue, error = format!("{err:#}"), "leasing a batch failed");
+                Step::Wait(IDLE_RECHECK)
+            }
+        }
+    }
+
+    async fn lease(&self, spec: &ConsumerSpec) -> anyhow::Result<Option<LeasedBatch>> {
+        let lease_ms = (spec.component.limits().timeout + LEASE_MARGIN).as_millis() as u64;
+        let options = LeaseOptions::new(spec.settings.max_batch_size, lease_ms);
         let leased = match self.broker.lease(&self.queue, options).await {
             Ok(leased) if leased.is_empty() => return Ok(None),
             Ok(leased) => leased,
@@ -209,8 +334,12 @@ impl Inner {
         }))
     }
 
-    /// Runs the component on a leased batch and settles the outcome in one transaction.
-    async fn process(&self, batch: LeasedBatch) -> anyhow::Result<Delivery> {
+    /// Runs `component` on a leased batch and settles the outcome in one transaction.
+    async fn process(
+        &self,
+        batch: LeasedBatch,
+        component: &ConsumerComponent,
+    ) -> anyhow::Result<Delivery> {
         let LeasedBatch { ids, leases, input } = batch;
         if let Some(observer) = &self.observer {
             let _ = observer.send(BatchStarted {
@@ -218,23 +347,20 @@ impl Inner {
                 messages: input.messages.clone(),
             });
         }
-        let component = self.component.clone();
+        let guest = component.clone();
         let started = Instant::now();
-        let run = tokio::task::spawn_blocking(move || component.run_batch(input))
+        let run = tokio::task::spawn_blocking(move || guest.run_batch(input))
             .await
             .context("the guest's thread panicked")?;
-        self.stats.record(
-            self.component.name(),
-            &self.queue,
-            started.elapsed(),
-            run.failure.is_some(),
-        );
+        let name = component.name();
+        self.stats
+            .record(name, &self.queue, started.elapsed(), run.failure.is_some());
         if let Some(failure) = &run.failure {
-            tracing::warn!(queue = %self.queue, component = self.component.name(), messages = ids.len(), "batch failed: {failure}");
+            tracing::warn!(queue = %self.queue, component = name, messages = ids.len(), "batch failed: {failure}");
         }
         let resolution = precedence::resolve(&ids, &run.calls, run.result());
         for ignored in &resolution.ignored {
-            tracing::warn!(queue = %self.queue, component = self.component.name(), call = %describe(&ignored.call), "ignored batch call: {}", ignored.reason);
+            tracing::warn!(queue = %self.queue, component = name, call = %describe(&ignored.call), "ignored batch call: {}", ignored.reason);
         }
         let outcomes = resolution
             .outcomes

@@ -20,6 +20,8 @@ type ConsumerKey = (String, String);
 
 #[derive(Default)]
 struct BatchStats {
+    /// Batches the dispatcher currently lets run at once.
+    concurrency: u32,
     /// Batches per bucket of [`BUCKETS`] (not cumulative), then the `+Inf` bucket.
     buckets: [u64; BUCKETS.len() + 1],
     sum_seconds: f64,
@@ -48,6 +50,21 @@ impl ConsumerStats {
         }
     }
 
+    /// Notes how many batches `component` on `queue` may run at once now.
+    pub fn set_concurrency(&self, component: &str, queue: &str, level: u32) {
+        let mut all = self.0.lock().expect("consumer stats lock");
+        all.entry((component.to_owned(), queue.to_owned()))
+            .or_default()
+            .concurrency = level;
+    }
+
+    /// How many batches `component` on `queue` may run at once now (0: unknown consumer).
+    pub fn concurrency(&self, component: &str, queue: &str) -> u32 {
+        let all = self.0.lock().expect("consumer stats lock");
+        all.get(&(component.to_owned(), queue.to_owned()))
+            .map_or(0, |s| s.concurrency)
+    }
+
     /// Batches recorded for `component` on `queue`: (succeeded, failed).
     pub fn batches(&self, component: &str, queue: &str) -> (u64, u64) {
         let all = self.0.lock().expect("consumer stats lock");
@@ -74,6 +91,18 @@ impl ConsumerStats {
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
             let _ = writeln!(out, "{name}_sum{{{labels}}} {}", stats.sum_seconds);
             let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
+        }
+        let name = "wasmq_consumer_concurrency";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Batches the consumer may run at once (scaled with the backlog).\n# TYPE {name} gauge"
+        );
+        for ((component, queue), stats) in all.iter() {
+            let _ = writeln!(
+                out,
+                "{name}{{component=\"{component}\",queue=\"{queue}\"}} {}",
+                stats.concurrency
+            );
         }
         let name = "wasmq_consumer_batches_total";
         let _ = writeln!(

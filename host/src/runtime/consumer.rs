@@ -98,7 +98,7 @@ impl ConsumerComponent {
         wasm: &[u8],
         options: ComponentOptions,
     ) -> anyhow::Result<Self> {
-        let component = runtime.compile(name, wasm)?;
+        let (component, _) = runtime.load(name, wasm)?;
         guest::require_export(
             runtime,
             &component,

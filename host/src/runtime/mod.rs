@@ -3,19 +3,22 @@
 //! batch with the component's time and memory limits.
 
 mod bindings;
+mod cache;
 mod consumer;
 mod guest;
 mod guest_log;
 mod outbound;
 mod producer;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use wasmtime::component::Component;
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use self::cache::{CacheOutcome, ComponentCache, digest};
 pub use self::consumer::{BatchInput, BatchRun, ConsumerComponent, Failure};
 pub use self::guest::{ComponentOptions, SendTarget};
 pub use self::guest_log::{GuestLog, Stream};
@@ -51,32 +54,64 @@ impl ComponentLimits {
     }
 }
 
-/// The shared wasmtime engine and the thread that advances its epoch.
+/// How a [`Runtime`] is set up.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached (none: every load compiles).
+    pub cache_dir: Option<PathBuf>,
+    /// Use wasmtime's pooling instance allocator, which makes the fresh instance of every batch
+    /// and request cheaper. Falls back to the on-demand allocator (with a warning) where the
+    /// machine cannot reserve the address space it needs.
+    pub pooling_allocator: bool,
+}
+
+/// The shared wasmtime engine, the thread that advances its epoch, and the compiled-component
+/// cache.
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
+    cache: Option<ComponentCache>,
+    pooling: bool,
     _ticker: Arc<EpochTicker>,
 }
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("cache", &self.cache)
+            .field("pooling", &self.pooling)
+            .finish_non_exhaustive()
     }
 }
 
 impl Runtime {
     /// An engine with epoch interruption (for time limits) and without component-model async
-    /// support (which slows every synchronous call).
+    /// support (which slows every synchronous call); no cache, on-demand allocation.
     pub fn new() -> anyhow::Result<Self> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.concurrency_support(false);
-        let engine = Engine::new(&config)
-            .map_err(anyhow::Error::from)
-            .context("creating the wasmtime engine")?;
+        Self::with_config(&RuntimeConfig::default())
+    }
+
+    /// A runtime set up as `config` says.
+    pub fn with_config(config: &RuntimeConfig) -> anyhow::Result<Self> {
+        let (engine, pooling) = if config.pooling_allocator {
+            match engine(true) {
+                Ok(engine) => (engine, true),
+                Err(err) => {
+                    tracing::warn!(
+                        error = format!("{err:#}"),
+                        "the pooling allocator is not available here; using on-demand allocation"
+                    );
+                    (engine(false)?, false)
+                }
+            }
+        } else {
+            (engine(false)?, false)
+        };
         let ticker = EpochTicker::start(&engine);
         Ok(Self {
             engine,
+            cache: config.cache_dir.clone().map(ComponentCache::new),
+            pooling,
             _ticker: Arc::new(ticker),
         })
     }
@@ -86,12 +121,49 @@ impl Runtime {
         &self.engine
     }
 
-    /// Compiles a component binary for this engine.
-    pub(crate) fn compile(&self, name: &str, wasm: &[u8]) -> anyhow::Result<Component> {
-        Component::new(&self.engine, wasm)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("compiling component `{name}`"))
+    /// Whether instances come from the pooling allocator.
+    pub fn pooling(&self) -> bool {
+        self.pooling
     }
+
+    /// Compiles a component binary for this engine, or loads it from the cache.
+    pub fn load(&self, name: &str, wasm: &[u8]) -> anyhow::Result<(Component, CacheOutcome)> {
+        match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, name, wasm),
+            None => {
+                let component = Component::new(&self.engine, wasm)
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("compiling component `{name}`"))?;
+                Ok((component, CacheOutcome::Disabled))
+            }
+        }
+    }
+}
+
+/// Instance slots of the pooling allocator: enough for the host-wide batch ceiling and
+/// concurrent requests, with room for multi-module components (Python, JavaScript).
+const POOL_INSTANCES: u32 = 1000;
+
+fn engine(pooling: bool) -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.concurrency_support(false);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES)
+            .total_memories(POOL_INSTANCES)
+            .total_tables(POOL_INSTANCES)
+            // Interpreters compiled to Wasm have large function tables and instances.
+            .table_elements(200_000)
+            .max_tables_per_module(4)
+            .max_core_instance_size(16 << 20)
+            .max_component_instance_size(16 << 20);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("creating the wasmtime engine")
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.

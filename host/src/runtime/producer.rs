@@ -35,7 +35,7 @@ impl ProducerComponent {
         wasm: &[u8],
         options: ComponentOptions,
     ) -> anyhow::Result<Self> {
-        let component = runtime.compile(name, wasm)?;
+        let (component, _) = runtime.load(name, wasm)?;
         guest::require_export(
             runtime,
             &component,
