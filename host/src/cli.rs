@@ -29,6 +29,9 @@ enum Command {
         /// The manifest.
         #[arg(default_value = "manifest.toml")]
         manifest: PathBuf,
+        /// Reload when the manifest or a component file changes (also: SIGHUP, POST /reload).
+        #[arg(long)]
+        watch: bool,
     },
     /// Run fixture files (TOML) against their consumer components and report per case.
     ///
@@ -260,7 +263,7 @@ impl Cli {
     /// Runs the command.
     pub async fn execute(self) -> Result<()> {
         match self.command {
-            Command::Run { manifest } => run_manifest(manifest).await,
+            Command::Run { manifest, watch } => run_manifest(manifest, watch).await,
             Command::Test { paths, junit } => {
                 crate::harness::report::run_cli(&paths, junit.as_deref()).await
             }
@@ -417,9 +420,12 @@ impl Cli {
     }
 }
 
-async fn run_manifest(path: PathBuf) -> Result<()> {
+async fn run_manifest(path: PathBuf, watch: bool) -> Result<()> {
     let manifest = manifest::load(&path)?;
-    let host = run::start(&manifest).await?;
+    let mut host = run::start(&manifest).await?;
+    if watch {
+        host.watch()?;
+    }
     println!(
         "wasmq host listening on http://{} (Ctrl-C stops)",
         host.addr()

@@ -41,10 +41,11 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
     let base = format!("http://{}", listener.local_addr()?);
     let router = http::router(http::ServeConfig {
         broker: broker.clone(),
-        pull_queues: pull,
+        pull_queues: http::PullQueues::new(pull),
         token: None,
         producers: Default::default(),
         consumer_stats: Default::default(),
+        reloader: None,
     });
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
     println!(

@@ -1,6 +1,5 @@
 //! Routes and handlers of the HTTP API.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -13,10 +12,10 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use super::producer::ProducerRoutes;
+use super::pull::PullQueues;
 use super::wire::{ApiError, Envelope, PublishBatch, PublishMessage};
 use crate::dispatch::ConsumerStats;
 use crate::engine::{Backlog, Broker, BrokerError, QueueInfo};
-use crate::manifest::PullConsumerConfig;
 
 /// Largest request body accepted: a full batch (256 000 bytes) with room for JSON escaping
 /// and base64. Larger requests are refused before they are read whole.
@@ -27,7 +26,7 @@ pub struct ServeConfig {
     /// The queues.
     pub broker: Arc<dyn Broker>,
     /// The queues consumed over HTTP, with their pull settings.
-    pub pull_queues: BTreeMap<String, PullConsumerConfig>,
+    pub pull_queues: PullQueues,
     /// With a token, every API route requires `Authorization: Bearer <token>` and answers 401
     /// otherwise; producer routes only when they ask for it.
     pub token: Option<String>,
@@ -35,6 +34,16 @@ pub struct ServeConfig {
     pub producers: ProducerRoutes,
     /// The consumers' batch statistics, for `GET /metrics`.
     pub consumer_stats: ConsumerStats,
+    /// What `POST /reload` does (none: the route answers 404).
+    pub reloader: Option<Arc<dyn Reloader>>,
+}
+
+/// Reloads the manifest and the components of a running host (`POST /reload`).
+#[async_trait::async_trait]
+pub trait Reloader: Send + Sync + 'static {
+    /// Applies the manifest as it is now on disk; returns a report of what changed, or why the
+    /// manifest could not be applied at all (nothing changed then).
+    async fn reload(&self) -> anyhow::Result<serde_json::Value>;
 }
 
 /// The API's routes and the producer routes.
@@ -52,6 +61,18 @@ pub fn router(config: ServeConfig) -> Router {
             config.consumer_stats,
         ))
         .merge(super::pull::routes(config.broker, config.pull_queues));
+    let api = match config.reloader {
+        Some(reloader) => api.route(
+            "/reload",
+            post(move || async move {
+                match reloader.reload().await {
+                    Ok(report) => ok(report),
+                    Err(err) => fail(StatusCode::BAD_REQUEST, "reload_failed", format!("{err:#}")),
+                }
+            }),
+        ),
+        None => api,
+    };
     let api = match token.clone() {
         // Outermost, so an unauthenticated request is refused before anything else looks at it.
         Some(token) => api.layer(middleware::from_fn(move |request, next| {

@@ -8,7 +8,7 @@ mod producer;
 mod pull;
 pub mod wire;
 
-pub use self::api::{ServeConfig, router};
+pub use self::api::{Reloader, ServeConfig, router};
 pub use self::operator::{MAX_PEEK, MAX_REPLAY, prometheus_text};
 pub use self::producer::{ProducerRoute, ProducerRoutes};
-pub use self::pull::{AckEntry, AckRequest, PullRequest, PulledMessage, RetryEntry};
+pub use self::pull::{AckEntry, AckRequest, PullQueues, PullRequest, PulledMessage, RetryEntry};

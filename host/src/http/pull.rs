@@ -3,7 +3,7 @@
 //! retries them by lease id. Only queues whose manifest entry has a `pull_consumer` serve them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -20,25 +20,40 @@ use crate::manifest::PullConsumerConfig;
 /// Default `batch_size` of a pull.
 const DEFAULT_BATCH_SIZE: u32 = 5;
 
+/// The queues that have a pull consumer, with their settings. Cheap to clone;
+/// [`PullQueues::replace`] applies a reloaded manifest.
+#[derive(Clone, Default)]
+pub struct PullQueues(Arc<RwLock<BTreeMap<String, PullConsumerConfig>>>);
+
+impl PullQueues {
+    /// A table holding `queues`.
+    pub fn new(queues: BTreeMap<String, PullConsumerConfig>) -> Self {
+        Self(Arc::new(RwLock::new(queues)))
+    }
+
+    /// Serves `queues` from now on.
+    pub fn replace(&self, queues: BTreeMap<String, PullConsumerConfig>) {
+        *self.0.write().expect("pull queues lock") = queues;
+    }
+
+    fn get(&self, queue: &str) -> Option<PullConsumerConfig> {
+        self.0.read().expect("pull queues lock").get(queue).copied()
+    }
+}
+
 /// The broker and the queues that have a pull consumer.
 #[derive(Clone)]
 pub(super) struct PullState {
     broker: Arc<dyn Broker>,
-    queues: Arc<BTreeMap<String, PullConsumerConfig>>,
+    queues: PullQueues,
 }
 
 /// The pull routes.
-pub(super) fn routes(
-    broker: Arc<dyn Broker>,
-    queues: BTreeMap<String, PullConsumerConfig>,
-) -> Router {
+pub(super) fn routes(broker: Arc<dyn Broker>, queues: PullQueues) -> Router {
     Router::new()
         .route("/queues/{queue}/messages/pull", post(pull))
         .route("/queues/{queue}/messages/ack", post(ack))
-        .with_state(PullState {
-            broker,
-            queues: Arc::new(queues),
-        })
+        .with_state(PullState { broker, queues })
 }
 
 /// `POST /queues/{queue}/messages/pull`.
@@ -97,7 +112,7 @@ pub struct RetryEntry {
 /// Refuses queues without a pull consumer: 404 if the queue does not exist, 409 otherwise.
 async fn pull_config(state: &PullState, queue: &str) -> Result<PullConsumerConfig, Answer> {
     if let Some(config) = state.queues.get(queue) {
-        return Ok(*config);
+        return Ok(config);
     }
     match state.broker.queue_info(queue).await {
         Err(err @ BrokerError::UnknownQueue(_)) => Err(broker_error(err)),

@@ -9,6 +9,7 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use toml::Spanned;
 
@@ -208,10 +209,42 @@ impl Checker<'_> {
             }
             token.get_ref().clone()
         });
+        let max_batches_in_flight = match &raw.max_batches_in_flight {
+            Some(n) if !(1..=HostConfig::MAX_BATCHES_IN_FLIGHT).contains(n.get_ref()) => {
+                let message = format!(
+                    "{} is out of range (1..={})",
+                    n.get_ref(),
+                    HostConfig::MAX_BATCHES_IN_FLIGHT
+                );
+                self.report(&key.child("max_batches_in_flight"), n.span(), message);
+                HostConfig::DEFAULT_MAX_BATCHES_IN_FLIGHT
+            }
+            Some(n) => *n.get_ref(),
+            None => HostConfig::DEFAULT_MAX_BATCHES_IN_FLIGHT,
+        };
+        let shutdown_timeout = match &raw.shutdown_timeout {
+            Some(text) => match parse_duration(text.get_ref()) {
+                Ok(timeout) if timeout <= Duration::from_secs(3600) => timeout,
+                Ok(_) => {
+                    let message = format!("`{}` is out of range (0s..=1h)", text.get_ref());
+                    self.report(&key.child("shutdown_timeout"), text.span(), message);
+                    HostConfig::DEFAULT_SHUTDOWN_TIMEOUT
+                }
+                Err(message) => {
+                    self.report(&key.child("shutdown_timeout"), text.span(), message);
+                    HostConfig::DEFAULT_SHUTDOWN_TIMEOUT
+                }
+            },
+            None => HostConfig::DEFAULT_SHUTDOWN_TIMEOUT,
+        };
         HostConfig {
             data_dir,
             listen,
             api_token,
+            component_cache: raw.component_cache.as_ref().is_none_or(|v| *v.get_ref()),
+            pooling_allocator: raw.pooling_allocator.as_ref().is_none_or(|v| *v.get_ref()),
+            max_batches_in_flight,
+            shutdown_timeout,
         }
     }
 

@@ -86,6 +86,24 @@ pub struct HostConfig {
     pub listen: SocketAddr,
     /// Bearer token required by the HTTP API, if set.
     pub api_token: Option<String>,
+    /// Whether compiled components are cached in `data_dir/cache` (default true).
+    pub component_cache: bool,
+    /// Whether to use wasmtime's pooling allocator where the machine allows (default true).
+    pub pooling_allocator: bool,
+    /// Batches in flight across all consumers at once (default 64).
+    pub max_batches_in_flight: u32,
+    /// How long a shutdown waits for running batches before exiting anyway (default 30 s).
+    pub shutdown_timeout: Duration,
+}
+
+impl HostConfig {
+    /// Default of `max_batches_in_flight`.
+    pub const DEFAULT_MAX_BATCHES_IN_FLIGHT: u32 = 64;
+    /// Upper bound of `max_batches_in_flight` (the pooling allocator's instance slots are
+    /// shared with producer requests).
+    pub const MAX_BATCHES_IN_FLIGHT: u32 = 500;
+    /// Default of `shutdown_timeout`.
+    pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 }
 
 impl fmt::Debug for HostConfig {
@@ -95,6 +113,10 @@ impl fmt::Debug for HostConfig {
             .field("data_dir", &self.data_dir)
             .field("listen", &self.listen)
             .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("component_cache", &self.component_cache)
+            .field("pooling_allocator", &self.pooling_allocator)
+            .field("max_batches_in_flight", &self.max_batches_in_flight)
+            .field("shutdown_timeout", &self.shutdown_timeout)
             .finish()
     }
 }

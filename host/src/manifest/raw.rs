@@ -29,6 +29,10 @@ pub(super) struct RawHost {
     pub data_dir: Option<Spanned<String>>,
     pub listen: Option<Spanned<String>>,
     pub api_token: Option<Spanned<String>>,
+    pub component_cache: Option<Spanned<bool>>,
+    pub pooling_allocator: Option<Spanned<bool>>,
+    pub max_batches_in_flight: Option<Spanned<u32>>,
+    pub shutdown_timeout: Option<Spanned<String>>,
 }
 
 /// `[queues.NAME]`.

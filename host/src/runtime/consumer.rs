@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use wasmtime::Store;
-use wasmtime::component::{HasSelf, Resource};
+use wasmtime::component::{Component, HasSelf, Resource};
 
 use super::bindings::{self, wit};
 use super::guest::{self, ComponentOptions, GuestState};
@@ -91,7 +91,8 @@ pub struct ConsumerComponent {
 }
 
 impl ConsumerComponent {
-    /// Compiles `wasm` (a component binary) and checks it against the `consumer` world.
+    /// Compiles `wasm` (a component binary, through the runtime's cache if it has one) and
+    /// checks it against the `consumer` world.
     pub fn new(
         runtime: &Runtime,
         name: &str,
@@ -99,9 +100,19 @@ impl ConsumerComponent {
         options: ComponentOptions,
     ) -> anyhow::Result<Self> {
         let (component, _) = runtime.load(name, wasm)?;
+        Self::from_compiled(runtime, name, &component, options)
+    }
+
+    /// Links an already compiled component and checks it against the `consumer` world.
+    pub fn from_compiled(
+        runtime: &Runtime,
+        name: &str,
+        component: &Component,
+        options: ComponentOptions,
+    ) -> anyhow::Result<Self> {
         guest::require_export(
             runtime,
-            &component,
+            component,
             name,
             "consumer",
             "wasmq:queues/handler@0.1.0",
@@ -111,7 +122,7 @@ impl ConsumerComponent {
             .map_err(anyhow::Error::from)
             .context("linking wasmq:queues/batch")?;
         let instance_pre = linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(anyhow::Error::from)
             .with_context(|| {
                 format!("component `{name}` imports something the host does not provide")

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use wasmtime::component::Component;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::sync::ProxyPre;
@@ -28,7 +29,8 @@ pub struct ProducerComponent {
 }
 
 impl ProducerComponent {
-    /// Compiles `wasm` (a component binary) and checks it against the `http-producer` world.
+    /// Compiles `wasm` (a component binary, through the runtime's cache if it has one) and
+    /// checks it against the `http-producer` world.
     pub fn new(
         runtime: &Runtime,
         name: &str,
@@ -36,16 +38,26 @@ impl ProducerComponent {
         options: ComponentOptions,
     ) -> anyhow::Result<Self> {
         let (component, _) = runtime.load(name, wasm)?;
+        Self::from_compiled(runtime, name, &component, options)
+    }
+
+    /// Links an already compiled component and checks it against the `http-producer` world.
+    pub fn from_compiled(
+        runtime: &Runtime,
+        name: &str,
+        component: &Component,
+        options: ComponentOptions,
+    ) -> anyhow::Result<Self> {
         guest::require_export(
             runtime,
-            &component,
+            component,
             name,
             "producer",
             "wasi:http/incoming-handler@0.2.",
         )?;
         let linker = guest::linker(runtime)?;
         let instance_pre = linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(anyhow::Error::from)
             .with_context(|| {
                 format!("component `{name}` imports something the host does not provide")

@@ -1,0 +1,92 @@
+//! Loading the manifest's components: what each is granted, and compiling it (through the
+//! compiled-component cache) off the async threads.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::engine::Broker;
+use crate::manifest::ComponentConfig;
+use crate::runtime::{
+    CacheOutcome, ComponentLimits, ComponentOptions, ConsumerComponent, ProducerComponent, Runtime,
+    SendTarget, digest,
+};
+
+/// A component file read from disk, with its digest.
+pub(super) struct ComponentFile {
+    pub wasm: Vec<u8>,
+    pub digest: String,
+}
+
+impl ComponentFile {
+    /// Reads `component`'s source.
+    pub fn read(component: &ComponentConfig) -> Result<Self> {
+        let wasm = std::fs::read(&component.source).with_context(|| {
+            format!(
+                "reading component `{}` from {}",
+                component.name,
+                component.source.display()
+            )
+        })?;
+        let digest = digest(&wasm);
+        Ok(Self { wasm, digest })
+    }
+}
+
+/// The first 12 hex digits of a digest, for logs.
+pub(super) fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}
+
+/// What the manifest grants `component`: its limits, environment, bindings and outbound hosts.
+pub(super) fn options(component: &ComponentConfig, broker: Arc<dyn Broker>) -> ComponentOptions {
+    ComponentOptions {
+        limits: ComponentLimits {
+            timeout: component.limits.timeout,
+            memory_bytes: usize::try_from(component.limits.memory_bytes).unwrap_or(usize::MAX),
+        },
+        env: component.env.clone().into_iter().collect(),
+        send_target: Some(SendTarget {
+            broker,
+            bindings: Arc::new(component.bindings.clone()),
+            handle: tokio::runtime::Handle::current(),
+        }),
+        allowed_outbound_hosts: component.allowed_outbound_hosts.clone(),
+    }
+}
+
+/// A component compiled for the world its manifest entry asks for.
+pub(super) enum Loaded {
+    Consumer(ConsumerComponent),
+    Producer(ProducerComponent),
+}
+
+/// Compiles (or loads from the cache) `component` on a blocking thread and checks it against
+/// its world: `consumer` when it has a consumer, `http-producer` when it has a route.
+pub(super) async fn load(
+    runtime: &Runtime,
+    component: &ComponentConfig,
+    file: &ComponentFile,
+    broker: Arc<dyn Broker>,
+) -> Result<(Loaded, CacheOutcome)> {
+    let options = options(component, broker);
+    let runtime = runtime.clone();
+    let name = component.name.clone();
+    let wasm = file.wasm.clone();
+    let producer = component.route.is_some();
+    tokio::task::spawn_blocking(move || {
+        let (compiled, outcome) = runtime.load(&name, &wasm)?;
+        let loaded = if producer {
+            Loaded::Producer(ProducerComponent::from_compiled(
+                &runtime, &name, &compiled, options,
+            )?)
+        } else {
+            Loaded::Consumer(ConsumerComponent::from_compiled(
+                &runtime, &name, &compiled, options,
+            )?)
+        };
+        Ok((loaded, outcome))
+    })
+    .await
+    .context("compiling a component")?
+}

@@ -1,0 +1,245 @@
+//! `host run`: opens the queues, starts a dispatcher per consumer component, serves the
+//! producer routes and the HTTP API, all from one manifest — and applies the manifest again
+//! while running (`--watch`, `POST /reload`, SIGHUP).
+
+mod components;
+mod supervisor;
+mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::task::JoinSet;
+
+use self::supervisor::Supervisor;
+pub use self::supervisor::{FailedComponent, ReloadReport};
+use crate::dispatch::ConsumerStats;
+use crate::engine::{Broker, RedbBroker, RedbOptions};
+use crate::http;
+use crate::manifest::Manifest;
+use crate::runtime::{Runtime, RuntimeConfig};
+
+/// How often expired leases, retention and dedup windows are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A host started from a manifest.
+pub struct RunningHost {
+    addr: SocketAddr,
+    broker: Arc<RedbBroker>,
+    supervisor: Arc<Supervisor>,
+    runtime: Runtime,
+    shutdown_timeout: Duration,
+    stop_tasks: tokio::sync::watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl RunningHost {
+    /// The address the HTTP server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The queues.
+    pub fn broker(&self) -> Arc<dyn Broker> {
+        self.broker.clone()
+    }
+
+    /// The runtime (engine, cache) the components run in.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Reads the manifest file again and applies it: new queues and components start, changed
+    /// components are swapped in, removed ones stop. An invalid manifest changes nothing.
+    pub async fn reload(&self) -> Result<ReloadReport> {
+        self.supervisor.reload().await
+    }
+
+    /// Watches the manifest and the component files, reloading (debounced) when they change.
+    pub fn watch(&mut self) -> Result<()> {
+        let watcher = watch::Watcher::start(self.supervisor.clone())?;
+        self.tasks.spawn(watcher.run(self.stop_tasks.subscribe()));
+        Ok(())
+    }
+
+    /// Stops taking new batches, lets running ones finish and settle (for at most the
+    /// manifest's `shutdown_timeout`), stops the HTTP server and closes the database. Batches
+    /// still running at the deadline are abandoned: their messages are delivered again after
+    /// the next start, with the attempt counted.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let finished =
+            tokio::time::timeout(self.shutdown_timeout, self.supervisor.stop_all()).await;
+        if finished.is_err() {
+            tracing::warn!(timeout = ?self.shutdown_timeout, "batches still running at the shutdown deadline are abandoned; they will be redelivered");
+        }
+        let _ = self.stop_tasks.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        drop(self.supervisor);
+        match Arc::try_unwrap(self.broker) {
+            Ok(broker) => broker.close().await,
+            // A guest thread past the deadline still holds the broker; every commit it
+            // acknowledged is already durable.
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Builds what the manifest asks to build, opens the queues, loads every component and starts
+/// serving. Any problem (a failed build, a component that does not compile or is not of its
+/// world) stops the start with an error naming the component.
+pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
+    build_components(manifest).await?;
+    manifest.check_sources()?;
+
+    let data_dir = &manifest.host.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data_dir {}", data_dir.display()))?;
+    let broker = Arc::new(RedbBroker::open(
+        data_dir.join("queues.redb"),
+        RedbOptions::default(),
+    )?);
+    let runtime = Runtime::with_config(&RuntimeConfig {
+        cache_dir: manifest
+            .host
+            .component_cache
+            .then(|| data_dir.join("cache")),
+        pooling_allocator: manifest.host.pooling_allocator,
+    })?;
+    let stats = ConsumerStats::default();
+    let supervisor = Arc::new(Supervisor::new(
+        runtime.clone(),
+        broker.clone(),
+        manifest,
+        stats.clone(),
+    ));
+    supervisor.apply(manifest, true).await?;
+
+    let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(sweep(broker.clone(), stopped.clone()));
+
+    let listener = tokio::net::TcpListener::bind(manifest.host.listen)
+        .await
+        .with_context(|| format!("listening on {}", manifest.host.listen))?;
+    let addr = listener.local_addr()?;
+    let token = manifest.host.api_token.clone().or_else(|| {
+        std::env::var("WASMQ_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+    });
+    if token.is_none() && !manifest.host.listen.ip().is_loopback() {
+        tracing::warn!(listen = %manifest.host.listen, "the API listens beyond loopback without a token; set [host] api_token or WASMQ_API_TOKEN");
+    }
+    let router = http::router(http::ServeConfig {
+        broker: broker.clone(),
+        pull_queues: supervisor.pull_queues(),
+        token,
+        producers: supervisor.producers(),
+        consumer_stats: stats,
+        reloader: Some(supervisor.clone()),
+    });
+    let mut stop_http = stopped.clone();
+    tasks.spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = stop_http.wait_for(|stop| *stop).await;
+        });
+        if let Err(err) = serve.await {
+            tracing::error!(error = %err, "the HTTP server failed");
+        }
+    });
+    #[cfg(unix)]
+    tasks.spawn(reload_on_sighup(supervisor.clone(), stopped));
+    tracing::info!(%addr, queues = manifest.queues.len(), components = manifest.components.len(), pooling = runtime.pooling(), "wasmq host running");
+    Ok(RunningHost {
+        addr,
+        broker,
+        supervisor,
+        runtime,
+        shutdown_timeout: manifest.host.shutdown_timeout,
+        stop_tasks,
+        tasks,
+    })
+}
+
+#[async_trait::async_trait]
+impl http::Reloader for Supervisor {
+    async fn reload(&self) -> Result<serde_json::Value> {
+        let report = Supervisor::reload(self).await?;
+        Ok(serde_json::to_value(report)?)
+    }
+}
+
+/// Reloads on every SIGHUP.
+#[cfg(unix)]
+async fn reload_on_sighup(
+    supervisor: Arc<Supervisor>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => {
+            tracing::warn!(error = %err, "SIGHUP cannot trigger reloads");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            Some(()) = hangups.recv() => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        tracing::info!("SIGHUP: reloading");
+        if let Err(err) = supervisor.reload().await {
+            tracing::error!(error = format!("{err:#}"), "reload failed; nothing changed");
+        }
+    }
+}
+
+/// Runs each component's `build` command in the manifest's folder.
+async fn build_components(manifest: &Manifest) -> Result<()> {
+    for component in manifest.components.values() {
+        let Some(command) = &component.build else {
+            continue;
+        };
+        tracing::info!(component = %component.name, %command, "building");
+        let output = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(&manifest.dir)
+            .output()
+            .await
+            .with_context(|| {
+                format!(
+                    "running the build command of component `{}`",
+                    component.name
+                )
+            })?;
+        if !output.status.success() {
+            bail!(
+                "the build command of component `{}` failed ({}): {command}\n{}",
+                component.name,
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim_end()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn sweep(broker: Arc<RedbBroker>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        match broker.sweep().await {
+            Ok(report) if report != Default::default() => {
+                tracing::info!(?report, "swept expired leases, messages and dedup keys")
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!(error = %err, "sweep failed"),
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The supervisor: the set of running consumers and served producers, and how a manifest is
+//! applied to it — at start, and again on every reload (hot swap).
+//!
+//! Applying a manifest compiles every new or changed component first (off the async threads,
+//! through the cache), then swaps each one in atomically: a consumer's next batch runs on the
+//! new component while batches already running finish on the old one; the producer table is
+//! replaced whole. A component that fails to load leaves its previous version serving.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use super::components::{self, ComponentFile, Loaded, short};
+use crate::dispatch::{ConsumerSlot, ConsumerSpec, ConsumerStats, Dispatcher};
+use crate::engine::{Broker, BrokerError};
+use crate::http::{ProducerRoute, ProducerRoutes, PullQueues};
+use crate::manifest::{self, ComponentConfig, Manifest};
+use crate::runtime::{CacheOutcome, Runtime};
+
+/// What one application of a manifest changed.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReloadReport {
+    /// Queues created.
+    pub queues_created: Vec<String>,
+    /// Components started (new consumers, new producers).
+    pub started: Vec<String>,
+    /// Components replaced by a new version or new settings.
+    pub swapped: Vec<String>,
+    /// Consumers stopped (after their running batches) and producers no longer served.
+    pub stopped: Vec<String>,
+    /// Components left as they were.
+    pub unchanged: Vec<String>,
+    /// Components that failed to load; their previous version (if any) keeps serving.
+    pub failed: Vec<FailedComponent>,
+}
+
+/// A component that could not be loaded.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedComponent {
+    /// The component's name.
+    pub component: String,
+    /// Why.
+    pub error: String,
+}
+
+/// One loaded component and what it was loaded from.
+struct Running {
+    config: ComponentConfig,
+    digest: String,
+    kind: RunningKind,
+}
+
+enum RunningKind {
+    Consumer {
+        slot: ConsumerSlot,
+        stop: watch::Sender<bool>,
+        task: JoinHandle<()>,
+    },
+    Producer(ProducerRoute),
+}
+
+/// Owns the running components of one host.
+pub(crate) struct Supervisor {
+    runtime: Runtime,
+    broker: Arc<dyn Broker>,
+    stats: ConsumerStats,
+    ceiling: Arc<Semaphore>,
+    producers: ProducerRoutes,
+    pull_queues: PullQueues,
+    /// The manifest file reloads read.
+    manifest_path: PathBuf,
+    /// Serialises applications; holds what runs now.
+    running: Mutex<BTreeMap<String, Running>>,
+    /// The manifest file and the component files of the last applied manifest.
+    watched: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl Supervisor {
+    pub fn new(
+        runtime: Runtime,
+        broker: Arc<dyn Broker>,
+        manifest: &Manifest,
+        stats: ConsumerStats,
+    ) -> Self {
+        Self {
+            runtime,
+            broker,
+            stats,
+            ceiling: Arc::new(Semaphore::new(manifest.host.max_batches_in_flight as usize)),
+            producers: ProducerRoutes::default(),
+            pull_queues: PullQueues::default(),
+            manifest_path: manifest.path.clone(),
+            running: Mutex::new(BTreeMap::new()),
+            watched: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The files whose changes should trigger a reload: the manifest and every component's
+    /// source, as of the last applied manifest.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        self.watched.lock().expect("watched files lock").clone()
+    }
+
+    /// The producer routes being served.
+    pub fn producers(&self) -> ProducerRoutes {
+        self.producers.clone()
+    }
+
+    /// The pull-consumed queues being served.
+    pub fn pull_queues(&self) -> PullQueues {
+        self.pull_queues.clone()
+    }
+
+    /// Reads the manifest file again and applies it. An invalid manifest changes nothing.
+    pub async fn reload(&self) -> Result<ReloadReport> {
+        let manifest = manifest::load(&self.manifest_path)?;
+        manifest.check_sources()?;
+        let report = self.apply(&manifest, false).await?;
+        tracing::info!(
+            started = ?report.started,
+            swapped = ?report.swapped,
+            stopped = ?report.stopped,
+            failed = report.failed.len(),
+            "reloaded {}",
+            self.manifest_path.display()
+        );
+        Ok(report)
+    }
+
+    /// Makes the running set match `manifest`. With `strict` (the first start) any component
+    /// that fails to load is an error; otherwise it is reported and its old version kept.
+    pub async fn apply(&self, manifest: &Manifest, strict: bool) -> Result<ReloadReport> {
+        let mut running = self.running.lock().await;
+        let mut report = ReloadReport {
+            queues_created: sync_queues(&*self.broker, manifest).await?,
+            ..ReloadReport::default()
+        };
+        self.pull_queues.replace(manifest.pull_consumers.clone());
+        *self.watched.lock().expect("watched files lock") =
+            std::iter::once(self.manifest_path.clone())
+                .chain(manifest.components.values().map(|c| c.source.clone()))
+                .collect();
+
+        for config in manifest.components.values() {
+            let name = &config.name;
+            let file = match ComponentFile::read(config) {
+                Ok(file) => file,
+                Err(err) if strict => return Err(err),
+                Err(err) => {
+                    report.failed.push(failed(name, &err));
+                    continue;
+                }
+            };
+            let old = running.get(name);
+            if old.is_some_and(|old| old.digest == file.digest && old.config == *config) {
+                report.unchanged.push(name.clone());
+                continue;
+            }
+            let (loaded, outcome) = match components::load(
+                &self.runtime,
+                config,
+                &file,
+                self.broker.clone(),
+            )
+            .await
+            {
+                Ok(loaded) => loaded,
+                Err(err) if strict => return Err(err),
+                Err(err) => {
+                    tracing::error!(component = %name, digest = short(&file.digest), error = format!("{err:#}"), "the new version failed to load; the old one keeps serving");
+                    report.failed.push(failed(name, &err));
+                    continue;
+                }
+            };
+            let swapped = self.install(&mut running, config, file.digest, loaded, outcome);
+            if swapped {
+                report.swapped.push(name.clone());
+            } else {
+                report.started.push(name.clone());
+            }
+        }
+
+        let removed: Vec<String> = running
+            .keys()
+            .filter(|name| !manifest.components.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(old) = running.remove(&name) {
+                stop(&name, old);
+                report.stopped.push(name);
+            }
+        }
+        self.producers.replace(
+            running
+                .values()
+                .filter_map(|r| match &r.kind {
+                    RunningKind::Producer(route) => Some(route.clone()),
+                    RunningKind::Consumer { .. } => None,
+                })
+                .collect(),
+        );
+        Ok(report)
+    }
+
+    /// Puts a loaded component in place of the running one of the same name (if any); true if
+    /// it replaced one in place.
+    fn install(
+        &self,
+        running: &mut BTreeMap<String, Running>,
+        config: &ComponentConfig,
+        digest: String,
+        loaded: Loaded,
+        outcome: CacheOutcome,
+    ) -> bool {
+        let name = &config.name;
+        let previous = running.remove(name);
+        let previous_digest = previous.as_ref().map(|p| short(&p.digest).to_owned());
+        let (kind, in_place) = match (loaded, previous) {
+            (Loaded::Consumer(component), previous) => {
+                let consumer = config
+                    .consumer
+                    .as_ref()
+                    .expect("a consumer has a consumer table");
+                let spec = ConsumerSpec {
+                    component,
+                    settings: consumer.settings.clone(),
+                    max_concurrency: consumer.max_concurrency.unwrap_or(1),
+                };
+                match previous {
+                    // Same queue: swap in place, running batches finish on the old version.
+                    Some(Running {
+                        config: old,
+                        kind: RunningKind::Consumer { slot, stop, task },
+                        ..
+                    }) if old.consumer.as_ref().map(|c| &c.queue) == Some(&consumer.queue) => {
+                        slot.replace(spec);
+                        (RunningKind::Consumer { slot, stop, task }, true)
+                    }
+                    previous => {
+                        let in_place = previous.is_some();
+                        if let Some(previous) = previous {
+                            stop(name, previous);
+                        }
+                        (self.start_consumer(&consumer.queue, spec), in_place)
+                    }
+                }
+            }
+            (Loaded::Producer(component), previous) => {
+                let in_place = previous.is_some();
+                if let Some(consumer) =
+                    previous.filter(|p| matches!(p.kind, RunningKind::Consumer { .. }))
+                {
+                    stop(name, consumer);
+                }
+                let route = ProducerRoute {
+                    route: config.route.clone().expect("a producer has a route"),
+                    component,
+                    requires_token: config.route_requires_token,
+                };
+                (RunningKind::Producer(route), in_place)
+            }
+        };
+        match &previous_digest {
+            Some(previous) => {
+                tracing::info!(component = %name, digest = short(&digest), %previous, cache = ?outcome, "component swapped")
+            }
+            None => {
+                tracing::info!(component = %name, digest = short(&digest), cache = ?outcome, "component loaded")
+            }
+        }
+        running.insert(
+            name.clone(),
+            Running {
+                config: config.clone(),
+                digest,
+                kind,
+            },
+        );
+        in_place
+    }
+
+    fn start_consumer(&self, queue: &str, spec: ConsumerSpec) -> RunningKind {
+        let max = spec.max_concurrency;
+        let dispatcher = Dispatcher::new(
+            self.broker.clone(),
+            queue,
+            spec.settings.clone(),
+            spec.component.clone(),
+        )
+        .with_concurrency(max)
+        .with_ceiling(self.ceiling.clone())
+        .with_stats(self.stats.clone());
+        let slot = dispatcher.slot();
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(dispatcher.run(stopped));
+        RunningKind::Consumer { slot, stop, task }
+    }
+
+    /// Stops every consumer, letting running batches finish, and stops serving producers.
+    pub async fn stop_all(&self) {
+        let mut running = self.running.lock().await;
+        let mut tasks = Vec::new();
+        for (_, r) in std::mem::take(&mut *running) {
+            if let RunningKind::Consumer { stop, task, .. } = r.kind {
+                let _ = stop.send(true);
+                tasks.push(task);
+            }
+        }
+        self.producers.replace(Vec::new());
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+fn failed(name: &str, err: &anyhow::Error) -> FailedComponent {
+    FailedComponent {
+        component: name.to_owned(),
+        error: format!("{err:#}"),
+    }
+}
+
+/// Stops a removed component: a consumer finishes its running batches in the background.
+fn stop(name: &str, old: Running) {
+    match old.kind {
+        RunningKind::Consumer { stop, .. } => {
+            let _ = stop.send(true);
+            tracing::info!(component = %name, "consumer stopping after its running batches");
+        }
+        RunningKind::Producer(_) => tracing::info!(component = %name, "producer no longer served"),
+    }
+}
+
+/// Creates the manifest's queues that do not exist and updates the settings of those that do;
+/// returns the names created. Dead-letter queues are set in a second pass, once every queue
+/// exists.
+async fn sync_queues(broker: &dyn Broker, manifest: &Manifest) -> Result<Vec<String>> {
+    let mut created = Vec::new();
+    for (name, settings) in &manifest.queues {
+        let mut without_dlq = settings.clone();
+        without_dlq.consumer.dead_letter_queue = None;
+        match broker.create_queue(name, without_dlq).await {
+            Ok(_) => {
+                tracing::info!(queue = %name, "queue created");
+                created.push(name.clone());
+            }
+            Err(BrokerError::QueueExists(_)) => {}
+            Err(err) => return Err(err).with_context(|| format!("creating queue `{name}`")),
+        }
+    }
+    for (name, settings) in &manifest.queues {
+        broker
+            .configure_queue(name, settings.clone())
+            .await
+            .with_context(|| format!("configuring queue `{name}`"))?;
+    }
+    Ok(created)
+}
