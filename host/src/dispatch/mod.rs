@@ -194,7 +194,7 @@ impl Dispatcher {
             let spec = swaps.borrow_and_update().clone();
             while running.try_join_next().is_some() {}
             let step = inner
-                .next_step(&spec, &mut scaler, &mut running, &mut shutdown)
+                .next_step(&spec, &self.slot, &mut scaler, &mut running, &mut shutdown)
                 .await;
             let level = scaler.level(spec.max_concurrency);
             inner
@@ -241,6 +241,7 @@ impl Inner {
     async fn next_step(
         self: &Arc<Self>,
         spec: &Arc<ConsumerSpec>,
+        slot: &ConsumerSlot,
         scaler: &mut Scaler,
         running: &mut JoinSet<()>,
         shutdown: &mut watch::Receiver<bool>,
@@ -291,7 +292,9 @@ impl Inner {
         match self.lease(spec).await {
             Ok(Some(batch)) => {
                 let inner = self.clone();
-                let component = spec.component.clone();
+                // The component in the slot now, not when this step began: a batch leased
+                // after a swap runs on the new version.
+                let component = slot.current().component.clone();
                 running.spawn(async move {
                     if let Err(err) = inner.process(batch, &component).await {
                         tracing::error!(queue = %inner.queue, error = format!("{err:#}"), "delivering a batch failed");
