@@ -202,6 +202,15 @@ enum BenchCommand {
         /// Batches in flight in the throughput runs (one run per value).
         #[arg(long, value_delimiter = ',', default_value = "1,4")]
         concurrency: Vec<u32>,
+        /// max_batch_size in the throughput runs.
+        #[arg(long, default_value_t = 100)]
+        batch_size: u32,
+        /// The body of every message (e.g. `sleep:1` with the scripted guest).
+        #[arg(long)]
+        body: Option<String>,
+        /// Use the pooling instance allocator.
+        #[arg(long)]
+        pooling: bool,
     },
     /// Publishing through the HTTP API over loopback, and pull / ack.
     Http {
@@ -395,12 +404,18 @@ impl Cli {
                     messages,
                     latency_messages,
                     concurrency,
+                    batch_size,
+                    body,
+                    pooling,
                 } => {
                     bench::run_consumer(&ConsumerBench {
                         concurrency,
                         wasm,
                         messages,
                         latency_messages,
+                        batch_size,
+                        body,
+                        pooling,
                     })
                     .await
                 }

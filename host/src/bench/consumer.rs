@@ -10,8 +10,10 @@ use tokio::sync::{mpsc, watch};
 
 use super::{body, histogram, print_latency, tempdir};
 use crate::dispatch::Dispatcher;
-use crate::engine::{Broker, ConsumerSettings, QueueSettings, RedbBroker, RedbOptions};
-use crate::runtime::{ComponentOptions, ConsumerComponent, Runtime};
+use crate::engine::{
+    Broker, ConsumerSettings, QueueSettings, RedbBroker, RedbOptions, SendRequest,
+};
+use crate::runtime::{ComponentOptions, ConsumerComponent, Runtime, RuntimeConfig};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -24,20 +26,31 @@ pub struct ConsumerBench {
     pub messages: u64,
     /// Messages in the latency run (sent one at a time).
     pub latency_messages: u64,
+    /// `max_batch_size` in the throughput runs.
+    pub batch_size: u32,
+    /// The body of every message (default: 64 bytes of text); e.g. `sleep:1` with the
+    /// `scripted` guest makes each message take 1 ms.
+    pub body: Option<String>,
+    /// Use the pooling instance allocator.
+    pub pooling: bool,
 }
 
 /// Runs the throughput and the latency benchmark and prints a report.
 pub async fn run_consumer(bench: &ConsumerBench) -> Result<()> {
     let wasm = std::fs::read(&bench.wasm)
         .with_context(|| format!("reading {} (build the guests first)", bench.wasm.display()))?;
-    let runtime = Runtime::new()?;
+    let runtime = Runtime::with_config(&RuntimeConfig {
+        cache_dir: None,
+        pooling_allocator: bench.pooling,
+    })?;
     let started = Instant::now();
     let component = ConsumerComponent::new(&runtime, "bench", &wasm, ComponentOptions::default())?;
     println!(
-        "wasmq consumer bench: component {} ({} KB) compiled in {:.0} ms",
+        "wasmq consumer bench: component {} ({} KB) compiled in {:.0} ms; {} allocator",
         bench.wasm.display(),
         wasm.len() / 1000,
-        started.elapsed().as_secs_f64() * 1000.0
+        started.elapsed().as_secs_f64() * 1000.0,
+        if runtime.pooling() { "pooling" } else { "on-demand" }
     );
     let dir = tempdir()?;
     for &concurrency in &bench.concurrency {
@@ -60,15 +73,24 @@ async fn open(dir: &Path, name: &str, consumer: &ConsumerSettings) -> Result<Arc
     Ok(Arc::new(broker))
 }
 
-/// 4 producers send batches of 100 while the consumer (batches of 100) keeps up.
+/// The `n`th message of a run.
+fn message(bench: &ConsumerBench, n: u64) -> SendRequest {
+    match &bench.body {
+        Some(text) => SendRequest::text(text.clone()),
+        None => body(64, n),
+    }
+}
+
+/// 4 producers send batches of 100 while the consumer (batches of `batch_size`) keeps up.
 async fn throughput(
     dir: &Path,
     bench: &ConsumerBench,
     component: &ConsumerComponent,
     concurrency: u32,
 ) -> Result<()> {
+    let batch_size = bench.batch_size;
     let consumer = ConsumerSettings {
-        max_batch_size: 100,
+        max_batch_size: batch_size,
         max_batch_timeout: 1,
         ..ConsumerSettings::default()
     };
@@ -83,10 +105,11 @@ async fn throughput(
     let mut producers = Vec::new();
     for p in 0..4u64 {
         let broker = broker.clone();
+        let bench = bench.clone();
         producers.push(tokio::spawn(async move {
             let mut b = p;
             while b < batches {
-                let batch = (0..100).map(|i| body(64, b * 100 + i)).collect();
+                let batch = (0..100).map(|i| message(&bench, b * 100 + i)).collect();
                 broker.send_batch("bench", batch, None).await?;
                 b += 4;
             }
@@ -110,7 +133,7 @@ async fn throughput(
     stop.send(true)?;
     running.await?;
     println!(
-        "end to end, max_batch_size 100, max_concurrency {concurrency}: {:.0} msgs/s ({total} messages sent, handled and acked durably in {:.2} s; sending alone took {:.2} s)",
+        "end to end, max_batch_size {batch_size}, max_concurrency {concurrency}: {:.0} msgs/s ({total} messages sent, handled and acked durably in {:.2} s; sending alone took {:.2} s)",
         total as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
         sent.as_secs_f64()
@@ -136,7 +159,7 @@ async fn latency(dir: &Path, bench: &ConsumerBench, component: &ConsumerComponen
     let mut h = histogram();
     for n in 0..bench.latency_messages {
         let sent = Instant::now();
-        broker.send("bench", body(64, n)).await?;
+        broker.send("bench", message(bench, n)).await?;
         let batch = tokio::time::timeout(Duration::from_secs(10), started_batches.recv())
             .await
             .context("no batch started within 10 s")?
