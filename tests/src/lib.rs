@@ -5,6 +5,7 @@
 //! [`semantic_suite!`] turns the whole list into one `#[tokio::test]` per case for a given
 //! backend factory.
 
+pub mod postgres;
 pub mod power_loss;
 pub mod semantics;
 
