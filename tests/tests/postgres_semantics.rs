@@ -471,3 +471,74 @@ async fn outage_is_unavailable_then_recovers() {
     a.send("q", SendRequest::text("ping")).await.unwrap();
     assert!(changed_within(&mut rx, Duration::from_secs(2)).await);
 }
+
+/// Rough throughput of sends and lease/ack cycles from 16 concurrent tasks on one host
+/// (ignored: a measurement, not a check). Point `WASMQ_TEST_POSTGRES_URL` at a server with
+/// durable commits (`scripts/postgres.sh start`) for meaningful numbers; the throwaway test
+/// cluster runs with `fsync=off`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run with --ignored --nocapture"]
+async fn throughput() {
+    const TASKS: usize = 16;
+    const PER_TASK: usize = 250;
+    let url = postgres::url();
+    let schema = postgres::fresh_schema();
+    let _guard = SchemaGuard::new(url.clone(), schema.clone());
+    let broker = Arc::new(connect(&url, &schema, PostgresOptions::default()).await);
+    broker
+        .create_queue("q", QueueSettings::default())
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let b = Arc::clone(&broker);
+            tokio::spawn(async move {
+                for i in 0..PER_TASK {
+                    b.send("q", SendRequest::text(format!("m{i}")))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = TASKS * PER_TASK;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{total} single sends in {secs:.2} s: {:.0}/s",
+        total as f64 / secs
+    );
+
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let b = Arc::clone(&broker);
+            tokio::spawn(async move {
+                let mut done = 0;
+                loop {
+                    let got = b.lease("q", LeaseOptions::new(10, HOUR)).await.unwrap();
+                    if got.is_empty() {
+                        return done;
+                    }
+                    done += got.len();
+                    let outcomes = got.iter().map(|l| (l.lease, Outcome::Ack)).collect();
+                    b.settle("q", outcomes).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{acked} messages leased and acked in batches of 10 in {secs:.2} s: {:.0}/s",
+        acked as f64 / secs
+    );
+    assert_eq!(acked, total);
+}

@@ -371,6 +371,17 @@ impl PostgresBroker {
             .map_err(|e| unavailable(name, "reading", &e))
     }
 
+    /// One queue's settings, state and metrics, for operation `op`.
+    async fn info(&self, op: &'static str, name: &str) -> BrokerResult<QueueInfo> {
+        let rows = self
+            .read(op, &info_one_sql(), &[&self.now_ms(), &name])
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| BrokerError::UnknownQueue(name.to_owned()))?;
+        info_from(row).map_err(|e| e.into_broker(op))
+    }
+
     fn now_ms(&self) -> i64 {
         ms(self.shared.clock.now_ms())
     }
@@ -405,13 +416,7 @@ impl Broker for PostgresBroker {
     }
 
     async fn queue_info(&self, name: &str) -> BrokerResult<QueueInfo> {
-        let rows = self
-            .read("queue_info", &info_one_sql(), &[&self.now_ms(), &name])
-            .await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| BrokerError::UnknownQueue(name.to_owned()))?;
-        info_from(row).map_err(|e| e.into_broker("queue_info"))
+        self.info("queue_info", name).await
     }
 
     async fn send(&self, queue: &str, request: SendRequest) -> BrokerResult<Backlog> {
@@ -531,7 +536,7 @@ impl Broker for PostgresBroker {
     }
 
     async fn metrics(&self, queue: &str) -> BrokerResult<QueueMetrics> {
-        Ok(self.queue_info(queue).await?.metrics)
+        Ok(self.info("metrics", queue).await?.metrics)
     }
 
     async fn readiness(&self, queue: &str, max: u32) -> BrokerResult<Readiness> {

@@ -179,25 +179,22 @@ pub(super) fn info_from(row: &Row) -> Res<QueueInfo> {
 }
 
 impl Tx<'_> {
-    /// Takes the queue lock on `name`.
-    async fn hold(&self, name: &str, hold: Hold) -> Res<()> {
+    /// Takes the queue lock on `name`, then reads the queue (in one round trip); `None` if it
+    /// does not exist. The read is a statement of its own, so its snapshot is taken once the
+    /// lock is held: a queue deleted meanwhile is seen gone.
+    async fn find_queue(&self, name: &str, hold: Hold) -> Res<Option<QueueRow>> {
         let key = format!("{}{name}", self.shared.lock_prefix);
-        let sql = match hold {
+        let lock = match hold {
             Hold::Shared => "SELECT pg_advisory_xact_lock_shared($1, hashtext($2))",
             Hold::Exclusive => "SELECT pg_advisory_xact_lock($1, hashtext($2))",
         };
-        self.execute(sql, &[&QUEUE_LOCK, &key], "locking the queue")
-            .await?;
-        Ok(())
-    }
-
-    /// Locks and reads a queue; `None` if it does not exist.
-    async fn find_queue(&self, name: &str, hold: Hold) -> Res<Option<QueueRow>> {
-        self.hold(name, hold).await?;
-        self.query_opt(
-            "SELECT id, name, settings, paused FROM queues WHERE name = $1",
-            &[&name],
-            "reading the queue",
+        self.execute_then_query_opt(
+            (lock, &[&QUEUE_LOCK, &key]),
+            (
+                "SELECT id, name, settings, paused FROM queues WHERE name = $1",
+                &[&name],
+            ),
+            "locking and reading the queue",
         )
         .await?
         .as_ref()

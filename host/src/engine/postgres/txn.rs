@@ -199,6 +199,26 @@ impl<'a> Tx<'a> {
         self.txn.execute(&statement, params).await.during(what)
     }
 
+    /// Runs `first`, then `second`, sending `second` without waiting for `first`'s answer
+    /// (one round trip instead of two). PostgreSQL still runs them in order: `second` sees
+    /// what `first` did, or waited for.
+    pub async fn execute_then_query_opt(
+        &self,
+        first: (&str, &[&(dyn ToSql + Sync)]),
+        second: (&str, &[&(dyn ToSql + Sync)]),
+        what: &'static str,
+    ) -> Result<Option<Row>, TxnError> {
+        // Both are prepared first, so each query's request leaves on its first poll, in order.
+        let s1 = self.txn.prepare_cached(first.0).await.during(what)?;
+        let s2 = self.txn.prepare_cached(second.0).await.during(what)?;
+        let (_, row) = tokio::try_join!(
+            self.txn.execute(&s1, first.1),
+            self.txn.query_opt(&s2, second.1)
+        )
+        .during(what)?;
+        Ok(row)
+    }
+
     /// `count` fresh values of the global sequence, ascending.
     pub async fn tickets(&self, count: usize) -> Result<Vec<i64>, TxnError> {
         if count == 0 {
