@@ -55,9 +55,12 @@ install() {
     if [[ ! -e /etc/postgresql-common/createcluster.conf ]]; then
         echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
     fi
-    export DEBIAN_FRONTEND=noninteractive
+    # Keep that file as it is, without asking (it is managed by ucf).
+    export DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1
     apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends postgresql >/dev/null
+    apt-get install -y -q --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        postgresql >/dev/null
     dir="$(bindir)" || die "postgresql was installed but initdb is still missing"
     echo "PostgreSQL server binaries: $dir" >&2
 }
@@ -116,5 +119,5 @@ case "${1:-}" in
     bindir) bindir || die "initdb not found; run: scripts/postgres.sh install" ;;
     start) shift; start "$@" ;;
     stop) shift; stop "$@" ;;
-    *) sed -n '2,18p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,17p' "$0" >&2; exit 2 ;;
 esac
