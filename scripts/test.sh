@@ -12,4 +12,6 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The PostgreSQL backend's tests start throwaway clusters: they need the server binaries.
+./scripts/postgres.sh install
 cargo test --workspace --locked

@@ -6,6 +6,7 @@
 //! backend factory.
 
 pub mod guests;
+pub mod postgres;
 pub mod power_loss;
 pub mod semantics;
 

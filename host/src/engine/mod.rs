@@ -8,6 +8,7 @@
 mod clock;
 mod error;
 pub mod limits;
+mod postgres;
 pub mod precedence;
 mod redb;
 mod types;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 
 pub use self::clock::{Clock, ManualClock, SystemClock};
 pub use self::error::{BrokerError, BrokerResult};
+pub use self::postgres::{PostgresBroker, PostgresOptions};
 pub use self::redb::{RedbBroker, RedbOptions};
 pub use self::types::{
     Backlog, ConsumerSettings, ContentType, LeaseId, LeaseOptions, LeasedMessage, Message,
