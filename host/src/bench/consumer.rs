@@ -50,7 +50,11 @@ pub async fn run_consumer(bench: &ConsumerBench) -> Result<()> {
         bench.wasm.display(),
         wasm.len() / 1000,
         started.elapsed().as_secs_f64() * 1000.0,
-        if runtime.pooling() { "pooling" } else { "on-demand" }
+        if runtime.pooling() {
+            "pooling"
+        } else {
+            "on-demand"
+        }
     );
     let dir = tempdir()?;
     for &concurrency in &bench.concurrency {

@@ -23,8 +23,9 @@ pub use self::stats::ConsumerStats;
 /// expiries and sweeps do not signal).
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 /// Added to the component's timeout to form the lease, so a batch that runs to its time limit
-/// is settled by the dispatcher rather than expired.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// is settled by the dispatcher rather than expired. Short, because it is also how long the
+/// batches of a host that died stay invisible to the other hosts sharing its queues.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// What a dispatcher runs: the component and its batching settings. A hot swap replaces it
 /// whole through the dispatcher's [`ConsumerSlot`].

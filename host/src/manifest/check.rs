@@ -21,7 +21,7 @@ use super::units::{format_duration, parse_duration, parse_size};
 use super::{
     AllowedHost, ComponentConfig, ConsumerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
     DEFAULT_VISIBILITY_TIMEOUT_MS, HostConfig, Limits, MAX_CONCURRENCY, Manifest, ManifestError,
-    Position, PullConsumerConfig, Route,
+    Position, PullConsumerConfig, Route, Storage,
 };
 use crate::engine::limits::{MAX_VISIBILITY_TIMEOUT_MS, check_queue_name};
 use crate::engine::{BrokerError, ConsumerSettings, QueueSettings};
@@ -237,10 +237,40 @@ impl Checker<'_> {
             },
             None => HostConfig::DEFAULT_SHUTDOWN_TIMEOUT,
         };
+        let storage_text = raw
+            .storage
+            .as_ref()
+            .map(|s| (s.get_ref().clone(), Some(s.span())))
+            .or_else(|| {
+                std::env::var("WASMQ_STORAGE")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .map(|s| (s, None))
+            });
+        let storage = match storage_text {
+            None => Storage::Redb,
+            Some((text, span)) => match Storage::parse(&text) {
+                Ok(storage) => storage,
+                Err(message) => {
+                    match span {
+                        Some(span) => self.report(&key.child("storage"), span, message),
+                        // From the environment: no line to point at.
+                        None => self.errors.push(ManifestError {
+                            file: self.file.to_path_buf(),
+                            position: None,
+                            key: Some("WASMQ_STORAGE".into()),
+                            message,
+                        }),
+                    }
+                    Storage::Redb
+                }
+            },
+        };
         HostConfig {
             data_dir,
             listen,
             api_token,
+            storage,
             component_cache: raw.component_cache.as_ref().is_none_or(|v| *v.get_ref()),
             pooling_allocator: raw.pooling_allocator.as_ref().is_none_or(|v| *v.get_ref()),
             max_batches_in_flight,

@@ -94,6 +94,59 @@ pub struct HostConfig {
     pub max_batches_in_flight: u32,
     /// How long a shutdown waits for running batches before exiting anyway (default 30 s).
     pub shutdown_timeout: Duration,
+    /// Where the queues live (default: redb in `data_dir`; `WASMQ_STORAGE` when unset here).
+    pub storage: Storage,
+}
+
+/// Where a host keeps its queues.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// The embedded redb file `data_dir/queues.redb`, owned by this host alone.
+    Redb,
+    /// A PostgreSQL database shared by any number of hosts (`postgres://…` URL or libpq
+    /// key=value string).
+    Postgres(String),
+}
+
+impl Storage {
+    /// Reads `redb` or a `postgres://` / `postgresql://` URL.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text == "redb" {
+            Ok(Storage::Redb)
+        } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Ok(Storage::Postgres(text.to_owned()))
+        } else {
+            Err(format!(
+                "`{}` is not a storage: use \"redb\" or a \"postgres://user@host/db\" URL",
+                redact(text)
+            ))
+        }
+    }
+}
+
+/// `text` with the password of a URL (`scheme://user:password@…`) replaced by `***`.
+fn redact(text: &str) -> String {
+    match (text.find("://"), text.find('@')) {
+        (Some(scheme), Some(at)) if scheme < at => {
+            let credentials = &text[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &text[..scheme + 3], &text[at..]),
+                None => text.to_owned(),
+            }
+        }
+        _ => text.to_owned(),
+    }
+}
+
+impl fmt::Debug for Storage {
+    /// Never prints a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Storage::Redb => f.write_str("Redb"),
+            Storage::Postgres(url) => write!(f, "Postgres({})", redact(url)),
+        }
+    }
 }
 
 impl HostConfig {
@@ -117,6 +170,7 @@ impl fmt::Debug for HostConfig {
             .field("pooling_allocator", &self.pooling_allocator)
             .field("max_batches_in_flight", &self.max_batches_in_flight)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("storage", &self.storage)
             .finish()
     }
 }

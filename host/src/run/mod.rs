@@ -16,18 +16,67 @@ use tokio::task::JoinSet;
 use self::supervisor::Supervisor;
 pub use self::supervisor::{FailedComponent, ReloadReport};
 use crate::dispatch::ConsumerStats;
-use crate::engine::{Broker, RedbBroker, RedbOptions};
+use crate::engine::{Broker, PostgresBroker, PostgresOptions, RedbBroker, RedbOptions};
 use crate::http;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, Storage};
 use crate::runtime::{Runtime, RuntimeConfig};
 
 /// How often expired leases, retention and dedup windows are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The queues of a running host, by backend (each closes differently).
+enum Queues {
+    Redb(Arc<RedbBroker>),
+    Postgres(Arc<PostgresBroker>),
+}
+
+impl Queues {
+    async fn open(manifest: &Manifest) -> Result<Self> {
+        match &manifest.host.storage {
+            Storage::Redb => {
+                let data_dir = &manifest.host.data_dir;
+                let broker =
+                    RedbBroker::open(data_dir.join("queues.redb"), RedbOptions::default())?;
+                Ok(Queues::Redb(Arc::new(broker)))
+            }
+            Storage::Postgres(url) => {
+                let broker = PostgresBroker::connect(url, PostgresOptions::default())
+                    .await
+                    .context("opening the queues on PostgreSQL")?;
+                Ok(Queues::Postgres(Arc::new(broker)))
+            }
+        }
+    }
+
+    fn broker(&self) -> Arc<dyn Broker> {
+        match self {
+            Queues::Redb(b) => b.clone(),
+            Queues::Postgres(b) => b.clone(),
+        }
+    }
+
+    /// Closes the backend once nothing else holds it. A guest thread past the shutdown
+    /// deadline may still hold it; every commit it had acknowledged is durable anyway.
+    async fn close(self) -> Result<()> {
+        match self {
+            Queues::Redb(b) => match Arc::try_unwrap(b) {
+                Ok(broker) => broker.close().await,
+                Err(_) => Ok(()),
+            },
+            Queues::Postgres(b) => {
+                if let Ok(broker) = Arc::try_unwrap(b) {
+                    broker.close().await;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A host started from a manifest.
 pub struct RunningHost {
     addr: SocketAddr,
-    broker: Arc<RedbBroker>,
+    queues: Queues,
     supervisor: Arc<Supervisor>,
     runtime: Runtime,
     shutdown_timeout: Duration,
@@ -43,7 +92,7 @@ impl RunningHost {
 
     /// The queues.
     pub fn broker(&self) -> Arc<dyn Broker> {
-        self.broker.clone()
+        self.queues.broker()
     }
 
     /// The runtime (engine, cache) the components run in.
@@ -77,12 +126,7 @@ impl RunningHost {
         let _ = self.stop_tasks.send(true);
         while self.tasks.join_next().await.is_some() {}
         drop(self.supervisor);
-        match Arc::try_unwrap(self.broker) {
-            Ok(broker) => broker.close().await,
-            // A guest thread past the deadline still holds the broker; every commit it
-            // acknowledged is already durable.
-            Err(_) => Ok(()),
-        }
+        self.queues.close().await
     }
 }
 
@@ -96,10 +140,8 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
     let data_dir = &manifest.host.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating data_dir {}", data_dir.display()))?;
-    let broker = Arc::new(RedbBroker::open(
-        data_dir.join("queues.redb"),
-        RedbOptions::default(),
-    )?);
+    let queues = Queues::open(manifest).await?;
+    let broker = queues.broker();
     let runtime = Runtime::with_config(&RuntimeConfig {
         cache_dir: manifest
             .host
@@ -151,10 +193,10 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
     });
     #[cfg(unix)]
     tasks.spawn(reload_on_sighup(supervisor.clone(), stopped));
-    tracing::info!(%addr, queues = manifest.queues.len(), components = manifest.components.len(), pooling = runtime.pooling(), "wasmq host running");
+    tracing::info!(%addr, storage = ?manifest.host.storage, queues = manifest.queues.len(), components = manifest.components.len(), pooling = runtime.pooling(), "wasmq host running");
     Ok(RunningHost {
         addr,
-        broker,
+        queues,
         supervisor,
         runtime,
         shutdown_timeout: manifest.host.shutdown_timeout,
@@ -228,7 +270,7 @@ async fn build_components(manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-async fn sweep(broker: Arc<RedbBroker>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+async fn sweep(broker: Arc<dyn Broker>, mut stopped: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
