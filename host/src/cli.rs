@@ -437,6 +437,9 @@ impl Cli {
 
 async fn run_manifest(path: PathBuf, watch: bool) -> Result<()> {
     let manifest = manifest::load(&path)?;
+    // Listen for signals before announcing the host, so a signal right after the
+    // announcement is a clean stop rather than the default (immediate) death.
+    let mut signals = StopSignals::install()?;
     let mut host = run::start(&manifest).await?;
     if watch {
         host.watch()?;
@@ -445,26 +448,45 @@ async fn run_manifest(path: PathBuf, watch: bool) -> Result<()> {
         "wasmq host listening on http://{} (Ctrl-C stops)",
         host.addr()
     );
-    wait_for_signal().await;
+    signals.next().await;
     println!("stopping: finishing running batches");
     tokio::select! {
         result = host.shutdown() => result,
-        _ = wait_for_signal() => bail!("stopped at once on a second signal"),
+        _ = signals.next() => bail!("stopped at once on a second signal"),
     }
 }
 
-async fn wait_for_signal() {
+/// SIGINT and SIGTERM (Ctrl-C elsewhere).
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).context("handling SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("handling SIGTERM")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Moves messages in calls of at most [`MAX_REPLAY`], printing progress, until `limit` moved

@@ -272,5 +272,6 @@ fn a_message_that_kills_the_host_every_time_ends_in_the_dead_letter_queue() {
     assert_eq!(jobs["metrics"]["backlog"]["count"], 0, "{jobs}");
     assert_eq!(jobs["metrics"]["dead_lettered"], 1, "{jobs}");
     host.signal("-INT");
-    assert!(host.wait(Duration::from_secs(20)).0.success());
+    let (status, log) = host.wait(Duration::from_secs(20));
+    assert!(status.success(), "{status}: {log:#?}");
 }
