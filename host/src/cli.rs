@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 
-use crate::bench::{self, ConsumerBench, EngineBench, HttpBench};
+use crate::bench::{self, ConsumerBench, EngineBench, HttpBench, StartupBench, SwapBench};
 use crate::engine::{Backlog, ContentType, QueueInfo};
 use crate::http::MAX_REPLAY;
 use crate::http::wire::{Envelope, PeekedMessage, PublishMessage, ReplayRequest};
@@ -221,6 +221,33 @@ enum BenchCommand {
         #[arg(long, default_value_t = 8)]
         connections: u64,
     },
+    /// `host run` start time with a cold and a warm compiled-component cache.
+    Startup {
+        /// The manifest to start (its build commands are skipped).
+        #[arg(long, default_value = "examples/manifest.toml")]
+        manifest: PathBuf,
+        /// Starts per cache state.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+    },
+    /// Hot swap latency: from a reload or a file change to the first batch on the new version.
+    Swap {
+        /// The first version of the consumer.
+        #[arg(
+            long,
+            default_value = "guest-examples/target/wasm32-wasip2/release/worker.wasm"
+        )]
+        v1: PathBuf,
+        /// The second version; it must forward messages to its `OUT` binding.
+        #[arg(
+            long,
+            default_value = "guest-examples/target/wasm32-wasip2/release/fanout.wasm"
+        )]
+        v2: PathBuf,
+        /// Swaps per trigger.
+        #[arg(long, default_value_t = 10)]
+        swaps: u32,
+    },
     /// Internal: open a backlog database in a fresh process and time the first lease.
     #[command(hide = true)]
     OpenBacklog { path: PathBuf },
@@ -428,6 +455,12 @@ impl Cli {
                         connections,
                     })
                     .await
+                }
+                BenchCommand::Startup { manifest, runs } => {
+                    bench::run_startup(&StartupBench { manifest, runs }).await
+                }
+                BenchCommand::Swap { v1, v2, swaps } => {
+                    bench::run_swap(&SwapBench { v1, v2, swaps }).await
                 }
                 BenchCommand::OpenBacklog { path } => bench::open_backlog(&path).await,
             },

@@ -4,6 +4,7 @@
 mod consumer;
 mod engine;
 mod http;
+mod lifecycle;
 
 use std::path::PathBuf;
 
@@ -13,6 +14,7 @@ use hdrhistogram::Histogram;
 pub use self::consumer::{ConsumerBench, run_consumer};
 pub use self::engine::{EngineBench, open_backlog, run_engine};
 pub use self::http::{HttpBench, run_http};
+pub use self::lifecycle::{StartupBench, SwapBench, run_startup, run_swap};
 use crate::engine::SendRequest;
 
 fn tempdir() -> Result<PathBuf> {
