@@ -12,6 +12,7 @@ use super::check::{actual_result, actual_send, body_text, check};
 use super::fixture::{self, Fixture};
 use super::{BatchReport, Harness, MessageFate, Mismatch, component_name};
 use crate::engine::precedence::BatchCall;
+use crate::runtime::{Runtime, RuntimeConfig, user_cache_dir};
 
 /// Most guest output lines shown under a failed case (JUnit gets them all).
 const OUTPUT_LINES_SHOWN: usize = 40;
@@ -315,7 +316,11 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 /// `junit` if asked, and fails if any case failed.
 pub async fn run_cli(paths: &[PathBuf], junit: Option<&Path>) -> anyhow::Result<()> {
     let files = discover(paths)?;
-    let harness = Harness::new()?;
+    // Fixtures run often on the same components: keep their compiled code between runs.
+    let harness = Harness::with_runtime(Runtime::with_config(&RuntimeConfig {
+        cache_dir: user_cache_dir(),
+        pooling_allocator: false,
+    })?);
     let start = Instant::now();
     let mut run = RunReport::default();
     for file in files {

@@ -37,6 +37,20 @@ pub struct ComponentCache {
     dir: PathBuf,
 }
 
+/// The cache folder for commands that have no data folder of their own (`host test`):
+/// `$WASMQ_CACHE_DIR`, else `$XDG_CACHE_HOME/wasmq/components`, else
+/// `$HOME/.cache/wasmq/components`; none if none of them is set.
+pub fn user_cache_dir() -> Option<PathBuf> {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("WASMQ_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("wasmq/components")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache/wasmq/components")))
+}
+
 /// The SHA-256 of a component binary, in hex: what the cache and the logs call its digest.
 pub fn digest(wasm: &[u8]) -> String {
     hex(&Sha256::digest(wasm))

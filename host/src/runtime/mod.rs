@@ -18,7 +18,7 @@ use anyhow::Context;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use self::cache::{CacheOutcome, ComponentCache, digest};
+pub use self::cache::{CacheOutcome, ComponentCache, digest, user_cache_dir};
 pub use self::consumer::{BatchInput, BatchRun, ConsumerComponent, Failure};
 pub use self::guest::{ComponentOptions, SendTarget};
 pub use self::guest_log::{GuestLog, Stream};
