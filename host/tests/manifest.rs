@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use wasmq_host::engine::{ConsumerSettings, QueueSettings};
-use wasmq_host::manifest::{self, AllowedHost, Limits, Manifest, ManifestError, Position};
+use wasmq_host::manifest::{self, AllowedHost, Limits, Manifest, ManifestError, Position, Storage};
 
 /// Parses `text` as if read from `manifest.toml` in the current folder.
 fn parse(text: &str) -> Result<Manifest, ManifestError> {
@@ -612,6 +612,57 @@ fn host_values_are_checked() {
     assert_says(&e, "not an address");
     error_at("[host]\ndata_dir = \"\"\n", "host.data_dir", 2);
     error_at("[host]\napi_token = \"\"\n", "host.api_token", 2);
+    let e = error_at(
+        "[host]\nmax_batches_in_flight = 0\n",
+        "host.max_batches_in_flight",
+        2,
+    );
+    assert_says(&e, "out of range (1..=500)");
+    let e = error_at(
+        "[host]\nshutdown_timeout = \"2h\"\n",
+        "host.shutdown_timeout",
+        2,
+    );
+    assert_says(&e, "out of range (0s..=1h)");
+    error_at(
+        "[host]\nshutdown_timeout = \"soon\"\n",
+        "host.shutdown_timeout",
+        2,
+    );
+    let e = error_at(
+        "[host]\nstorage = \"mysql://root:hunter2@db/q\"\n",
+        "host.storage",
+        2,
+    );
+    assert_says(&e, "use \"redb\" or a \"postgres://user@host/db\" URL");
+    assert!(!e.message.contains("hunter2"), "{}", e.message);
+}
+
+#[test]
+fn host_runtime_settings_have_defaults_and_can_be_set() {
+    let m = parse("").unwrap();
+    assert!(m.host.component_cache && m.host.pooling_allocator);
+    assert_eq!(m.host.max_batches_in_flight, 64);
+    assert_eq!(m.host.shutdown_timeout, std::time::Duration::from_secs(30));
+    let m = parse(
+        r#"
+[host]
+component_cache = false
+pooling_allocator = false
+max_batches_in_flight = 8
+shutdown_timeout = "5s"
+storage = "postgres://wasmq:secret@db.internal:5432/queues"
+"#,
+    )
+    .unwrap();
+    assert!(!m.host.component_cache && !m.host.pooling_allocator);
+    assert_eq!(m.host.max_batches_in_flight, 8);
+    assert_eq!(m.host.shutdown_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(
+        m.host.storage,
+        Storage::Postgres("postgres://wasmq:secret@db.internal:5432/queues".into())
+    );
+    assert!(!format!("{:?}", m.host).contains("secret"));
 }
 
 // ---- names and references ----
