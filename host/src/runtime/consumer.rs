@@ -6,18 +6,15 @@
 //! preopened directory and no network) and `wasi:http` (outgoing requests only to the origins
 //! in its `allowed_outbound_hosts`, see `outbound.rs`).
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Resource};
 
 use super::bindings::{self, wit};
-use super::guest::{self, ComponentOptions, GuestState};
+use super::guest::{self, ComponentOptions, Guest, GuestState};
 use super::{ComponentLimits, Runtime};
 use crate::engine::precedence::{BatchCall, HandlerResult};
 use crate::engine::{self, Backlog, MessageId};
-use crate::manifest::AllowedHost;
 
 /// What the host hands a consumer: one batch of one queue.
 #[derive(Debug, Clone)]
@@ -83,11 +80,8 @@ pub struct BatchResource {
 /// A consumer component, compiled and linked once, instantiated per batch.
 #[derive(Clone)]
 pub struct ConsumerComponent {
-    name: Arc<str>,
-    runtime: Runtime,
+    guest: Guest,
     pre: bindings::ConsumerPre<GuestState>,
-    options: ComponentOptions,
-    allowed_hosts: Arc<[AllowedHost]>,
 }
 
 impl ConsumerComponent {
@@ -110,60 +104,37 @@ impl ConsumerComponent {
         component: &Component,
         options: ComponentOptions,
     ) -> anyhow::Result<Self> {
-        guest::require_export(
-            runtime,
-            component,
-            name,
-            "consumer",
-            "wasmq:queues/handler@0.1.0",
-        )?;
+        let export = "wasmq:queues/handler@0.1.0";
         let mut linker = guest::linker(runtime)?;
         bindings::wasmq::queues::batch::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)
             .context("linking wasmq:queues/batch")?;
-        let instance_pre = linker
-            .instantiate_pre(component)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!("component `{name}` imports something the host does not provide")
-            })?;
+        let (guest, instance_pre) = Guest::link(
+            runtime, name, component, options, "consumer", export, &linker,
+        )?;
         let pre = bindings::ConsumerPre::new(instance_pre)
             .map_err(anyhow::Error::from)
             .with_context(|| {
-                format!(
-                    "component `{name}` is not a consumer: it must export `wasmq:queues/handler@0.1.0` with `handle`"
-                )
+                format!("component `{name}` is not a consumer: `{export}` must have `handle`")
             })?;
-        let allowed_hosts = options.allowed_outbound_hosts.clone().into();
-        Ok(Self {
-            name: name.into(),
-            runtime: runtime.clone(),
-            pre,
-            options,
-            allowed_hosts,
-        })
+        Ok(Self { guest, pre })
     }
 
     /// The component's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.guest.name
     }
 
     /// Its limits.
     pub fn limits(&self) -> ComponentLimits {
-        self.options.limits
+        self.guest.options.limits
     }
 
     /// Calls `handle` on `batch` in a fresh store. Blocks: call it from a blocking thread.
     /// A trap, a timeout or running out of memory are reported as a [`Failure`], not an
     /// error; errors are host problems (instantiation failing for want of resources…).
     pub fn run_batch(&self, batch: BatchInput) -> BatchRun {
-        let (mut store, stdout, stderr) = guest::new_store(
-            &self.runtime,
-            &self.name,
-            &self.options,
-            &self.allowed_hosts,
-        );
+        let (mut store, stdout, stderr) = self.guest.new_store();
         let outcome = self.call_handle(&mut store, batch);
         let failure = match outcome {
             // Waiting for HTTP past the deadline is running past the time limit, whatever the

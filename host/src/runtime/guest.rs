@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -97,30 +97,65 @@ pub(super) fn linker(runtime: &Runtime) -> anyhow::Result<Linker<GuestState>> {
     Ok(linker)
 }
 
-/// Fails unless `component` exports an interface whose name starts with `export` (so that a
-/// component of the wrong world is named as such, before any import is looked at).
-pub(super) fn require_export(
-    runtime: &Runtime,
-    component: &Component,
-    name: &str,
-    world: &str,
-    export: &str,
-) -> anyhow::Result<()> {
-    let engine = runtime.engine();
-    let found = component
-        .component_type()
-        .exports(engine)
-        .any(|(item, _)| item.starts_with(export));
-    anyhow::ensure!(
-        found,
-        "component `{name}` is not a {world}: it must export `{export}…`"
-    );
-    Ok(())
+/// What every loaded component carries besides its world's bindings: its name, the runtime
+/// it runs in and what it is granted.
+#[derive(Clone)]
+pub(super) struct Guest {
+    pub name: Arc<str>,
+    runtime: Runtime,
+    pub options: ComponentOptions,
+    allowed_hosts: Arc<[AllowedHost]>,
 }
 
-/// A fresh store for one call of `component` (a batch, a request), with its limits armed, and
-/// the stdout and stderr streams its output is captured from.
-pub(super) fn new_store(
+impl Guest {
+    /// Checks that `component` exports an interface whose name starts with `export` (so that a
+    /// component of the wrong world is named as such before any import is looked at), then
+    /// links it with `linker`.
+    pub fn link(
+        runtime: &Runtime,
+        name: &str,
+        component: &Component,
+        options: ComponentOptions,
+        world: &str,
+        export: &str,
+        linker: &Linker<GuestState>,
+    ) -> anyhow::Result<(Self, InstancePre<GuestState>)> {
+        let found = component
+            .component_type()
+            .exports(runtime.engine())
+            .any(|(item, _)| item.starts_with(export));
+        anyhow::ensure!(
+            found,
+            "component `{name}` is not a {world}: it must export `{export}…`"
+        );
+        let instance_pre = linker
+            .instantiate_pre(component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!("component `{name}` imports something the host does not provide")
+            })?;
+        let guest = Self {
+            name: name.into(),
+            runtime: runtime.clone(),
+            allowed_hosts: options.allowed_outbound_hosts.clone().into(),
+            options,
+        };
+        Ok((guest, instance_pre))
+    }
+
+    /// A fresh store for one call (a batch, a request) with the limits armed, and the stdout
+    /// and stderr streams its output is captured from.
+    pub fn new_store(&self) -> (Store<GuestState>, GuestLog, GuestLog) {
+        new_store(
+            &self.runtime,
+            &self.name,
+            &self.options,
+            &self.allowed_hosts,
+        )
+    }
+}
+
+fn new_store(
     runtime: &Runtime,
     component: &Arc<str>,
     options: &ComponentOptions,

@@ -2,8 +2,6 @@
 //! is handed to its `wasi:http/incoming-handler` export in a fresh store with the component's
 //! limits; the component sends into its bound queues through the `producer` import.
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -14,18 +12,14 @@ use wasmtime_wasi_http::p2::bindings::sync::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::consumer::Failure;
-use super::guest::{self, ComponentOptions, GuestState};
+use super::guest::{self, ComponentOptions, Guest, GuestState};
 use super::{ComponentLimits, Runtime};
-use crate::manifest::AllowedHost;
 
 /// A producer component, compiled and linked once, instantiated per request.
 #[derive(Clone)]
 pub struct ProducerComponent {
-    name: Arc<str>,
-    runtime: Runtime,
+    guest: Guest,
     pre: ProxyPre<GuestState>,
-    options: ComponentOptions,
-    allowed_hosts: Arc<[AllowedHost]>,
 }
 
 impl ProducerComponent {
@@ -48,45 +42,27 @@ impl ProducerComponent {
         component: &Component,
         options: ComponentOptions,
     ) -> anyhow::Result<Self> {
-        guest::require_export(
-            runtime,
-            component,
-            name,
-            "producer",
-            "wasi:http/incoming-handler@0.2.",
-        )?;
+        let export = "wasi:http/incoming-handler@0.2.";
         let linker = guest::linker(runtime)?;
-        let instance_pre = linker
-            .instantiate_pre(component)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!("component `{name}` imports something the host does not provide")
-            })?;
+        let (guest, instance_pre) = Guest::link(
+            runtime, name, component, options, "producer", export, &linker,
+        )?;
         let pre = ProxyPre::new(instance_pre)
             .map_err(anyhow::Error::from)
             .with_context(|| {
-                format!(
-                    "component `{name}` is not a producer: it must export `wasi:http/incoming-handler@0.2.x` with `handle`"
-                )
+                format!("component `{name}` is not a producer: `{export}x` must have `handle`")
             })?;
-        let allowed_hosts = options.allowed_outbound_hosts.clone().into();
-        Ok(Self {
-            name: name.into(),
-            runtime: runtime.clone(),
-            pre,
-            options,
-            allowed_hosts,
-        })
+        Ok(Self { guest, pre })
     }
 
     /// The component's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.guest.name
     }
 
     /// Its limits.
     pub fn limits(&self) -> ComponentLimits {
-        self.options.limits
+        self.guest.options.limits
     }
 
     /// Hands `request` to the component in a fresh store and returns its response as soon as
@@ -103,12 +79,7 @@ impl ProducerComponent {
         let request = request.map(|body| {
             body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
         });
-        let (mut store, stdout, stderr) = guest::new_store(
-            &self.runtime,
-            &self.name,
-            &self.options,
-            &self.allowed_hosts,
-        );
+        let (mut store, stdout, stderr) = self.guest.new_store();
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let resources = store
             .data_mut()
