@@ -284,12 +284,17 @@ async fn throughput(
     let sent = started.elapsed();
     let total = batches * 100;
     let deadline = Instant::now() + Duration::from_secs(600);
+    // Polling PostgreSQL costs the server a query: not too often.
+    let poll = match store {
+        Store::Redb(_) => Duration::from_millis(5),
+        Store::Postgres(_) => Duration::from_millis(20),
+    };
     while brokers[0].metrics("bench").await?.acked < total {
         ensure!(
             Instant::now() < deadline,
             "the consumer did not finish in time"
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(poll).await;
     }
     let elapsed = started.elapsed();
     stop.send(true)?;
