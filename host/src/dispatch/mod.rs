@@ -263,7 +263,7 @@ impl Inner {
             scaler.drained(running.len());
         }
         let due = r.oldest_visible_at_ms.map(|t| t + timeout_ms);
-        if r.visible < max && !due.is_some_and(|due| due <= r.now_ms) {
+        if r.visible < max && due.is_none_or(|due| due > r.now_ms) {
             let wait = due.or(r.next_visible_at_ms).map_or(IDLE_RECHECK, |at| {
                 Duration::from_millis(at.saturating_sub(r.now_ms))
             });

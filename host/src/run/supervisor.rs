@@ -61,7 +61,7 @@ enum RunningKind {
         stop: watch::Sender<bool>,
         task: JoinHandle<()>,
     },
-    Producer(ProducerRoute),
+    Producer(Box<ProducerRoute>),
 }
 
 /// Owns the running components of one host.
@@ -200,7 +200,7 @@ impl Supervisor {
             running
                 .values()
                 .filter_map(|r| match &r.kind {
-                    RunningKind::Producer(route) => Some(route.clone()),
+                    RunningKind::Producer(route) => Some((**route).clone()),
                     RunningKind::Consumer { .. } => None,
                 })
                 .collect(),
@@ -263,7 +263,7 @@ impl Supervisor {
                     component,
                     requires_token: config.route_requires_token,
                 };
-                (RunningKind::Producer(route), in_place)
+                (RunningKind::Producer(Box::new(route)), in_place)
             }
         };
         match &previous_digest {
