@@ -12,6 +12,7 @@ use crate::bench::{self, ConsumerBench, EngineBench, HttpBench, StartupBench, Sw
 use crate::engine::{Backlog, ContentType, QueueInfo};
 use crate::http::MAX_REPLAY;
 use crate::http::wire::{Envelope, PeekedMessage, PublishMessage, ReplayRequest};
+use crate::manifest::Storage;
 use crate::{manifest, run};
 
 /// Durable message queues for WebAssembly components.
@@ -211,6 +212,10 @@ enum BenchCommand {
         /// Use the pooling instance allocator.
         #[arg(long)]
         pooling: bool,
+        /// `redb`, or a `postgres://user@host:port/db` URL to measure PostgreSQL too (next
+        /// to redb; with one host and with two), in a schema of its own dropped afterwards.
+        #[arg(long, default_value = "redb", value_parser = parse_storage)]
+        storage: Storage,
     },
     /// Publishing through the HTTP API over loopback, and pull / ack.
     Http {
@@ -434,6 +439,7 @@ impl Cli {
                     batch_size,
                     body,
                     pooling,
+                    storage,
                 } => {
                     bench::run_consumer(&ConsumerBench {
                         concurrency,
@@ -443,6 +449,7 @@ impl Cli {
                         batch_size,
                         body,
                         pooling,
+                        storage,
                     })
                     .await
                 }
@@ -549,6 +556,11 @@ async fn replay(api: &ApiArgs, dlq: &str, to: &str, limit: Option<u64>) -> Resul
     eprintln!();
     println!("replayed {moved} message(s) from {dlq} to {to}");
     Ok(())
+}
+
+/// `--storage` of `host bench consumer`: `redb` or a `postgres://` URL.
+fn parse_storage(text: &str) -> std::result::Result<Storage, String> {
+    Storage::parse(text)
 }
 
 /// Asks a yes/no question on the terminal; `false` when standard input is not a terminal.

@@ -91,6 +91,85 @@ impl Drop for SchemaGuard {
     }
 }
 
+/// `url` with its database replaced by `database` (a `postgres://` URL; its query, if any,
+/// is kept).
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority..].find('/') {
+        Some(slash) => &base[..authority + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// Creates a database no other test uses on the server at `url` (a `postgres://` URL);
+/// returns its URL and a guard that drops it. Hosts started with that URL have their own
+/// `wasmq` schema and notification channel, untouched by other tests.
+pub fn fresh_database(url: &str) -> (String, DatabaseGuard) {
+    let name = format!("wasmq_t_{:016x}", rand::random::<u64>());
+    if let Err(err) = run_sql(url, &format!("CREATE DATABASE {name}")) {
+        panic!("creating test database {name}: {err}");
+    }
+    let guard = DatabaseGuard {
+        url: url.to_owned(),
+        name: name.clone(),
+    };
+    (with_database(url, &name), guard)
+}
+
+/// Drops its database (disconnecting whoever still uses it) when dropped.
+#[derive(Debug)]
+pub struct DatabaseGuard {
+    url: String,
+    name: String,
+}
+
+impl Drop for DatabaseGuard {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(err) = run_sql(&self.url, &sql) {
+            eprintln!("could not drop test database {}: {err}", self.name);
+        }
+    }
+}
+
+/// Runs `sql` (one or more statements, outside a transaction) on its own connection to `url`,
+/// from a thread of its own (so it works inside and outside a Tokio runtime).
+pub fn run_sql(url: &str, sql: &str) -> Result<(), String> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            let driver = tokio::spawn(connection);
+            let result = client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| match e.as_db_error() {
+                    Some(db) => db.message().to_owned(),
+                    None => e.to_string(),
+                });
+            drop(client);
+            let _ = driver.await;
+            result
+        })
+    })
+    .join()
+    .map_err(|_| "the SQL thread panicked".to_owned())?
+}
+
 /// A throwaway PostgreSQL cluster on a loopback port.
 #[derive(Debug)]
 pub struct PgCluster {

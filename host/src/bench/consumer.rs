@@ -1,5 +1,11 @@
 //! `host bench consumer`: the real host path end to end: messages sent through the engine
 //! API, batched by the dispatcher, handled by a real component in wasmtime, settled durably.
+//!
+//! On redb by default. With `--storage postgres://…` the same runs are made on PostgreSQL too
+//! (in a schema of their own, `wasmq_bench_<pid>`, dropped afterwards), with one host and with
+//! two: two independent brokers (two connection pools, two notification listeners) with a
+//! dispatcher each, in this one process, sharing the queue through the database exactly as
+//! two `host run` processes would.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,8 +17,10 @@ use tokio::sync::{mpsc, watch};
 use super::{body, histogram, print_latency, tempdir};
 use crate::dispatch::Dispatcher;
 use crate::engine::{
-    Broker, ConsumerSettings, QueueSettings, RedbBroker, RedbOptions, SendRequest,
+    Broker, ConsumerSettings, PostgresBroker, PostgresOptions, QueueSettings, RedbBroker,
+    RedbOptions, SendRequest,
 };
+use crate::manifest::Storage;
 use crate::runtime::{ComponentOptions, ConsumerComponent, Runtime, RuntimeConfig};
 
 /// What to measure.
@@ -33,6 +41,128 @@ pub struct ConsumerBench {
     pub body: Option<String>,
     /// Use the pooling instance allocator.
     pub pooling: bool,
+    /// Redb only, or PostgreSQL as well (measured after redb, with one and with two hosts).
+    pub storage: Storage,
+}
+
+/// Where one run keeps its queue.
+#[derive(Debug, Clone, Copy)]
+enum Store<'a> {
+    /// A fresh redb file in this folder.
+    Redb(&'a Path),
+    /// A fresh schema in the PostgreSQL database at this URL.
+    Postgres(&'a str),
+}
+
+impl Store<'_> {
+    fn label(&self, hosts: usize) -> String {
+        match (self, hosts) {
+            (Store::Redb(_), _) => "redb".into(),
+            (Store::Postgres(_), 1) => "PostgreSQL, 1 host".into(),
+            (Store::Postgres(_), n) => format!("PostgreSQL, {n} hosts"),
+        }
+    }
+}
+
+/// The brokers of one run: one per host, all on the same queue `bench`.
+struct Opened {
+    brokers: Vec<Arc<dyn Broker>>,
+    /// PostgreSQL: the URL and the schema to drop when the run is over.
+    schema: Option<(String, String)>,
+}
+
+impl Opened {
+    /// Creates the queue `bench` with `consumer` settings in a fresh store and connects
+    /// `hosts` brokers to it (only PostgreSQL can have more than one).
+    async fn open(
+        store: Store<'_>,
+        name: &str,
+        consumer: &ConsumerSettings,
+        hosts: usize,
+    ) -> Result<Self> {
+        let settings = QueueSettings {
+            consumer: consumer.clone(),
+            ..QueueSettings::default()
+        };
+        match store {
+            Store::Redb(dir) => {
+                ensure!(hosts == 1, "a redb file belongs to one host");
+                let path = dir.join(format!("{name}.redb"));
+                let _ = std::fs::remove_file(&path);
+                let broker = RedbBroker::open(&path, RedbOptions::default())?;
+                broker.create_queue("bench", settings).await?;
+                Ok(Self {
+                    brokers: vec![Arc::new(broker)],
+                    schema: None,
+                })
+            }
+            Store::Postgres(url) => {
+                let schema = format!("wasmq_bench_{}_{name}", std::process::id());
+                drop_schema(url, &schema).await?;
+                let mut brokers: Vec<Arc<dyn Broker>> = Vec::with_capacity(hosts);
+                for _ in 0..hosts {
+                    let options = PostgresOptions::default().schema(schema.clone());
+                    let broker = PostgresBroker::connect(url, options).await?;
+                    brokers.push(Arc::new(broker));
+                }
+                brokers[0].create_queue("bench", settings).await?;
+                Ok(Self {
+                    brokers,
+                    schema: Some((url.to_owned(), schema)),
+                })
+            }
+        }
+    }
+
+    /// Disconnects and drops the run's schema.
+    async fn close(self) -> Result<()> {
+        drop(self.brokers);
+        if let Some((url, schema)) = self.schema {
+            drop_schema(&url, &schema).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `sql` on a connection of its own; returns the rows' first columns as text.
+async fn admin(url: &str, sql: &str) -> Result<Vec<String>> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let driver = tokio::spawn(connection);
+    let result = client.simple_query(sql).await;
+    drop(client);
+    let _ = driver.await;
+    let rows = result.with_context(|| format!("running `{sql}`"))?;
+    Ok(rows
+        .iter()
+        .filter_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect())
+}
+
+async fn drop_schema(url: &str, schema: &str) -> Result<()> {
+    admin(url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .map(drop)
+}
+
+/// The server's version and whether its commits are durable, for the report.
+async fn describe_server(url: &str) -> Result<String> {
+    let show = |setting: &'static str| async move {
+        admin(url, &format!("SHOW {setting}"))
+            .await
+            .map(|rows| rows.into_iter().next().unwrap_or_default())
+    };
+    Ok(format!(
+        "PostgreSQL {} (fsync {}, synchronous_commit {}, full_page_writes {})",
+        show("server_version").await?,
+        show("fsync").await?,
+        show("synchronous_commit").await?,
+        show("full_page_writes").await?,
+    ))
 }
 
 /// Runs the throughput and the latency benchmark and prints a report.
@@ -57,24 +187,44 @@ pub async fn run_consumer(bench: &ConsumerBench) -> Result<()> {
         }
     );
     let dir = tempdir()?;
-    for &concurrency in &bench.concurrency {
-        throughput(&dir, bench, &component, concurrency).await?;
-    }
-    latency(&dir, bench, &component).await?;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
-}
-
-async fn open(dir: &Path, name: &str, consumer: &ConsumerSettings) -> Result<Arc<dyn Broker>> {
-    let path = dir.join(name);
-    let _ = std::fs::remove_file(&path);
-    let broker = RedbBroker::open(&path, RedbOptions::default())?;
-    let settings = QueueSettings {
-        consumer: consumer.clone(),
-        ..QueueSettings::default()
+    let postgres = match &bench.storage {
+        Storage::Redb => None,
+        Storage::Postgres(url) => {
+            println!("and on {}", describe_server(url).await?);
+            Some(url.as_str())
+        }
     };
-    broker.create_queue("bench", settings).await?;
-    Ok(Arc::new(broker))
+    let mut figures = Vec::new();
+    for &concurrency in &bench.concurrency {
+        let mut row = vec![throughput(Store::Redb(&dir), bench, &component, concurrency, 1).await?];
+        if let Some(url) = postgres {
+            for hosts in [1, 2] {
+                let store = Store::Postgres(url);
+                row.push(throughput(store, bench, &component, concurrency, hosts).await?);
+            }
+        }
+        figures.push((concurrency, row));
+    }
+    latency(Store::Redb(&dir), bench, &component, false).await?;
+    if let Some(url) = postgres {
+        latency(Store::Postgres(url), bench, &component, false).await?;
+        latency(Store::Postgres(url), bench, &component, true).await?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if postgres.is_some() {
+        println!(
+            "summary, end to end msgs/s, max_batch_size {}:",
+            bench.batch_size
+        );
+        println!("    max_concurrency   redb   PostgreSQL 1 host   PostgreSQL 2 hosts");
+        for (concurrency, row) in figures {
+            println!(
+                "    {concurrency:>15} {:>6.0} {:>19.0} {:>20.0}",
+                row[0], row[1], row[2]
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The `n`th message of a run.
@@ -86,29 +236,37 @@ fn message(bench: &ConsumerBench, n: u64) -> SendRequest {
 }
 
 /// 4 producers send batches of 100 while the consumer (batches of `batch_size`) keeps up.
+/// With several hosts, each has its own broker and dispatcher, and the producers are spread
+/// over them. Returns msgs/s.
 async fn throughput(
-    dir: &Path,
+    store: Store<'_>,
     bench: &ConsumerBench,
     component: &ConsumerComponent,
     concurrency: u32,
-) -> Result<()> {
+    hosts: usize,
+) -> Result<f64> {
     let batch_size = bench.batch_size;
     let consumer = ConsumerSettings {
         max_batch_size: batch_size,
         max_batch_timeout: 1,
         ..ConsumerSettings::default()
     };
-    let broker = open(dir, "throughput.redb", &consumer).await?;
+    let opened = Opened::open(store, "throughput", &consumer, hosts).await?;
+    let brokers = opened.brokers.clone();
     let (stop, stopped) = watch::channel(false);
-    let dispatcher = Dispatcher::new(broker.clone(), "bench", consumer, component.clone())
-        .with_concurrency(concurrency);
-    let running = tokio::spawn(dispatcher.run(stopped));
+    let mut running = Vec::new();
+    for broker in &brokers {
+        let dispatcher =
+            Dispatcher::new(broker.clone(), "bench", consumer.clone(), component.clone())
+                .with_concurrency(concurrency);
+        running.push(tokio::spawn(dispatcher.run(stopped.clone())));
+    }
 
     let batches = bench.messages.div_ceil(100);
     let started = Instant::now();
     let mut producers = Vec::new();
     for p in 0..4u64 {
-        let broker = broker.clone();
+        let broker = brokers[p as usize % brokers.len()].clone();
         let bench = bench.clone();
         producers.push(tokio::spawn(async move {
             let mut b = p;
@@ -126,44 +284,71 @@ async fn throughput(
     let sent = started.elapsed();
     let total = batches * 100;
     let deadline = Instant::now() + Duration::from_secs(600);
-    while broker.metrics("bench").await?.acked < total {
+    // Polling PostgreSQL costs the server a query: not too often.
+    let poll = match store {
+        Store::Redb(_) => Duration::from_millis(5),
+        Store::Postgres(_) => Duration::from_millis(20),
+    };
+    while brokers[0].metrics("bench").await?.acked < total {
         ensure!(
             Instant::now() < deadline,
             "the consumer did not finish in time"
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(poll).await;
     }
     let elapsed = started.elapsed();
     stop.send(true)?;
-    running.await?;
+    for task in running {
+        task.await?;
+    }
+    drop(brokers);
+    opened.close().await?;
+    let rate = total as f64 / elapsed.as_secs_f64();
+    let how = if hosts > 1 {
+        format!(
+            " ({hosts} brokers, i.e. {hosts} connection pools and {hosts} dispatchers, in this process)"
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "end to end, max_batch_size {batch_size}, max_concurrency {concurrency}: {:.0} msgs/s ({total} messages sent, handled and acked durably in {:.2} s; sending alone took {:.2} s)",
-        total as f64 / elapsed.as_secs_f64(),
+        "end to end, {}{how}, max_batch_size {batch_size}, max_concurrency {concurrency}{}: {rate:.0} msgs/s ({total} messages sent, handled and acked durably in {:.2} s; sending alone took {:.2} s)",
+        store.label(hosts),
+        if hosts > 1 { " each" } else { "" },
         elapsed.as_secs_f64(),
         sent.as_secs_f64()
     );
-    Ok(())
+    Ok(rate)
 }
 
 /// One message at a time at light load, `max_batch_timeout = 0`: time from the send being
-/// acknowledged to the component being called with it.
-async fn latency(dir: &Path, bench: &ConsumerBench, component: &ConsumerComponent) -> Result<()> {
+/// acknowledged to the component being called with it. `across`: the message is sent through
+/// one broker and consumed through another (PostgreSQL: the wake-up is a `NOTIFY`).
+async fn latency(
+    store: Store<'_>,
+    bench: &ConsumerBench,
+    component: &ConsumerComponent,
+    across: bool,
+) -> Result<()> {
     let consumer = ConsumerSettings {
         max_batch_size: 10,
         max_batch_timeout: 0,
         ..ConsumerSettings::default()
     };
-    let broker = open(dir, "latency.redb", &consumer).await?;
+    let hosts = if across { 2 } else { 1 };
+    let opened = Opened::open(store, "latency", &consumer, hosts).await?;
+    let sender = opened.brokers[0].clone();
+    let receiver = opened.brokers[hosts - 1].clone();
     let (stop, stopped) = watch::channel(false);
     let (observe, mut started_batches) = mpsc::unbounded_channel();
     let dispatcher =
-        Dispatcher::new(broker.clone(), "bench", consumer, component.clone()).observe(observe);
+        Dispatcher::new(receiver.clone(), "bench", consumer, component.clone()).observe(observe);
     let running = tokio::spawn(dispatcher.run(stopped));
 
     let mut h = histogram();
     for n in 0..bench.latency_messages {
         let sent = Instant::now();
-        broker.send("bench", message(bench, n)).await?;
+        sender.send("bench", message(bench, n)).await?;
         let batch = tokio::time::timeout(Duration::from_secs(10), started_batches.recv())
             .await
             .context("no batch started within 10 s")?
@@ -177,8 +362,16 @@ async fn latency(dir: &Path, bench: &ConsumerBench, component: &ConsumerComponen
     }
     stop.send(true)?;
     running.await?;
+    drop((sender, receiver));
+    opened.close().await?;
+    let route = if across {
+        ", sent through one host and handled by another"
+    } else {
+        ""
+    };
     println!(
-        "send to handler, max_batch_timeout 0, one message at a time ({} messages):",
+        "send to handler, {}{route}, max_batch_timeout 0, one message at a time ({} messages):",
+        store.label(1).replace(", 1 host", ""),
         bench.latency_messages
     );
     print_latency("send-to-handler", &h);
