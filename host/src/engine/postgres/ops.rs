@@ -583,11 +583,13 @@ impl Tx<'_> {
         seqs.sort_unstable();
         seqs.dedup();
         // Locked in seq order: concurrent settles of overlapping leases wait, never deadlock.
+        // `IN (SELECT unnest(..))` makes the planner look rows up by primary key; with
+        // `= ANY($1)` it walked the leased-messages index instead (~2 ms per batch, up to 17).
         let rows = self
             .query(
                 "SELECT seq, message_id, attempts, size, ticket, lease_deadline FROM messages \
-                 WHERE seq = ANY($1) AND queue_id = $2 AND lease_deadline IS NOT NULL \
-                 ORDER BY seq FOR UPDATE",
+                 WHERE seq IN (SELECT unnest($1::int8[])) AND queue_id = $2 \
+                 AND lease_deadline IS NOT NULL ORDER BY seq FOR UPDATE",
                 &[&seqs, &queue.id],
                 "locking leased messages",
             )
