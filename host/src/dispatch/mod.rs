@@ -11,7 +11,8 @@ use tokio::task::JoinSet;
 
 use crate::engine::precedence::{self, BatchCall};
 use crate::engine::{
-    Broker, BrokerError, ConsumerSettings, LeaseId, LeaseOptions, Message, MessageId, SettleReport,
+    Broker, BrokerError, ConsumerSettings, LeaseId, LeaseOptions, Message, MessageId, Outcome,
+    SettleReport,
 };
 use crate::runtime::{BatchInput, BatchRun, ConsumerComponent};
 
@@ -94,6 +95,8 @@ struct LeasedBatch {
     ids: Vec<MessageId>,
     leases: HashMap<MessageId, LeaseId>,
     input: BatchInput,
+    /// When the lease runs out (by the host's clock): settling is pointless after that.
+    expires: Instant,
 }
 
 /// How many batches may be in flight: one more whenever a full batch waits while every slot is
@@ -312,9 +315,30 @@ impl Inner {
         }
     }
 
+    /// Settles, retrying while the storage is unavailable (a database restart, say) and the
+    /// lease still runs: a batch that ran to completion is not thrown away over a brief outage.
+    async fn settle(
+        &self,
+        outcomes: Vec<(LeaseId, Outcome)>,
+        expires: Instant,
+    ) -> anyhow::Result<SettleReport> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.broker.settle(&self.queue, outcomes.clone()).await {
+                Err(BrokerError::Unavailable(why)) if Instant::now() + pause < expires => {
+                    tracing::warn!(queue = %self.queue, error = %why, retry_in = ?pause, "settling failed; retrying while the lease runs");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                result => return result.context("settling a batch"),
+            }
+        }
+    }
+
     async fn lease(&self, spec: &ConsumerSpec) -> anyhow::Result<Option<LeasedBatch>> {
-        let lease_ms = (spec.component.limits().timeout + LEASE_MARGIN).as_millis() as u64;
-        let options = LeaseOptions::new(spec.settings.max_batch_size, lease_ms);
+        let lease = spec.component.limits().timeout + LEASE_MARGIN;
+        let expires = Instant::now() + lease;
+        let options = LeaseOptions::new(spec.settings.max_batch_size, lease.as_millis() as u64);
         let leased = match self.broker.lease(&self.queue, options).await {
             Ok(leased) if leased.is_empty() => return Ok(None),
             Ok(leased) => leased,
@@ -335,6 +359,7 @@ impl Inner {
                 messages: leased.into_iter().map(|m| m.message).collect(),
                 backlog,
             },
+            expires,
         }))
     }
 
@@ -344,7 +369,12 @@ impl Inner {
         batch: LeasedBatch,
         component: &ConsumerComponent,
     ) -> anyhow::Result<Delivery> {
-        let LeasedBatch { ids, leases, input } = batch;
+        let LeasedBatch {
+            ids,
+            leases,
+            input,
+            expires,
+        } = batch;
         if let Some(observer) = &self.observer {
             let _ = observer.send(BatchStarted {
                 at: Instant::now(),
@@ -366,16 +396,12 @@ impl Inner {
         for ignored in &resolution.ignored {
             tracing::warn!(queue = %self.queue, component = name, call = %describe(&ignored.call), "ignored batch call: {}", ignored.reason);
         }
-        let outcomes = resolution
+        let outcomes: Vec<_> = resolution
             .outcomes
             .into_iter()
             .map(|(id, outcome)| (leases[&id], outcome))
             .collect();
-        let report = self
-            .broker
-            .settle(&self.queue, outcomes)
-            .await
-            .context("settling a batch")?;
+        let report = self.settle(outcomes, expires).await?;
         if !report.stale.is_empty() {
             tracing::warn!(queue = %self.queue, stale = report.stale.len(), "leases expired before the batch was settled; those messages will be redelivered");
         }
