@@ -2,32 +2,20 @@
 //! components, `host send` and `host queues` against it over loopback HTTP, raw HTTP calls for
 //! the API's error cases, and Ctrl-C.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const HOST: &str = env!("CARGO_BIN_EXE_host");
-
-fn guest(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../guest-examples/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-guests.sh",
-        path.display()
-    );
-    path
-}
+use common::{HOST, HostProcess, guest, host_run};
 
 /// A `host run` child process on a temporary manifest.
 struct RunningHost {
-    child: Child,
+    process: HostProcess,
     url: String,
-    stderr: std::sync::mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -70,37 +58,10 @@ consumer = {{ queue = "jobs", max_batch_timeout = 0, dead_letter_queue = "jobs-d
             ),
         )
         .unwrap();
-        let mut child = Command::new(HOST)
-            .arg("run")
-            .arg(&manifest)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|word| word.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_owned();
-        let (lines, stderr) = std::sync::mpsc::channel();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            while err.read_line(&mut line).unwrap_or(0) > 0 {
-                let _ = lines.send(std::mem::take(&mut line));
-            }
-        });
-        std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = stdout.read_to_string(&mut rest);
-        });
+        let process = HostProcess::start(host_run(&manifest));
         Self {
-            child,
-            url,
-            stderr,
+            url: process.url.clone(),
+            process,
             _dir: dir,
         }
     }
@@ -116,15 +77,7 @@ consumer = {{ queue = "jobs", max_batch_timeout = 0, dead_letter_queue = "jobs-d
 
     /// Waits until a log line contains `needle`.
     fn wait_for_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line with {needle:?}"),
-            }
-        }
+        self.process.wait_log(needle)
     }
 
     fn queue(&self, name: &str) -> Value {
@@ -138,11 +91,8 @@ consumer = {{ queue = "jobs", max_batch_timeout = 0, dead_letter_queue = "jobs-d
     }
 
     fn stop(mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        self.child.wait().unwrap()
+        self.process.signal("-INT");
+        self.process.wait_exit(Duration::from_secs(30))
     }
 }
 

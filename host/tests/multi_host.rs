@@ -17,36 +17,22 @@
 //!
 //! Needs the example guests: `scripts/build-guests.sh`.
 
+mod common;
 #[path = "../../tests/src/postgres.rs"]
 #[allow(dead_code)]
 mod postgres;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const HOST: &str = env!("CARGO_BIN_EXE_host");
+use common::{HostProcess, Spawned, guest, host_run};
 
 /// One test at a time (see the module comment).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn guest(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../guest-examples/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-guests.sh",
-        path.display()
-    );
-    path
-}
 
 /// How a host is told where the queues are.
 #[derive(Debug, Clone, Copy)]
@@ -57,24 +43,17 @@ enum StorageFrom {
     Env,
 }
 
-/// A stderr line and when the test read it.
-type LogLine = (Instant, String);
-
 /// A `host run` child process.
 struct Host {
     index: usize,
-    child: Child,
-    url: String,
-    log: Arc<Mutex<Vec<LogLine>>>,
+    process: HostProcess,
     _dir: tempfile::TempDir,
 }
 
 /// A host being started: its process runs, its address is not known yet.
 struct Starting {
     index: usize,
-    child: Child,
-    first_line: std::sync::mpsc::Receiver<String>,
-    log: Arc<Mutex<Vec<LogLine>>>,
+    spawned: Spawned,
     dir: tempfile::TempDir,
 }
 
@@ -120,95 +99,32 @@ limits = {{ timeout = "1s" }}
             ),
         )
         .unwrap();
-        let mut command = Command::new(HOST);
-        command
-            .arg("run")
-            .arg(&manifest)
-            .env("NO_COLOR", "1")
-            // The notification listener says at debug level when it listens (again).
-            .env(
-                "WASMQ_LOG",
-                "info,wasmq_host::engine::postgres::listen=debug",
-            )
-            .env_remove("WASMQ_API_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        match from {
-            StorageFrom::Manifest => command.env_remove("WASMQ_STORAGE"),
-            StorageFrom::Env => command.env("WASMQ_STORAGE", storage),
-        };
-        let mut child = command.spawn().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            while err.read_line(&mut line).unwrap_or(0) > 0 {
-                let text = std::mem::take(&mut line);
-                lines.lock().unwrap().push((Instant::now(), text));
-            }
-        });
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let (first, first_line) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = out.read_line(&mut line);
-            let _ = first.send(line);
-            let mut rest = String::new();
-            let _ = out.read_to_string(&mut rest);
-        });
+        let mut command = host_run(&manifest);
+        // The notification listener says at debug level when it listens (again).
+        command.env(
+            "WASMQ_LOG",
+            "info,wasmq_host::engine::postgres::listen=debug",
+        );
+        if let StorageFrom::Env = from {
+            command.env("WASMQ_STORAGE", storage);
+        }
         Self {
             index,
-            child,
-            first_line,
-            log,
+            spawned: Spawned::spawn(command),
             dir,
         }
     }
 
     /// Waits for `wasmq host listening on http://…` on stdout.
-    fn ready(mut self) -> Host {
-        let line = self
-            .first_line
-            .recv_timeout(Duration::from_secs(90))
-            .unwrap_or_default();
-        let url = line
-            .split_whitespace()
-            .find(|word| word.starts_with("http://"))
-            .map(str::to_owned);
-        let Some(url) = url else {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            std::thread::sleep(Duration::from_millis(100));
-            panic!(
-                "host {} did not start (stdout {line:?}); its log:\n{}",
-                self.index,
-                text(&self.log)
-            );
-        };
-        let port = url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse::<u16>().ok())
-            .unwrap_or_else(|| panic!("no port in {url}"));
-        println!("host {} listening on port {port} ({url})", self.index);
+    fn ready(self) -> Host {
+        let process = self.spawned.ready(Duration::from_secs(90));
+        println!("host {} listening on {}", self.index, process.url);
         Host {
             index: self.index,
-            child: self.child,
-            url,
-            log: self.log,
+            process,
             _dir: self.dir,
         }
     }
-}
-
-fn text(log: &Mutex<Vec<LogLine>>) -> String {
-    log.lock()
-        .unwrap()
-        .iter()
-        .map(|(_, line)| line.as_str())
-        .collect()
 }
 
 /// Starts `count` hosts (numbered from `first`) together and waits until they all listen.
@@ -230,61 +146,33 @@ fn start_hosts(first: usize, count: usize, storage: &str, consumer: Consumer) ->
 impl Host {
     /// SIGKILL: no shutdown, no settling; its leases stay in the database until they expire.
     fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.process.child.kill().unwrap();
+        self.process.child.wait().unwrap();
     }
 
     /// Still running (not exited)?
     fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
+        self.process.alive()
     }
 
     /// SIGTERM, then waits for a clean exit.
     fn stop(mut self) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "host {} exited with {status}; its log:\n{}",
-                    self.index,
-                    self.log_text()
-                );
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "host {} did not stop on SIGTERM",
-                self.index
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        text(&self.log)
+        self.process.stop("-TERM");
     }
 
     fn log_contains(&self, needle: &str) -> bool {
-        self.logged_since(needle, None)
+        self.process.logged_since(needle, None)
     }
 
     /// Whether a line containing `needle` was read (at or after `since`).
     fn logged_since(&self, needle: &str, since: Option<Instant>) -> bool {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(at, line)| since.is_none_or(|since| *at >= since) && line.contains(needle))
+        self.process.logged_since(needle, since)
     }
 
     /// The messages this host's consumer was handed so far.
     fn deliveries(&self) -> Vec<Delivery> {
-        self.log
+        self.process
+            .log
             .lock()
             .unwrap()
             .iter()
@@ -294,20 +182,13 @@ impl Host {
 
     /// How many deliveries this host logged so far.
     fn delivery_count(&self) -> usize {
-        self.log
+        self.process
+            .log
             .lock()
             .unwrap()
             .iter()
             .filter(|(_, line)| line.contains(" attempt ") && line.contains("msg-"))
             .count()
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        // A test that failed leaves no host behind.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -520,7 +401,7 @@ async fn hosts_share_one_queue_under_load() {
 
     let mut hosts = start_hosts(0, 2, &storage, Consumer::Worker);
     println!("two hosts up after {:.1?}", started.elapsed());
-    let urls: Vec<String> = hosts.iter().map(|h| h.url.clone()).collect();
+    let urls: Vec<String> = hosts.iter().map(|h| h.process.url.clone()).collect();
     let phase = Instant::now();
     send_all(&urls, 0..PER_PHASE, 20, 6, worker_body).await;
     let m = wait_drained(&urls[0], PER_PHASE, Duration::from_secs(60)).await;
@@ -545,7 +426,7 @@ async fn hosts_share_one_queue_under_load() {
     explain_redeliveries(&all, &redelivered);
 
     hosts.extend(start_hosts(2, 1, &storage, Consumer::Worker));
-    let urls: Vec<String> = hosts.iter().map(|h| h.url.clone()).collect();
+    let urls: Vec<String> = hosts.iter().map(|h| h.process.url.clone()).collect();
     let before: HashMap<usize, usize> = hosts
         .iter()
         .map(|h| (h.index, h.delivery_count()))
@@ -610,7 +491,7 @@ async fn a_killed_host_loses_nothing() {
     const HALF: u64 = 800;
 
     let mut hosts = start_hosts(0, 3, &storage, Consumer::Scripted);
-    let urls: Vec<String> = hosts.iter().map(|h| h.url.clone()).collect();
+    let urls: Vec<String> = hosts.iter().map(|h| h.process.url.clone()).collect();
     send_all(&urls, 0..HALF, 10, 4, slow_body).await;
     // Mid-load: the victim is busy with batches (each message sleeps 10 ms).
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -703,7 +584,7 @@ async fn hosts_ride_out_a_database_restart() {
     let cluster = Arc::new(postgres::PgCluster::start().unwrap_or_else(|err| panic!("{err}")));
     let storage = cluster.url();
     let mut hosts = start_hosts(0, 2, &storage, Consumer::Worker);
-    let urls: Vec<String> = hosts.iter().map(|h| h.url.clone()).collect();
+    let urls: Vec<String> = hosts.iter().map(|h| h.process.url.clone()).collect();
 
     let stop_sending = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let attempts = Arc::new(Mutex::new(Vec::<Attempted>::new()));

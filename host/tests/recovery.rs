@@ -3,26 +3,15 @@
 //! back with its attempt counted; a message that kills the host every time still ends in its
 //! dead-letter queue after `max_retries`.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::path::Path;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const HOST: &str = env!("CARGO_BIN_EXE_host");
-
-fn scripted() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../guest-examples/target/wasm32-wasip2/release/scripted.wasm");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-guests.sh",
-        path.display()
-    );
-    path
-}
+use common::{HostProcess, guest, host_run};
 
 /// A folder with a manifest whose `jobs` queue is consumed by the `scripted` guest.
 fn manifest_dir(consumer: &str) -> tempfile::TempDir {
@@ -44,78 +33,42 @@ source = "{}"
 consumer = {{ queue = "jobs", {consumer} }}
 limits = {{ timeout = "60s" }}
 "#,
-            scripted().display()
+            guest("scripted").display()
         ),
     )
     .unwrap();
     dir
 }
 
-/// A running `host run` child and everything it logged.
+/// A running `host run` child on a folder made by [`manifest_dir`].
 struct Host {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
+    process: HostProcess,
 }
 
 impl Host {
     fn start(dir: &Path) -> Self {
-        let mut child = Command::new(HOST)
-            .arg("run")
-            .arg(dir.join("manifest.toml"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_owned();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(stdout) as Box<dyn BufRead + Send>,
-            Box::new(BufReader::new(child.stderr.take().unwrap())),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in stream.lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line);
-                }
-            });
+        Self {
+            process: HostProcess::start(host_run(&dir.join("manifest.toml"))),
         }
-        Self { child, url, log }
     }
 
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        self.process.signal(signal);
     }
 
+    fn wait_log(&self, needle: &str) {
+        self.process.wait_log(needle);
+    }
+
+    /// Waits for the exit; returns the status and every line logged.
     fn wait(mut self, within: Duration) -> (ExitStatus, Vec<String>) {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the log threads drain.
-                std::thread::sleep(Duration::from_millis(50));
-                return (status, self.log.lock().unwrap().clone());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the host did not exit in {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let status = self.process.wait_exit(within);
+        let log = self.process.log.lock().unwrap();
+        (status, log.iter().map(|(_, line)| line.clone()).collect())
     }
 
     fn queue(&self, name: &str) -> Value {
-        let text = http("GET", &format!("{}/queues/{name}", self.url), None);
+        let text = http("GET", &format!("{}/queues/{name}", self.process.url), None);
         let value: Value = serde_json::from_str(&text).unwrap();
         value["result"].clone()
     }
@@ -127,19 +80,10 @@ impl Host {
             .collect();
         let answer = http(
             "POST",
-            &format!("{}/queues/jobs/messages/batch", self.url),
+            &format!("{}/queues/jobs/messages/batch", self.process.url),
             Some(json!({ "messages": messages })),
         );
         assert!(answer.contains("\"success\":true"), "{answer}");
-    }
-
-    /// Waits until a log line contains `needle`.
-    fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-            assert!(Instant::now() < deadline, "no log line with {needle:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 
     /// Waits until `check` holds for queue `name`.
@@ -153,13 +97,6 @@ impl Host {
             assert!(Instant::now() < deadline, "`{name}` never {what}: {q}");
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
