@@ -5,6 +5,8 @@
 //!
 //! Needs the example guests: `scripts/build-guests.sh`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -13,7 +15,7 @@ use wasmq_host::engine::ContentType;
 use wasmq_host::harness::{Harness, MessageFate, Setup, TestMessage, fixture};
 use wasmq_host::runtime::Failure;
 
-const HOST: &str = env!("CARGO_BIN_EXE_host");
+use common::{HOST, guest};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -23,18 +25,6 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn guest(name: &str) -> PathBuf {
-    let path = repo()
-        .join("guest-examples/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-guests.sh",
-        path.display()
-    );
-    path
-}
-
 /// Runs `host test ARGS` in `dir`.
 fn host_test(dir: &Path, args: &[&str]) -> Output {
     guest("scripted");
@@ -42,6 +32,11 @@ fn host_test(dir: &Path, args: &[&str]) -> Output {
         .arg("test")
         .args(args)
         .current_dir(dir)
+        // Compiled components are cached outside the user's own cache folder.
+        .env(
+            "WASMQ_CACHE_DIR",
+            std::env::temp_dir().join("wasmq-test-cache"),
+        )
         .output()
         .unwrap()
 }
