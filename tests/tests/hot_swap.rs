@@ -16,16 +16,23 @@ use tempfile::TempDir;
 use wasmq_host::engine::{Broker, LeaseOptions, SendRequest};
 use wasmq_host::manifest;
 use wasmq_host::run::{self, RunningHost};
-use wasmq_tests::guest_path;
+use wasmq_tests::{guest_path, postgres};
 
 struct Swappable {
     dir: TempDir,
+    /// Extra lines of the `[host]` table (the storage).
+    host_lines: String,
 }
 
 impl Swappable {
     fn new() -> Self {
+        Self::with_host_lines("")
+    }
+
+    fn with_host_lines(host_lines: &str) -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
+            host_lines: host_lines.to_owned(),
         }
     }
 
@@ -44,6 +51,7 @@ impl Swappable {
 [host]
 data_dir = "data"
 listen = "127.0.0.1:0"
+{host_lines}
 
 [queues.jobs]
 [queues.handled-by-v2]
@@ -54,7 +62,8 @@ source = "consumer.wasm"
 consumer = {{ queue = "jobs", max_batch_size = 10, max_batch_timeout = 0, max_concurrency = 2 }}
 producers = {{ OUT = "handled-by-v2" }}
 {extra}
-"#
+"#,
+            host_lines = self.host_lines
         );
         replace_file(&self.manifest_path(), text.as_bytes());
     }
@@ -132,7 +141,17 @@ async fn bodies(broker: &dyn Broker, queue: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapping_under_load_loses_nothing_and_new_batches_use_the_new_version() {
-    let setup = Swappable::new();
+    swap_under_load(Swappable::new()).await;
+}
+
+/// The same with the queues in PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_under_load_on_postgresql() {
+    let (url, _database) = postgres::fresh_database(&postgres::url());
+    swap_under_load(Swappable::with_host_lines(&format!("storage = \"{url}\""))).await;
+}
+
+async fn swap_under_load(setup: Swappable) {
     setup.write_manifest("");
     setup.install(&v1());
     let host = setup.start().await;

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use wasmq_host::manifest;
 use wasmq_host::run::{self, RunningHost};
-use wasmq_tests::guest_path;
+use wasmq_tests::{guest_path, postgres};
 
 const TOKEN: &str = "s3cret-token";
 
@@ -145,7 +145,20 @@ fn sorted(mut values: Vec<Value>) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_queues_json_that_a_consumer_then_sees() {
-    let host = start("", "").await;
+    webhook_pipeline("").await;
+}
+
+/// The same pipeline with the queues in PostgreSQL instead of redb.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_pipeline_runs_the_same_on_postgresql() {
+    let (url, _database) = postgres::fresh_database(&postgres::url());
+    webhook_pipeline(&format!("storage = \"{url}\"")).await;
+}
+
+/// Webhook → `incoming` → fanout → pull queue `jobs`, on a host whose `[host]` table also has
+/// `host_lines`.
+async fn webhook_pipeline(host_lines: &str) {
+    let host = start(host_lines, "").await;
 
     let (status, answer) = host.post("/webhook", r#"{"order": 42}"#).await;
     assert_eq!(status, 202, "{answer}");
