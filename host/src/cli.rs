@@ -225,6 +225,15 @@ enum BenchCommand {
         /// Concurrent keep-alive connections.
         #[arg(long, default_value_t = 8)]
         connections: u64,
+        /// The webhook producer component for the producer-route run.
+        #[arg(
+            long,
+            default_value = "guest-examples/target/wasm32-wasip2/release/webhook.wasm"
+        )]
+        webhook: PathBuf,
+        /// Requests in the producer-route run (one message each).
+        #[arg(long, default_value_t = 20_000)]
+        webhook_requests: u64,
     },
     /// `host run` start time with a cold and a warm compiled-component cache.
     Startup {
@@ -456,10 +465,14 @@ impl Cli {
                 BenchCommand::Http {
                     messages,
                     connections,
+                    webhook,
+                    webhook_requests,
                 } => {
                     bench::run_http(&HttpBench {
                         messages,
                         connections,
+                        webhook,
+                        webhook_requests,
                     })
                     .await
                 }

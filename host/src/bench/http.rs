@@ -1,7 +1,9 @@
 //! `host bench http`: publishing through the real HTTP API over loopback keep-alive
-//! connections, batches of 100, durable, and pull / ack throughput.
+//! connections, batches of 100, durable; pull / ack throughput; and single webhooks through
+//! the `webhook` producer component on a route.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,8 +12,85 @@ use serde_json::{Value, json};
 
 use super::{histogram, print_latency, tempdir};
 use crate::engine::{Broker, QueueSettings, RedbBroker, RedbOptions};
-use crate::http;
+use crate::http::{self, ProducerRoute, ProducerRoutes};
 use crate::manifest::PullConsumerConfig;
+use crate::runtime::{ComponentOptions, ProducerComponent, Runtime, SendTarget};
+
+/// The `webhook` component on `/hook`, queueing into `hooks`; no route if it is not built.
+fn webhook_route(bench: &HttpBench, broker: &Arc<dyn Broker>) -> Result<ProducerRoutes> {
+    let Ok(wasm) = std::fs::read(&bench.webhook) else {
+        println!(
+            "({} not built: no producer-route run)",
+            bench.webhook.display()
+        );
+        return Ok(ProducerRoutes::default());
+    };
+    let options = ComponentOptions {
+        send_target: Some(SendTarget {
+            broker: broker.clone(),
+            bindings: Arc::new(BTreeMap::from([("JOBS".to_owned(), "hooks".to_owned())])),
+            handle: tokio::runtime::Handle::current(),
+        }),
+        ..ComponentOptions::default()
+    };
+    let component = ProducerComponent::new(&Runtime::new()?, "webhook", &wasm, options)?;
+    Ok(ProducerRoutes::new(vec![ProducerRoute {
+        route: "/hook".parse().map_err(anyhow::Error::msg)?,
+        component,
+        requires_token: false,
+    }]))
+}
+
+/// Posts `webhook_requests` single JSON webhooks to `/hook` over the bench's connections.
+async fn webhooks(bench: &HttpBench, base: &str, broker: &Arc<dyn Broker>) -> Result<()> {
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..bench.connections {
+        let url = format!("{base}/hook");
+        let (requests, connections) = (bench.webhook_requests, bench.connections);
+        clients.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut h = histogram();
+            let mut n = c;
+            while n < requests {
+                let t = Instant::now();
+                let response = client
+                    .post(&url)
+                    .body(json!({ "event": "push", "n": n }).to_string())
+                    .send()
+                    .await?;
+                ensure!(
+                    response.status().as_u16() == 202,
+                    "webhook answered {}",
+                    response.status()
+                );
+                // The whole answer, as a webhook sender reads it.
+                response.bytes().await?;
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+                n += connections;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let mut h = histogram();
+    for client in clients {
+        h.add(client.await??)?;
+    }
+    let elapsed = started.elapsed();
+    let sent = broker.metrics("hooks").await?.sent;
+    ensure!(
+        sent == bench.webhook_requests,
+        "{sent} of {} queued",
+        bench.webhook_requests
+    );
+    println!(
+        "producer route (webhook component, a fresh instance per request, one durable message each): {:.0} requests/s ({sent} in {:.2} s)",
+        sent as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    print_latency("webhook request", &h);
+    Ok(())
+}
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -20,6 +99,10 @@ pub struct HttpBench {
     pub messages: u64,
     /// Concurrent keep-alive connections.
     pub connections: u64,
+    /// The `webhook` producer component (skipped if the file is missing).
+    pub webhook: PathBuf,
+    /// Webhook requests (one JSON message each).
+    pub webhook_requests: u64,
 }
 
 /// Serves the API on a loopback port and drives it with `connections` clients.
@@ -28,9 +111,10 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
     let path = dir.join("http.redb");
     let _ = std::fs::remove_file(&path);
     let broker: Arc<dyn Broker> = Arc::new(RedbBroker::open(&path, RedbOptions::default())?);
-    broker
-        .create_queue("bench", QueueSettings::default())
-        .await?;
+    for queue in ["bench", "hooks"] {
+        broker.create_queue(queue, QueueSettings::default()).await?;
+    }
+    let producers = webhook_route(bench, &broker)?;
     let pull = BTreeMap::from([(
         "bench".to_owned(),
         PullConsumerConfig {
@@ -43,7 +127,7 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
         broker: broker.clone(),
         pull_queues: http::PullQueues::new(pull),
         token: None,
-        producers: Default::default(),
+        producers: producers.clone(),
         consumer_stats: Default::default(),
         reloader: None,
     });
@@ -134,6 +218,9 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
         acked as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64()
     );
+    if !producers.is_empty() {
+        webhooks(bench, &base, &broker).await?;
+    }
     server.abort();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

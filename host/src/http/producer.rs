@@ -39,6 +39,11 @@ impl ProducerRoutes {
         *self.0.write().expect("producer routes lock") = routes.into();
     }
 
+    /// Whether no route is served.
+    pub fn is_empty(&self) -> bool {
+        self.0.read().expect("producer routes lock").is_empty()
+    }
+
     /// The route that answers `path`, if any.
     fn find(&self, path: &str) -> Option<ProducerRoute> {
         let routes = self.0.read().expect("producer routes lock").clone();
