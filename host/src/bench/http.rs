@@ -131,7 +131,8 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
         consumer_stats: Default::default(),
         reloader: None,
     });
-    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let server =
+        tokio::spawn(async move { axum::serve(http::without_nagle(listener), router).await });
     println!(
         "wasmq HTTP bench: {} messages in batches of 100 over {} keep-alive connections, durable",
         bench.messages, bench.connections

@@ -184,9 +184,10 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
     });
     let mut stop_http = stopped.clone();
     tasks.spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = stop_http.wait_for(|stop| *stop).await;
-        });
+        let serve =
+            axum::serve(http::without_nagle(listener), router).with_graceful_shutdown(async move {
+                let _ = stop_http.wait_for(|stop| *stop).await;
+            });
         if let Err(err) = serve.await {
             tracing::error!(error = %err, "the HTTP server failed");
         }
