@@ -63,29 +63,8 @@ impl SchemaGuard {
 
 impl Drop for SchemaGuard {
     fn drop(&mut self) {
-        let (url, schema) = (self.url.clone(), self.schema.clone());
-        // Drop may run inside a Tokio runtime, which cannot block on another one: use a thread.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let driver = tokio::spawn(connection);
-                let result = client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                    .await
-                    .map_err(|e| e.to_string());
-                drop(client);
-                let _ = driver.await;
-                result
-            })
-        })
-        .join();
-        if let Ok(Err(err)) = dropped {
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
+        if let Err(err) = run_sql(&self.url, &sql) {
             eprintln!("could not drop test schema {}: {err}", self.schema);
         }
     }

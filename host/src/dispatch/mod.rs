@@ -190,6 +190,8 @@ impl Dispatcher {
         let mut changes = inner.broker.changes();
         let mut swaps = self.slot.0.subscribe();
         let mut scaler = Scaler { level: 1 };
+        // The level last written to the statistics (0: none yet).
+        let mut reported_level = 0;
         let mut running = JoinSet::new();
         let first = self.slot.current();
         tracing::info!(queue = %inner.queue, component = first.component.name(), max_concurrency = first.max_concurrency, "consumer started");
@@ -201,9 +203,12 @@ impl Dispatcher {
                 .next_step(&spec, &self.slot, &mut scaler, &mut running, &mut shutdown)
                 .await;
             let level = scaler.level(spec.max_concurrency);
-            inner
-                .stats
-                .set_concurrency(spec.component.name(), &inner.queue, level);
+            if level != reported_level {
+                reported_level = level;
+                inner
+                    .stats
+                    .set_concurrency(spec.component.name(), &inner.queue, level);
+            }
             let wait = match step {
                 Step::Leased => continue,
                 Step::Wait(wait) => wait,

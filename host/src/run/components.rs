@@ -66,13 +66,12 @@ pub(super) enum Loaded {
 pub(super) async fn load(
     runtime: &Runtime,
     component: &ComponentConfig,
-    file: &ComponentFile,
+    wasm: Vec<u8>,
     broker: Arc<dyn Broker>,
 ) -> Result<(Loaded, CacheOutcome)> {
     let options = options(component, broker);
     let runtime = runtime.clone();
     let name = component.name.clone();
-    let wasm = file.wasm.clone();
     let producer = component.route.is_some();
     tokio::task::spawn_blocking(move || {
         let (compiled, outcome) = runtime.load(&name, &wasm)?;

@@ -164,7 +164,7 @@ impl Supervisor {
             let (loaded, outcome) = match components::load(
                 &self.runtime,
                 config,
-                &file,
+                file.wasm,
                 self.broker.clone(),
             )
             .await
