@@ -16,7 +16,9 @@ fi
 
 cd "$guests"
 start=$SECONDS
-cargo build --release --target "$target" "$@"
+# The guests always build into their own folder, whatever CARGO_TARGET_DIR says: the tests
+# and manifests find them there.
+CARGO_TARGET_DIR="$guests/target" cargo build --release --target "$target" "$@"
 echo "built in $((SECONDS - start)) s"
 
 out="$guests/target/$target/release"

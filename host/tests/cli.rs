@@ -215,7 +215,37 @@ async fn http_api_publishes_and_refuses_bad_input_with_stable_codes() {
             "/queues/jobs-dlq/messages",
             json!({"bdy": 1}),
             400,
-            "invalid_json",
+            "invalid_request",
+        ),
+        (
+            "/queues/jobs-dlq/messages",
+            json!({"content_type": "text"}),
+            400,
+            "invalid_body",
+        ),
+        (
+            "/queues/jobs-dlq/messages",
+            json!({"body": 1, "delay_seconds": -1}),
+            400,
+            "invalid_delay",
+        ),
+        (
+            "/queues/jobs-dlq/messages",
+            json!({"body": 1, "delay_seconds": 2.5}),
+            400,
+            "invalid_delay",
+        ),
+        (
+            "/queues/jobs-dlq/messages",
+            json!({"body": 1, "delay_seconds": "5"}),
+            400,
+            "invalid_delay",
+        ),
+        (
+            "/queues/jobs-dlq/messages",
+            json!({"body": 1, "content_type": "xml"}),
+            400,
+            "invalid_content_type",
         ),
         (
             "/queues/jobs-dlq/messages/batch",
@@ -548,7 +578,8 @@ async fn pull_consumers_lease_ack_retry_and_expire_over_http() {
             .contains("nonsense")
     );
 
-    // An expired lease makes the message visible again with attempts + 1; a late ack warns.
+    // An expired lease makes the message visible again with attempts + 1; a late ack still
+    // deletes it (as Cloudflare documents), and the newer lease then finds it gone.
     let send_d = json!({"body": "d", "content_type": "text"});
     assert_eq!(post("/queues/pulled/messages".into(), send_d).await.0, 200);
     let (_, third) = pull(10, None).await; // the queue's visibility_timeout_ms: 400
@@ -558,12 +589,18 @@ async fn pull_consumers_lease_ack_retry_and_expire_over_http() {
     assert_eq!(bodies(&fourth), [("d".into(), 2)]);
     let late = json!({"acks": [{"lease_id": lease(&third, 0)}]});
     let (_, acked) = post("/queues/pulled/messages/ack".into(), late).await;
+    assert_eq!(
+        (&acked["result"]["ack_count"], &acked["result"]["warnings"]),
+        (&json!(1), &json!([]))
+    );
+    let newer = json!({"acks": [{"lease_id": lease(&fourth, 0)}]});
+    let (_, acked) = post("/queues/pulled/messages/ack".into(), newer).await;
     assert_eq!(acked["result"]["ack_count"], 0);
     assert!(
         acked["result"]["warnings"][0]
             .as_str()
             .unwrap()
-            .contains("unknown or expired")
+            .contains("no longer in the queue")
     );
 
     let (status, bad) = pull(101, None).await;

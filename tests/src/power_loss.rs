@@ -1,5 +1,5 @@
-//! A simulated disk with a volatile write cache, for power-loss tests (DESIGN §4, "Crash tests
-//! that mean something").
+//! A simulated disk with a volatile write cache, for power-loss tests: `kill -9` alone
+//! does not show that a crash loses nothing.
 //!
 //! `kill -9` only proves the process's own ordering: the operating system's page cache
 //! survives it. A power cut loses every write that was not made durable by `fsync`. A

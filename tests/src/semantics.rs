@@ -1,4 +1,4 @@
-//! The queue semantics of DESIGN §2 as backend-independent test cases.
+//! The queue semantics of docs/semantics.md as backend-independent test cases.
 //!
 //! Every case takes a fresh [`Ctx`] (an empty broker and the [`ManualClock`] it reads) and
 //! panics when the broker misbehaves. Time only moves when a case advances the clock: nothing
@@ -99,8 +99,8 @@ macro_rules! semantic_suite {
             expired_lease_redelivers_with_next_attempt,
             expired_lease_found_by_sweep,
             expired_lease_on_last_attempt_dead_letters,
-            stale_lease_settle_changes_nothing,
-            settle_after_lease_deadline_is_stale,
+            late_ack_deletes_a_redelivered_message,
+            late_settle_of_a_waiting_message_applies,
             invalid_lease_options_are_refused,
             in_flight_follows_lease_and_settle,
             pause_and_resume,
@@ -1211,9 +1211,11 @@ pub async fn expired_lease_on_last_attempt_dead_letters(ctx: &Ctx) {
     );
 }
 
-/// Settling a lease that was re-leased, already settled or belongs to another queue reports
-/// it stale and changes nothing.
-pub async fn stale_lease_settle_changes_nothing(ctx: &Ctx) {
+/// A late ack (its lease expired and the message was redelivered meanwhile) still deletes the
+/// message, as Cloudflare documents for pull consumers: the work is done. A late retry of a
+/// message a newer lease holds is left to that holder. Once the message is gone, or for a lease
+/// of another queue, the decision is stale and changes nothing.
+pub async fn late_ack_deletes_a_redelivered_message(ctx: &Ctx) {
     let b = ctx.b();
     create(b, "q").await;
     send_text(b, "q", "m").await;
@@ -1222,35 +1224,36 @@ pub async fn stale_lease_settle_changes_nothing(ctx: &Ctx) {
     let second = lease_one(b, "q").await;
     assert_eq!(second.message.attempts, 2);
 
-    let stale = report(|r| r.stale = vec![first.lease]);
-    assert_eq!(settle_one(b, "q", &first, Outcome::Ack).await, stale);
-    assert_eq!(settle_one(b, "q", &first, retry(Some(0))).await, stale);
+    assert_eq!(
+        settle_one(b, "q", &first, retry(Some(0))).await,
+        report(|r| r.stale = vec![first.lease])
+    );
     let m = metrics(b, "q").await;
     assert_eq!(
         (m.acked, m.in_flight, m.backlog.count, m.retried),
         (0, 1, 1, 1)
     );
 
-    // A mixed call: the live lease is applied, the stale one reported.
+    assert_eq!(
+        settle_one(b, "q", &first, Outcome::Ack).await,
+        report(|r| r.acked = 1)
+    );
+    let m = metrics(b, "q").await;
+    assert_eq!(
+        (m.acked, m.in_flight, m.backlog.count, m.retried),
+        (1, 0, 0, 1)
+    );
+    // The newer lease's decision, and a second ack, find nothing.
     let r = settle(
         b,
         "q",
-        vec![(first.lease, Outcome::Ack), (second.lease, Outcome::Ack)],
+        vec![(second.lease, Outcome::Ack), (first.lease, Outcome::Ack)],
     )
     .await;
-    assert_eq!(
-        r,
-        report(|r| {
-            r.acked = 1;
-            r.stale = vec![first.lease];
-        })
-    );
-    // Already settled.
-    assert_eq!(
-        settle_one(b, "q", &second, Outcome::Ack).await,
-        report(|r| r.stale = vec![second.lease])
-    );
+    assert_eq!(r, report(|r| r.stale = vec![second.lease, first.lease]));
     assert_eq!(metrics(b, "q").await.acked, 1);
+    ctx.clock.advance_secs(60);
+    assert!(lease_all(b, "q").await.is_empty());
 
     // A lease of another queue.
     create(b, "other").await;
@@ -1267,24 +1270,44 @@ pub async fn stale_lease_settle_changes_nothing(ctx: &Ctx) {
     );
 }
 
-/// A lease past its deadline is stale even before `lease` or `sweep` noticed the expiry (the
-/// `Broker::settle` contract: "unknown or expired" leases change nothing); the expiry then
-/// counts as a failed attempt.
-pub async fn settle_after_lease_deadline_is_stale(ctx: &Ctx) {
+/// A decision that comes after the lease deadline, before `lease` or `sweep` noticed the
+/// expiry: the expiry counts as a failed attempt first, then the late decision applies to the
+/// waiting message: an ack deletes it, a retry sets when it is delivered next.
+pub async fn late_settle_of_a_waiting_message_applies(ctx: &Ctx) {
     let b = ctx.b();
     create(b, "q").await;
     send_text(b, "q", "n").await;
-    let n = lease_opts(b, "q", 1, 1_000).await.remove(0);
+    send_text(b, "q", "p").await;
+    let leased = lease_opts(b, "q", 2, 1_000).await;
+    assert_eq!(bodies(&leased), ["n", "p"]);
     ctx.clock.advance_ms(1_001);
+    let r = settle(
+        b,
+        "q",
+        vec![
+            (leased[0].lease, Outcome::Ack),
+            (leased[1].lease, retry(Some(30))),
+        ],
+    )
+    .await;
     assert_eq!(
-        settle_one(b, "q", &n, Outcome::Ack).await,
-        report(|r| r.stale = vec![n.lease])
+        r,
+        report(|r| {
+            r.acked = 1;
+            r.retried = 1;
+        })
     );
-    assert_eq!(metrics(b, "q").await.acked, 0);
+    let m = metrics(b, "q").await;
+    assert_eq!(
+        (m.acked, m.retried, m.in_flight, m.backlog.count, m.delayed),
+        (1, 2, 0, 1, 1)
+    );
+    assert!(lease_all(b, "q").await.is_empty());
+    ctx.clock.advance_secs(30);
     let again = lease_one(b, "q").await;
     assert_eq!(
         (again.message.id, again.message.attempts),
-        (n.message.id, 2)
+        (leased[1].message.id, 2)
     );
 }
 

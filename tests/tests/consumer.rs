@@ -146,21 +146,22 @@ async fn explicit_retry_with_delay_and_retry_all() {
     assert_eq!((d.report.acked, d.report.retried), (1, 1));
     assert_eq!(s.broker.metrics("jobs").await.unwrap().delayed, 1);
 
-    s.send(&["retry-all:0", "ack"]).await;
+    s.send(&["ack", "retry-all:0"]).await;
     let d = s.deliver().await;
     assert_eq!((d.report.acked, d.report.retried), (1, 1));
 }
 
-/// Every precedence case of DESIGN §2, driven through the guest: the bodies of one batch and
+/// Every precedence case of `docs/semantics.md`, driven through the guest: the bodies of one batch and
 /// what must become of each message (`A` acked, `R` retried).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn precedence_cases_through_a_real_guest() {
     let cases: &[(&[&str], &str)] = &[
         (&["ack;retry"], "A"), // first call on a message wins
         (&["retry;ack"], "R"),
-        (&["ack", "retry-all"], "AR"), // a single-message call beats retry-all
+        (&["ack", "retry-all"], "AR"), // a single-message call made first beats retry-all
         (&["retry", "ack-all"], "RA"), // … and ack-all
-        (&["retry-all", "ack"], "RA"), // whichever comes first
+        (&["retry-all", "ack"], "RR"), // a single-message call made after retry-all is ignored
+        (&["ack-all", "retry"], "AA"), // … and after ack-all
         (&["ack-all;fail"], "A"),      // ack-all is explicit: a later failure keeps it
         (&["retry-all", "noop"], "RR"), // retry-all then ok: retried
         (&["retry-all;ack-all", "noop"], "RR"), // first batch-wide call wins
@@ -210,6 +211,60 @@ async fn retries_exhausted_without_a_dead_letter_queue_drop_the_message() {
     let m = s.broker.metrics("jobs").await.unwrap();
     assert_eq!((m.dropped, m.backlog.count), (1, 0));
     assert_eq!(s.broker.metrics("dlq").await.unwrap().backlog.count, 0);
+}
+
+/// A retry with an out-of-range delay fails the batch like a thrown exception: the ack made
+/// before it stands, everything else is retried, nothing is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_range_retry_delay_fails_the_batch_and_never_acks() {
+    for (bodies, call) in [
+        (["ack", "retry:86401", "noop"], "retry("),
+        (
+            ["ack", "retry-all:100000", "noop"],
+            "retry-all(Some(100000))",
+        ),
+    ] {
+        let s = default_setup().await;
+        s.send(&bodies).await;
+        let d = s.deliver().await;
+        match &d.run.failure {
+            Some(Failure::Trap(text)) => assert!(
+                text.contains(call) && text.contains("over the maximum of 86400"),
+                "{text}"
+            ),
+            other => panic!("{bodies:?}: expected a trap naming the call, got {other:?}"),
+        }
+        assert_eq!((d.report.acked, d.report.retried), (1, 2), "{bodies:?}");
+        let mut waiting = s.attempts_waiting("jobs").await;
+        waiting.sort();
+        assert_eq!(
+            waiting,
+            [(bodies[2].to_owned(), 2), (bodies[1].to_owned(), 2)],
+            "{bodies:?}"
+        );
+    }
+}
+
+/// A guest that calls `ack` in a loop is stopped after `MAX_CALLS_PER_BATCH` calls; its batch
+/// fails (its earlier ack stands) and the host keeps nothing of the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_flood_fails_the_batch() {
+    let s = default_setup().await;
+    s.send(&["noop", "ack-times:100000"]).await;
+    let d = s.deliver().await;
+    match &d.run.failure {
+        Some(Failure::Trap(text)) => assert!(
+            text.contains(&format!(
+                "more than {} calls",
+                wasmq_host::runtime::MAX_CALLS_PER_BATCH
+            )),
+            "{text}"
+        ),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert_eq!(d.run.calls.len(), wasmq_host::runtime::MAX_CALLS_PER_BATCH);
+    // The flooding message was acked by its first call; the other one is retried.
+    assert_eq!((d.report.acked, d.report.retried), (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

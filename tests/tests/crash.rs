@@ -1,5 +1,5 @@
-//! Crash safety of the redb broker (DESIGN §2 "Delivery", §4 "Durability rules" and "Crash
-//! tests that mean something").
+//! Crash safety of the redb broker: the "Delivery" rules of `docs/semantics.md` under
+//! process kills and power cuts.
 //!
 //! - `power_loss_at_random_*`: a broker on a [`SimulatedDisk`] runs a concurrent workload
 //!   (sends, batches, dedup sends, leases, acks, retries, dead-lettering) until the power is cut
@@ -1276,6 +1276,8 @@ mod model {
         next_seq: u64,
         next_ticket: u64,
         next_lease: usize,
+        /// Lease number → the seq of the message it was for.
+        lease_seqs: HashMap<usize, u64>,
         counters: [Counters; 2],
         /// Dedup key of `q` → end of its window.
         dedup: HashMap<u8, u64>,
@@ -1315,6 +1317,7 @@ mod model {
                 next_seq: 0,
                 next_ticket: 0,
                 next_lease: 0,
+                lease_seqs: HashMap::new(),
                 counters: [Counters::default(); 2],
                 dedup: HashMap::new(),
                 paused: false,
@@ -1477,6 +1480,7 @@ mod model {
                 }
                 let lease = self.next_lease;
                 self.next_lease += 1;
+                self.lease_seqs.insert(lease, seq);
                 let deadline = self.now + visibility_ms;
                 let msg = self.msgs.get_mut(&seq).expect("exists");
                 msg.attempts += 1;
@@ -1492,35 +1496,46 @@ mod model {
             q: Qn,
             picks: &[(usize, Option<Option<u32>>)],
         ) -> (SettleReport, Vec<usize>) {
-            // Expired leases are failed attempts before anything is settled, so a late settle
-            // is stale whatever the sweep timing.
+            // Expired leases are failed attempts before anything is settled, so a late
+            // decision meets the message as the expiry left it, whatever the sweep timing.
             self.expire(false);
             let mut report = SettleReport::default();
             let mut stale = Vec::new();
             for &(lease, outcome) in picks {
-                let live = self.msgs.iter().find_map(|(&seq, m)| match m.place {
-                    Place::Leased { deadline, lease: l }
-                        if l == lease && m.queue == q && deadline > self.now =>
-                    {
-                        Some(seq)
-                    }
-                    _ => None,
+                let found = self.lease_seqs.get(&lease).copied().and_then(|seq| {
+                    self.msgs
+                        .get(&seq)
+                        .filter(|m| m.queue == q)
+                        .map(|m| (seq, m.place))
                 });
-                let Some(seq) = live else {
+                let Some((seq, place)) = found else {
                     stale.push(lease);
                     continue;
                 };
-                match outcome {
-                    None => {
+                let current = matches!(place, Place::Leased { lease: l, .. } if l == lease);
+                match (outcome, place) {
+                    // Current or late: an ack deletes the message.
+                    (None, _) => {
                         self.msgs.remove(&seq);
                         self.counters[q.index()].acked += 1;
                         report.acked += 1;
                     }
-                    Some(delay) => match self.fail_attempt(seq, delay) {
+                    (Some(delay), _) if current => match self.fail_attempt(seq, delay) {
                         Fate::Retried => report.retried += 1,
                         Fate::DeadLettered => report.dead_lettered += 1,
                         Fate::Dropped => report.dropped += 1,
                     },
+                    // Late, waiting again: the retry only moves its next delivery.
+                    (Some(delay), Place::Ready { .. }) => {
+                        let delay = delay.unwrap_or(self.config[q.index()].retry_delay);
+                        let visible_at = self.now + u64::from(delay) * 1000;
+                        let ticket = self.ticket();
+                        self.msgs.get_mut(&seq).expect("exists").place =
+                            Place::Ready { visible_at, ticket };
+                        report.retried += 1;
+                    }
+                    // Late, held by a newer lease.
+                    (Some(_), Place::Leased { .. }) => stale.push(lease),
                 }
             }
             (report, stale)

@@ -26,6 +26,7 @@
 //! | command | effect |
 //! |---|---|
 //! | `ack` | `batch.ack(<this id>)` |
+//! | `ack-times:N` | `batch.ack(<this id>)` N times (a call flood) |
 //! | `retry` / `retry:N` | `batch.retry(<this id>, none / some(N))` |
 //! | `ack-all` | `batch.ack-all()` |
 //! | `retry-all` / `retry-all:N` | `batch.retry-all(none / some(N))` |
@@ -128,6 +129,7 @@ export!(Scripted);
 #[derive(Debug, PartialEq, Eq)]
 enum Command<'a> {
     Ack,
+    AckTimes(u32),
     Retry(Option<u32>),
     AckAll,
     RetryAll(Option<u32>),
@@ -255,6 +257,7 @@ fn parse(text: &str) -> Result<Command<'_>, String> {
     let command = match (name, arg) {
         ("" | "noop", None) => Command::Noop,
         ("ack", None) => Command::Ack,
+        ("ack-times", Some(n)) => Command::AckTimes(number(n)?),
         ("retry", None) => Command::Retry(None),
         ("retry", Some(n)) => Command::Retry(Some(number(n)?)),
         ("ack-all", None) => Command::AckAll,
@@ -318,6 +321,7 @@ fn run(batch: &MessageBatch, id: &str, command: Command<'_>) -> Result<(), Strin
     match command {
         Command::Noop => {}
         Command::Ack => batch.ack(id),
+        Command::AckTimes(n) => (0..n).for_each(|_| batch.ack(id)),
         Command::Retry(delay) => batch.retry(id, delay),
         Command::AckAll => batch.ack_all(),
         Command::RetryAll(delay) => batch.retry_all(delay),
@@ -485,6 +489,7 @@ mod tests {
     #[test]
     fn parses_the_commands() {
         assert_eq!(parse("ack"), Ok(Command::Ack));
+        assert_eq!(parse("ack-times:3"), Ok(Command::AckTimes(3)));
         assert_eq!(parse(" retry "), Ok(Command::Retry(None)));
         assert_eq!(parse("retry:5"), Ok(Command::Retry(Some(5))));
         assert_eq!(parse("ack-all"), Ok(Command::AckAll));

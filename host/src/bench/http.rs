@@ -115,17 +115,20 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
         broker.create_queue(queue, QueueSettings::default()).await?;
     }
     let producers = webhook_route(bench, &broker)?;
-    let pull = BTreeMap::from([(
-        "bench".to_owned(),
-        PullConsumerConfig {
-            visibility_timeout_ms: 60_000,
-        },
-    )]);
+    let wiring = http::Wiring {
+        consumers: BTreeMap::from([(
+            "bench".to_owned(),
+            http::Attached::Pull(PullConsumerConfig {
+                visibility_timeout_ms: 60_000,
+            }),
+        )]),
+        ..http::Wiring::default()
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let router = http::router(http::ServeConfig {
         broker: broker.clone(),
-        pull_queues: http::PullQueues::new(pull),
+        consumers: http::QueueConsumers::new(wiring),
         token: None,
         producers: producers.clone(),
         consumer_stats: Default::default(),

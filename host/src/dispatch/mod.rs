@@ -9,7 +9,7 @@ use anyhow::Context;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::engine::precedence::{self, BatchCall};
+use crate::engine::precedence;
 use crate::engine::{
     Broker, BrokerError, ConsumerSettings, LeaseId, LeaseOptions, Message, MessageId, Outcome,
     SettleReport,
@@ -398,8 +398,9 @@ impl Inner {
             tracing::warn!(queue = %self.queue, component = name, messages = ids.len(), "batch failed: {failure}");
         }
         let resolution = precedence::resolve(&ids, &run.calls, run.result());
-        for ignored in &resolution.ignored {
-            tracing::warn!(queue = %self.queue, component = name, call = %describe(&ignored.call), "ignored batch call: {}", ignored.reason);
+        // One line per batch however many calls were ignored: the first warning and a count.
+        if let Some(first) = resolution.ignored.first() {
+            tracing::warn!(queue = %self.queue, component = name, ignored = resolution.ignored.len(), "{}", first.warning);
         }
         let outcomes: Vec<_> = resolution
             .outcomes
@@ -408,17 +409,8 @@ impl Inner {
             .collect();
         let report = self.settle(outcomes, expires).await?;
         if !report.stale.is_empty() {
-            tracing::warn!(queue = %self.queue, stale = report.stale.len(), "leases expired before the batch was settled; those messages will be redelivered");
+            tracing::warn!(queue = %self.queue, stale = report.stale.len(), "the batch settled after its lease expired and some of its messages had left the queue meanwhile; their outcomes were not applied");
         }
         Ok(Delivery { run, report })
-    }
-}
-
-fn describe(call: &BatchCall) -> String {
-    match call {
-        BatchCall::Ack(id) => format!("ack({id})"),
-        BatchCall::Retry(id, delay) => format!("retry({id}, {delay:?})"),
-        BatchCall::AckAll => "ack-all()".into(),
-        BatchCall::RetryAll(delay) => format!("retry-all({delay:?})"),
     }
 }

@@ -1,4 +1,4 @@
-//! The limits and setting ranges of DESIGN §2, and the checks that enforce them.
+//! The limits and setting ranges of `docs/semantics.md`, and the checks that enforce them.
 //!
 //! Every check runs before anything is written, so a refused request stores nothing.
 

@@ -2,7 +2,7 @@
 //! trait, so that a shared backend (PostgreSQL) can sit beside the embedded one ([`RedbBroker`])
 //! without callers changing.
 //!
-//! The semantics are those of DESIGN §2; the backend-independent test suite in
+//! The semantics are those of `docs/semantics.md`; the backend-independent test suite in
 //! `tests/src/semantics.rs` is their executable form.
 
 mod clock;
@@ -68,8 +68,15 @@ pub trait Broker: Send + Sync + 'static {
     async fn lease(&self, queue: &str, options: LeaseOptions) -> BrokerResult<Vec<LeasedMessage>>;
 
     /// Applies consumer decisions to leased messages in one transaction: acks delete, retries
-    /// redeliver after their delay, or dead-letter / drop once retries are exhausted. Leases
-    /// that are unknown or expired are reported in [`SettleReport::stale`] and change nothing.
+    /// redeliver after their delay, or dead-letter / drop once retries are exhausted.
+    ///
+    /// A decision that comes after its lease expired is still taken when it can be, as
+    /// Cloudflare does for pull consumers: a late ack deletes the message if it is still in the
+    /// queue, even if it was redelivered meanwhile (the work is done); a late retry sets when a
+    /// waiting message is delivered next (the expiry already counted the failed attempt). Only
+    /// a lease whose message is gone from the queue (settled, purged, dead-lettered) or, for a
+    /// retry, is held by a newer lease is reported in [`SettleReport::stale`]; it changes
+    /// nothing.
     async fn settle(
         &self,
         queue: &str,

@@ -1,15 +1,25 @@
-//! The batch precedence rules of DESIGN §2, as a pure function.
+//! The batch precedence rules, as a pure function.
 //!
 //! A consumer calls `ack`, `retry`, `ack-all` and `retry-all` on its batch in any order, then
-//! returns `ok` or fails. [`resolve`] turns that record into one [`Outcome`] per message:
+//! returns `ok` or fails. [`resolve`] turns that record into one [`Outcome`] per message. The
+//! rules are workerd's (the Workers runtime behind Cloudflare Queues), where calls take effect
+//! in the order they are made:
 //!
-//! - the first call on a message wins; later calls on it are ignored;
-//! - a call on a single message beats `ack-all` / `retry-all`, whichever came first;
+//! - the first call on a message wins: `ack` then `retry` → acked, `retry` then `ack` →
+//!   retried;
+//! - a call on a single message made *before* `ack-all` / `retry-all` beats it (ack(A) then
+//!   retry-all → A acked, the rest retried);
+//! - a call on a single message made *after* `ack-all` / `retry-all` has no effect;
 //! - the first of `ack-all` / `retry-all` wins;
 //! - messages with no call are acked if the handler returned `ok` and retried if it failed
 //!   (returned `err`, trapped or timed out);
 //! - retry delay: `retry(id, delay)` > `retry-all(delay)` > the consumer's `retry_delay`
 //!   (the last one is applied by the broker, signalled here by `None`).
+//!
+//! A call that has no effect because an earlier call decided otherwise comes back as an
+//! [`IgnoredCall`] with workerd's warning text, word for word (`Received a call to ack() on
+//! message … after retryAll() was already called. …`). A call that repeats an earlier decision
+//! (`ack` after `ack-all`, a second `retry-all`) is silent, as in workerd.
 //!
 //! [`fate`] then decides what a retried message comes to: redelivery after its delay, or the
 //! dead-letter queue (or deletion) once its retries are used up. The engine settles with it and
@@ -47,8 +57,50 @@ pub enum HandlerResult {
 pub struct IgnoredCall {
     /// The call.
     pub call: BatchCall,
-    /// Why it was ignored.
-    pub reason: &'static str,
+    /// The warning: workerd's text where workerd has one.
+    pub warning: String,
+}
+
+impl BatchCall {
+    /// The call as a Worker would write it (`ack()`, `retryAll()`), for warnings.
+    fn js_name(self) -> &'static str {
+        match self {
+            BatchCall::Ack(_) => "ack()",
+            BatchCall::Retry(..) => "retry()",
+            BatchCall::AckAll => "ackAll()",
+            BatchCall::RetryAll(_) => "retryAll()",
+        }
+    }
+
+    /// Whether two calls decide the same way (both ack or both retry).
+    fn same_decision(self, other: BatchCall) -> bool {
+        matches!(
+            (self, other),
+            (
+                BatchCall::Ack(_) | BatchCall::AckAll,
+                BatchCall::Ack(_) | BatchCall::AckAll
+            ) | (
+                BatchCall::Retry(..) | BatchCall::RetryAll(_),
+                BatchCall::Retry(..) | BatchCall::RetryAll(_)
+            )
+        )
+    }
+}
+
+/// workerd's warning for `call`, ignored because `earlier` decided otherwise.
+fn overruled(call: BatchCall, earlier: BatchCall) -> IgnoredCall {
+    let (now, before) = (call.js_name(), earlier.js_name());
+    let warning = match call {
+        BatchCall::Ack(id) | BatchCall::Retry(id, _) => format!(
+            "Received a call to {now} on message {id} after {before} was already called. \
+             Calling {now} on a message after calling {before} has no effect."
+        ),
+        BatchCall::AckAll | BatchCall::RetryAll(_) => format!(
+            "Received a call to {now} after {before} was already called. \
+             Calling {now} after calling {before} has no effect."
+        ),
+    };
+    IgnoredCall { call, warning }
 }
 
 /// The per-message outcomes, in the batch's order, and the ignored calls.
@@ -69,32 +121,40 @@ pub fn resolve(ids: &[MessageId], calls: &[BatchCall], result: HandlerResult) ->
     let in_batch: HashSet<&MessageId> = ids.iter().collect();
 
     for &call in calls {
-        match call {
+        // The earlier call that decides instead of this one, if any.
+        let earlier = match call {
             BatchCall::Ack(id) | BatchCall::Retry(id, _) => {
                 if !in_batch.contains(&id) {
                     ignored.push(IgnoredCall {
                         call,
-                        reason: "the message is not in this batch",
+                        warning: format!(
+                            "Received a call to {} on message {id}, which is not in this batch. \
+                             The call has no effect.",
+                            call.js_name()
+                        ),
                     });
-                } else if let Entry::Vacant(first) = per_message.entry(id) {
-                    first.insert(call);
-                } else {
-                    ignored.push(IgnoredCall {
-                        call,
-                        reason: "an earlier call already settled this message",
-                    });
+                    continue;
+                }
+                match (batch_wide, per_message.entry(id)) {
+                    (Some(batch), _) => Some(batch),
+                    (None, Entry::Occupied(first)) => Some(*first.get()),
+                    (None, Entry::Vacant(first)) => {
+                        first.insert(call);
+                        None
+                    }
                 }
             }
             BatchCall::AckAll | BatchCall::RetryAll(_) => {
-                if batch_wide.is_some() {
-                    ignored.push(IgnoredCall {
-                        call,
-                        reason: "an earlier ack-all or retry-all already settled the batch",
-                    });
-                } else {
+                if batch_wide.is_none() {
                     batch_wide = Some(call);
                 }
+                batch_wide.filter(|&first| first != call)
             }
+        };
+        if let Some(earlier) = earlier
+            && !earlier.same_decision(call)
+        {
+            ignored.push(overruled(call, earlier));
         }
     }
 
@@ -140,7 +200,7 @@ pub enum Fate {
     Drop,
 }
 
-/// The fate of a message that failed its `attempts`-th delivery (DESIGN §2 "Retries
+/// The fate of a message that failed its `attempts`-th delivery (docs/semantics.md "Retries
 /// exhausted"): retried while `attempts <= max_retries`, after `delay_seconds` or the
 /// consumer's `retry_delay`; then dead-lettered if a `dead_letter_queue` is set, else dropped.
 pub fn fate(attempts: u32, settings: &ConsumerSettings, delay_seconds: Option<u32>) -> Fate {
@@ -205,6 +265,14 @@ mod tests {
         assert_eq!(r.outcomes[0].1, ACK);
         assert_eq!(r.ignored.len(), 1);
         assert_eq!(r.ignored[0].call, Retry(m[0], Some(5)));
+        assert_eq!(
+            r.ignored[0].warning,
+            format!(
+                "Received a call to retry() on message {} after ack() was already called. \
+                 Calling retry() on a message after calling ack() has no effect.",
+                m[0]
+            )
+        );
 
         assert_eq!(
             outcomes(&m, &[Retry(m[0], Some(5)), Ack(m[0])], Done),
@@ -213,7 +281,7 @@ mod tests {
     }
 
     #[test]
-    fn single_message_calls_beat_batch_wide_calls_in_either_order() {
+    fn single_message_calls_made_before_a_batch_wide_call_beat_it() {
         let m = ids(2);
         // ack then retry-all
         assert_eq!(
@@ -225,16 +293,81 @@ mod tests {
             outcomes(&m, &[Retry(m[0], None), AckAll], Done),
             [RETRY, ACK]
         );
-        // retry-all then ack
+    }
+
+    #[test]
+    fn single_message_calls_made_after_a_batch_wide_call_are_ignored_with_workerds_warning() {
+        let m = ids(2);
+        let r = resolve(&m, &[RetryAll(Some(7)), Ack(m[1])], Done);
         assert_eq!(
-            outcomes(&m, &[RetryAll(Some(7)), Ack(m[1])], Done),
-            [retry_in(7), ACK]
+            r.outcomes.iter().map(|o| o.1).collect::<Vec<_>>(),
+            [retry_in(7), retry_in(7)]
         );
-        // ack-all then retry
         assert_eq!(
-            outcomes(&m, &[AckAll, Retry(m[1], Some(2))], Done),
-            [ACK, retry_in(2)]
+            r.ignored,
+            [IgnoredCall {
+                call: Ack(m[1]),
+                warning: format!(
+                    "Received a call to ack() on message {} after retryAll() was already \
+                     called. Calling ack() on a message after calling retryAll() has no effect.",
+                    m[1]
+                ),
+            }]
         );
+
+        let r = resolve(&m, &[AckAll, Retry(m[1], Some(2))], Failed);
+        assert_eq!(
+            r.outcomes.iter().map(|o| o.1).collect::<Vec<_>>(),
+            [ACK, ACK]
+        );
+        assert_eq!(
+            r.ignored[0].warning,
+            format!(
+                "Received a call to retry() on message {} after ackAll() was already called. \
+                 Calling retry() on a message after calling ackAll() has no effect.",
+                m[1]
+            )
+        );
+    }
+
+    #[test]
+    fn calls_that_repeat_a_decision_are_silent() {
+        let m = ids(2);
+        let r = resolve(
+            &m,
+            &[
+                Ack(m[0]),
+                Ack(m[0]),
+                AckAll,
+                Ack(m[1]),
+                AckAll,
+                Retry(m[1], None),
+            ],
+            Failed,
+        );
+        assert_eq!(
+            r.outcomes.iter().map(|o| o.1).collect::<Vec<_>>(),
+            [ACK, ACK]
+        );
+        // Only the retry after ackAll() contradicts an earlier decision.
+        assert_eq!(r.ignored.len(), 1);
+        assert_eq!(r.ignored[0].call, Retry(m[1], None));
+
+        // A second retry keeps the first one's delay.
+        assert_eq!(
+            outcomes(&m, &[Retry(m[0], Some(4)), Retry(m[0], Some(9))], Done),
+            [retry_in(4), ACK]
+        );
+        let r = resolve(
+            &m,
+            &[RetryAll(Some(3)), RetryAll(Some(8)), Retry(m[0], None)],
+            Done,
+        );
+        assert_eq!(
+            r.outcomes.iter().map(|o| o.1).collect::<Vec<_>>(),
+            [retry_in(3), retry_in(3)]
+        );
+        assert!(r.ignored.is_empty());
     }
 
     #[test]
@@ -254,7 +387,11 @@ mod tests {
             r.outcomes.iter().map(|o| o.1).collect::<Vec<_>>(),
             [RETRY, RETRY]
         );
-        assert_eq!(r.ignored.len(), 1);
+        assert_eq!(
+            r.ignored[0].warning,
+            "Received a call to ackAll() after retryAll() was already called. \
+             Calling ackAll() after calling retryAll() has no effect."
+        );
         assert_eq!(
             outcomes(&m, &[AckAll, RetryAll(Some(3))], Failed),
             [ACK, ACK]
@@ -300,6 +437,6 @@ mod tests {
         let stranger = MessageId([0xff; 16]);
         let r = resolve(&m, &[Retry(stranger, None)], Done);
         assert_eq!(r.outcomes[0].1, ACK);
-        assert_eq!(r.ignored[0].reason, "the message is not in this batch");
+        assert!(r.ignored[0].warning.contains("not in this batch"));
     }
 }

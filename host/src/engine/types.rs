@@ -413,8 +413,9 @@ pub struct SettleReport {
     pub dead_lettered: u32,
     /// Messages deleted after exhausting their retries with no dead-letter queue.
     pub dropped: u32,
-    /// Leases that were unknown or had expired (the message was redelivered, settled, purged or
-    /// expired meanwhile): nothing was done for them.
+    /// Leases whose decision could not be taken: the message is no longer in the queue
+    /// (settled, purged, dead-lettered or dropped meanwhile), or a late retry found it held by
+    /// a newer lease. Nothing was done for them.
     pub stale: Vec<LeaseId>,
 }
 

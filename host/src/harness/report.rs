@@ -415,12 +415,7 @@ fn what_happened(batch: &BatchReport) -> String {
         }
     );
     for ignored in &batch.ignored {
-        let _ = writeln!(
-            out,
-            "  ignored: {}: {}",
-            describe(&ignored.call),
-            ignored.reason
-        );
+        let _ = writeln!(out, "  ignored: {}", ignored.warning);
     }
     if batch.sent.is_empty() {
         out.push_str("  sent: nothing\n");

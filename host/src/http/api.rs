@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -11,9 +10,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
+use super::body::{InputError, JsonBody};
+use super::consumers::{ConsumerView, QueueConsumers};
 use super::producer::ProducerRoutes;
-use super::pull::PullQueues;
-use super::wire::{ApiError, Envelope, PublishBatch, PublishMessage};
+use super::wire::{ApiError, Envelope, PublishBatch, PublishMessage, QueueView};
 use crate::dispatch::ConsumerStats;
 use crate::engine::{Backlog, Broker, BrokerError, QueueInfo};
 
@@ -25,8 +25,8 @@ pub(super) const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 pub struct ServeConfig {
     /// The queues.
     pub broker: Arc<dyn Broker>,
-    /// The queues consumed over HTTP, with their pull settings.
-    pub pull_queues: PullQueues,
+    /// What consumes each queue (a component or HTTP pull clients).
+    pub consumers: QueueConsumers,
     /// With a token, every API route requires `Authorization: Bearer <token>` and answers 401
     /// otherwise; producer routes only when they ask for it.
     pub token: Option<String>,
@@ -52,6 +52,7 @@ pub fn router(config: ServeConfig) -> Router {
     let api = Router::new()
         .route("/queues", get(list_queues))
         .route("/queues/{queue}", get(queue_info))
+        .with_state((config.broker.clone(), config.consumers.clone()))
         .route("/queues/{queue}/messages", post(publish))
         .route("/queues/{queue}/messages/batch", post(publish_batch))
         .merge(super::operator::routes())
@@ -60,7 +61,11 @@ pub fn router(config: ServeConfig) -> Router {
             config.broker.clone(),
             config.consumer_stats,
         ))
-        .merge(super::pull::routes(config.broker, config.pull_queues));
+        .merge(super::pull::routes(
+            config.broker.clone(),
+            config.consumers.clone(),
+        ))
+        .merge(super::cloudflare::routes(config.broker, config.consumers));
     let api = match config.reloader {
         Some(reloader) => api.route(
             "/reload",
@@ -85,22 +90,31 @@ pub fn router(config: ServeConfig) -> Router {
         .layer(middleware::from_fn(refuse_declared_oversize))
 }
 
+/// True for a request to Cloudflare's API, whose refusals use Cloudflare's envelope.
+fn is_cloudflare(request: &Request) -> bool {
+    request.uri().path().starts_with("/client/v4")
+}
+
 /// Lets the request through only with the right bearer token.
 async fn require_token(token: Arc<str>, request: Request, next: Next) -> Response {
     if authorized(&token, request.headers()) {
         next.run(request).await
+    } else if is_cloudflare(&request) {
+        super::cloudflare::unauthorized().into_response()
     } else {
         unauthorized().into_response()
     }
 }
 
-/// True if `headers` carry `Authorization: Bearer <token>`.
+/// True if `headers` carry `Authorization: Bearer <token>` (the scheme in any case, as
+/// RFC 9110 says).
 pub(super) fn authorized(token: &str, headers: &HeaderMap) -> bool {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|presented| same_secret(presented.as_bytes(), token.as_bytes()))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, presented)| same_secret(presented.as_bytes(), token.as_bytes()))
 }
 
 pub(super) fn unauthorized() -> Answer {
@@ -125,6 +139,9 @@ async fn refuse_declared_oversize(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
+        Some(length) if length > MAX_REQUEST_BYTES as u64 && is_cloudflare(&request) => {
+            super::cloudflare::too_large().into_response()
+        }
         Some(length) if length > MAX_REQUEST_BYTES as u64 => too_large().into_response(),
         _ => next.run(request).await,
     }
@@ -194,16 +211,17 @@ pub(super) fn broker_error(err: BrokerError) -> Answer {
     fail(status, code, err.to_string())
 }
 
-pub(super) fn json_error(rejection: JsonRejection) -> Answer {
-    match rejection {
-        JsonRejection::BytesRejection(_) => too_large(),
-        JsonRejection::MissingJsonContentType(_) => fail(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "invalid_json",
-            "send the request with `content-type: application/json`",
-        ),
-        other => fail(StatusCode::BAD_REQUEST, "invalid_json", other.body_text()),
-    }
+/// A refused request body in wasmq's envelope.
+pub(super) fn input_error(err: InputError) -> Answer {
+    let code = match &err {
+        InputError::Malformed(_) => "invalid_json",
+        InputError::Delay(_) => "invalid_delay",
+        InputError::ContentType(_) => "invalid_content_type",
+        InputError::Body(_) => "invalid_body",
+        InputError::Schema(_) => "invalid_request",
+        InputError::TooLarge => return too_large(),
+    };
+    fail(StatusCode::BAD_REQUEST, code, err.message())
 }
 
 pub(super) fn respond<T: Serialize>(result: Result<T, BrokerError>) -> Answer {
@@ -213,53 +231,54 @@ pub(super) fn respond<T: Serialize>(result: Result<T, BrokerError>) -> Answer {
     }
 }
 
-async fn list_queues(State(broker): Api) -> Answer {
-    respond::<Vec<QueueInfo>>(broker.list_queues().await)
+type Queues = State<(Arc<dyn Broker>, QueueConsumers)>;
+
+/// A queue with its consumer as the manifest attaches it.
+fn view(info: QueueInfo, consumers: &QueueConsumers) -> QueueView {
+    let consumer = consumers
+        .get(&info.name)
+        .map(|attached| ConsumerView::new(attached, &info.settings.consumer));
+    QueueView { info, consumer }
 }
 
-async fn queue_info(State(broker): Api, Path(queue): Path<String>) -> Answer {
-    respond(broker.queue_info(&queue).await)
+async fn list_queues(State((broker, consumers)): Queues) -> Answer {
+    respond(broker.list_queues().await.map(|queues| {
+        queues
+            .into_iter()
+            .map(|info| view(info, &consumers))
+            .collect::<Vec<_>>()
+    }))
+}
+
+async fn queue_info(State((broker, consumers)): Queues, Path(queue): Path<String>) -> Answer {
+    respond(
+        broker
+            .queue_info(&queue)
+            .await
+            .map(|info| view(info, &consumers)),
+    )
 }
 
 async fn publish(
     State(broker): Api,
     Path(queue): Path<String>,
-    body: Result<Json<PublishMessage>, JsonRejection>,
+    body: Result<JsonBody<PublishMessage>, InputError>,
 ) -> Answer {
-    let message = match body {
-        Ok(Json(message)) => message,
-        Err(rejection) => return json_error(rejection),
+    let request = match body.and_then(|JsonBody(message)| message.into_request()) {
+        Ok(request) => request,
+        Err(err) => return input_error(err),
     };
-    match message.into_request() {
-        Ok(request) => respond::<Backlog>(broker.send(&queue, request).await),
-        Err(why) => fail(StatusCode::BAD_REQUEST, "invalid_body", why),
-    }
+    respond::<Backlog>(broker.send(&queue, request).await)
 }
 
 async fn publish_batch(
     State(broker): Api,
     Path(queue): Path<String>,
-    body: Result<Json<PublishBatch>, JsonRejection>,
+    body: Result<JsonBody<PublishBatch>, InputError>,
 ) -> Answer {
-    let batch = match body {
-        Ok(Json(batch)) => batch,
-        Err(rejection) => return json_error(rejection),
+    let (requests, delay) = match body.and_then(|JsonBody(batch)| batch.into_requests()) {
+        Ok(parsed) => parsed,
+        Err(err) => return input_error(err),
     };
-    let requests: Result<Vec<_>, _> = batch
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| {
-            m.into_request()
-                .map_err(|why| format!("message {i}: {why}"))
-        })
-        .collect();
-    match requests {
-        Ok(requests) => respond::<Backlog>(
-            broker
-                .send_batch(&queue, requests, batch.delay_seconds)
-                .await,
-        ),
-        Err(why) => fail(StatusCode::BAD_REQUEST, "invalid_body", why),
-    }
+    respond::<Backlog>(broker.send_batch(&queue, requests, delay).await)
 }

@@ -4,15 +4,15 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::api::{Answer, Api, broker_error, fail, json_error, ok, respond};
+use super::api::{Answer, Api, broker_error, fail, input_error, ok, respond};
+use super::body::{InputError, JsonBody};
 use super::wire::{PeekedMessage, ReplayRequest};
 use crate::dispatch::ConsumerStats;
 use crate::engine::{Broker, QueueInfo};
@@ -99,11 +99,11 @@ async fn peek(
 async fn replay(
     State(broker): Api,
     Path(queue): Path<String>,
-    body: Result<Json<ReplayRequest>, JsonRejection>,
+    body: Result<JsonBody<ReplayRequest>, InputError>,
 ) -> Answer {
     let request = match body {
-        Ok(Json(request)) => request,
-        Err(rejection) => return json_error(rejection),
+        Ok(JsonBody(request)) => request,
+        Err(err) => return input_error(err),
     };
     let limit = request.limit.unwrap_or(MAX_REPLAY);
     if !(1..=MAX_REPLAY).contains(&limit) {

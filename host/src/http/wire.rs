@@ -5,14 +5,18 @@
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{ContentType, SendRequest};
+use super::body::InputError;
+use super::consumers::ConsumerView;
+use crate::engine::{ContentType, QueueInfo, SendRequest};
 
 /// One message in a publish request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishMessage {
-    /// `json`: any JSON value; `text`: a JSON string; `bytes`: a base64 string.
-    pub body: serde_json::Value,
+    /// `json`: any JSON value; `text`: a JSON string; `bytes`: a base64 string. Required (an
+    /// `Option` only so that a missing body is named as such).
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
     /// How to store the body (default `json`).
     #[serde(default = "default_content_type")]
     pub content_type: ContentType,
@@ -39,24 +43,49 @@ pub struct PublishBatch {
     pub delay_seconds: Option<u32>,
 }
 
+impl PublishBatch {
+    /// The engine requests and the batch delay, or why a message is malformed (naming it).
+    pub fn into_requests(self) -> Result<(Vec<SendRequest>, Option<u32>), InputError> {
+        let requests = self
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.into_request().map_err(|err| match err {
+                    InputError::Body(why) => InputError::Body(format!("messages[{i}]: {why}")),
+                    other => other,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((requests, self.delay_seconds))
+    }
+}
+
 impl PublishMessage {
-    /// The engine request this message stands for, or why it is malformed.
-    pub fn into_request(self) -> Result<SendRequest, String> {
-        let body = match (self.content_type, self.body) {
+    /// The engine request this message stands for, or why its body is malformed.
+    pub fn into_request(self) -> Result<SendRequest, InputError> {
+        let Some(body) = self.body else {
+            return Err(InputError::Body("the message has no `body`".into()));
+        };
+        let body = match (self.content_type, body) {
             (ContentType::Json, value) => {
                 serde_json::to_vec(&value).expect("a JSON value serializes")
             }
             (ContentType::Text, serde_json::Value::String(text)) => text.into_bytes(),
             (ContentType::Text, _) => {
-                return Err("a `text` message needs a string `body`".into());
+                return Err(InputError::Body(
+                    "a `text` message needs a string `body`".into(),
+                ));
             }
             (ContentType::Bytes, serde_json::Value::String(encoded)) => {
                 base64::engine::general_purpose::STANDARD
                     .decode(encoded)
-                    .map_err(|e| format!("a `bytes` body must be base64: {e}"))?
+                    .map_err(|e| InputError::Body(format!("a `bytes` body must be base64: {e}")))?
             }
             (ContentType::Bytes, _) => {
-                return Err("a `bytes` message needs a base64 string `body`".into());
+                return Err(InputError::Body(
+                    "a `bytes` message needs a base64 string `body`".into(),
+                ));
             }
         };
         Ok(SendRequest {
@@ -82,7 +111,7 @@ impl PublishMessage {
             }
         };
         Ok(Self {
-            body,
+            body: Some(body),
             content_type,
             delay_seconds: None,
             dedup_key: None,
@@ -162,4 +191,16 @@ pub struct ReplayRequest {
     /// At most this many, oldest first (default and maximum 10 000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+}
+
+/// A queue as `GET /queues` and `GET /queues/{queue}` show it: its name, settings, state and
+/// metrics, and its consumer if the manifest attaches one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueView {
+    /// The queue.
+    #[serde(flatten)]
+    pub info: QueueInfo,
+    /// What consumes it: a component, with its batching, or pull clients, with their lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<ConsumerView>,
 }

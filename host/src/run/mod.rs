@@ -176,7 +176,7 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
     }
     let router = http::router(http::ServeConfig {
         broker: broker.clone(),
-        pull_queues: supervisor.pull_queues(),
+        consumers: supervisor.consumers(),
         token,
         producers: supervisor.producers(),
         consumer_stats: stats,

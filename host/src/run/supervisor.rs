@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use super::components::{self, ComponentFile, Loaded, short};
 use crate::dispatch::{ConsumerSlot, ConsumerSpec, ConsumerStats, Dispatcher};
 use crate::engine::{Broker, BrokerError};
-use crate::http::{ProducerRoute, ProducerRoutes, PullQueues};
+use crate::http::{ProducerRoute, ProducerRoutes, QueueConsumers, Wiring};
 use crate::manifest::{self, ComponentConfig, Manifest};
 use crate::runtime::{CacheOutcome, Runtime};
 
@@ -71,7 +71,7 @@ pub(crate) struct Supervisor {
     stats: ConsumerStats,
     ceiling: Arc<Semaphore>,
     producers: ProducerRoutes,
-    pull_queues: PullQueues,
+    consumers: QueueConsumers,
     /// The manifest file reloads read.
     manifest_path: PathBuf,
     /// Serialises applications; holds what runs now.
@@ -93,7 +93,7 @@ impl Supervisor {
             stats,
             ceiling: Arc::new(Semaphore::new(manifest.host.max_batches_in_flight as usize)),
             producers: ProducerRoutes::default(),
-            pull_queues: PullQueues::default(),
+            consumers: QueueConsumers::default(),
             manifest_path: manifest.path.clone(),
             running: Mutex::new(BTreeMap::new()),
             watched: std::sync::Mutex::new(Vec::new()),
@@ -111,9 +111,9 @@ impl Supervisor {
         self.producers.clone()
     }
 
-    /// The pull-consumed queues being served.
-    pub fn pull_queues(&self) -> PullQueues {
-        self.pull_queues.clone()
+    /// What the applied manifest wires to each queue.
+    pub fn consumers(&self) -> QueueConsumers {
+        self.consumers.clone()
     }
 
     /// Reads the manifest file again and applies it. An invalid manifest changes nothing.
@@ -140,7 +140,7 @@ impl Supervisor {
             queues_created: sync_queues(&*self.broker, manifest).await?,
             ..ReloadReport::default()
         };
-        self.pull_queues.replace(manifest.pull_consumers.clone());
+        self.consumers.replace(Wiring::of(manifest));
         *self.watched.lock().expect("watched files lock") =
             std::iter::once(self.manifest_path.clone())
                 .chain(manifest.components.values().map(|c| c.source.clone()))

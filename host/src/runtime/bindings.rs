@@ -6,6 +6,9 @@ wasmtime::component::bindgen!({
     world: "consumer",
     path: "../wit",
     with: { "wasmq:queues/batch.message-batch": super::consumer::BatchResource },
+    // A batch call the host cannot take (a bad handle, an out-of-range delay, too many calls)
+    // traps the guest.
+    imports: { "wasmq:queues/batch": trappable },
 });
 
 pub(super) use self::wasmq::queues::types as wit;

@@ -188,24 +188,39 @@ fn to_wit_message(message: engine::Message) -> wit::Message {
     }
 }
 
+/// The most calls (`ack`, `retry`, `ack-all`, `retry-all`) one `handle` may make on its batch.
+/// A batch holds at most 100 messages, so a well-behaved consumer makes a few hundred calls at
+/// most; past this the guest traps, so a call loop cannot grow the host's memory or its log.
+pub const MAX_CALLS_PER_BATCH: usize = 1_000;
+
 impl GuestState {
-    /// Records a call, or logs why it is ignored when its id or delay is malformed.
-    fn record(&mut self, call: Result<BatchCall, String>) {
+    /// Records a call. A call the host cannot take traps, the way a thrown exception fails a
+    /// Worker's handler: the batch fails and every message not explicitly acked is retried.
+    fn record(&mut self, call: Result<BatchCall, String>) -> wasmtime::Result<()> {
+        if self.calls.len() >= MAX_CALLS_PER_BATCH {
+            wasmtime::bail!("more than {MAX_CALLS_PER_BATCH} calls on one batch");
+        }
         match call {
-            Ok(call) => self.calls.push(call),
-            Err(why) => tracing::warn!(component = %self.component(), "ignored batch call: {why}"),
+            Ok(call) => {
+                self.calls.push(call);
+                Ok(())
+            }
+            Err(why) => Err(wasmtime::format_err!("{why}")),
         }
     }
 }
 
-fn parse_id(id: &str) -> Result<MessageId, String> {
+fn parse_id(call: &str, id: &str) -> Result<MessageId, String> {
     id.parse()
+        .map_err(|why| format!("{call}({id:?}): not a message id: {why}"))
 }
 
-fn check_delay(delay: Option<u32>) -> Result<Option<u32>, String> {
+/// An out-of-range delay fails the batch rather than being dropped: dropping it would turn a
+/// request for redelivery into an ack, a delete.
+fn check_delay(call: &str, delay: Option<u32>) -> Result<Option<u32>, String> {
     match delay {
         Some(d) if d > engine::limits::MAX_DELAY_SECONDS => Err(format!(
-            "retry delay of {d} seconds is over the maximum of {}",
+            "{call}: a delay of {d} seconds is over the maximum of {}",
             engine::limits::MAX_DELAY_SECONDS
         )),
         other => Ok(other),
@@ -215,45 +230,51 @@ fn check_delay(delay: Option<u32>) -> Result<Option<u32>, String> {
 impl bindings::wasmq::queues::batch::Host for GuestState {}
 
 impl bindings::wasmq::queues::batch::HostMessageBatch for GuestState {
-    fn queue(&mut self, batch: Resource<BatchResource>) -> String {
-        self.table
-            .get(&batch)
-            .map(|b| b.queue.clone())
-            .unwrap_or_default()
+    fn queue(&mut self, batch: Resource<BatchResource>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&batch)?.queue.clone())
     }
 
-    fn messages(&mut self, batch: Resource<BatchResource>) -> Vec<wit::Message> {
-        self.table
-            .get(&batch)
-            .map(|b| b.messages.clone())
-            .unwrap_or_default()
+    fn messages(&mut self, batch: Resource<BatchResource>) -> wasmtime::Result<Vec<wit::Message>> {
+        Ok(self.table.get(&batch)?.messages.clone())
     }
 
-    fn metrics(&mut self, batch: Resource<BatchResource>) -> wit::QueueMetrics {
-        guest::to_wit_metrics(
-            self.table
-                .get(&batch)
-                .map(|b| b.backlog)
-                .unwrap_or_default(),
-        )
+    fn metrics(&mut self, batch: Resource<BatchResource>) -> wasmtime::Result<wit::QueueMetrics> {
+        Ok(guest::to_wit_metrics(self.table.get(&batch)?.backlog))
     }
 
-    fn ack(&mut self, _batch: Resource<BatchResource>, id: String) {
-        self.record(parse_id(&id).map(BatchCall::Ack));
+    fn ack(&mut self, batch: Resource<BatchResource>, id: String) -> wasmtime::Result<()> {
+        self.table.get(&batch)?;
+        self.record(parse_id("ack", &id).map(BatchCall::Ack))
     }
 
-    fn retry(&mut self, _batch: Resource<BatchResource>, id: String, delay_seconds: Option<u32>) {
-        let call = parse_id(&id)
-            .and_then(|id| check_delay(delay_seconds).map(|delay| BatchCall::Retry(id, delay)));
-        self.record(call);
+    fn retry(
+        &mut self,
+        batch: Resource<BatchResource>,
+        id: String,
+        delay_seconds: Option<u32>,
+    ) -> wasmtime::Result<()> {
+        self.table.get(&batch)?;
+        let call = parse_id("retry", &id).and_then(|parsed| {
+            check_delay(&format!("retry({id}, {delay_seconds:?})"), delay_seconds)
+                .map(|delay| BatchCall::Retry(parsed, delay))
+        });
+        self.record(call)
     }
 
-    fn ack_all(&mut self, _batch: Resource<BatchResource>) {
-        self.record(Ok(BatchCall::AckAll));
+    fn ack_all(&mut self, batch: Resource<BatchResource>) -> wasmtime::Result<()> {
+        self.table.get(&batch)?;
+        self.record(Ok(BatchCall::AckAll))
     }
 
-    fn retry_all(&mut self, _batch: Resource<BatchResource>, delay_seconds: Option<u32>) {
-        self.record(check_delay(delay_seconds).map(BatchCall::RetryAll));
+    fn retry_all(
+        &mut self,
+        batch: Resource<BatchResource>,
+        delay_seconds: Option<u32>,
+    ) -> wasmtime::Result<()> {
+        self.table.get(&batch)?;
+        let call = check_delay(&format!("retry-all({delay_seconds:?})"), delay_seconds)
+            .map(BatchCall::RetryAll);
+        self.record(call)
     }
 
     fn drop(&mut self, batch: Resource<BatchResource>) -> wasmtime::Result<()> {

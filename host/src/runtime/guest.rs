@@ -192,13 +192,9 @@ fn new_store(
 pub(super) fn classify(err: &wasmtime::Error) -> Failure {
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Failure::Timeout,
-        _ => Failure::Trap(
-            format!("{err:?}")
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-        ),
+        // The root cause, not the outermost context ("error while executing at wasm
+        // backtrace:"): the trap itself, or the host's reason for trapping the guest.
+        _ => Failure::Trap(err.root_cause().to_string()),
     }
 }
 
@@ -239,11 +235,6 @@ fn to_send_error(err: BrokerError) -> wit::SendError {
 }
 
 impl GuestState {
-    /// The component's name.
-    pub(super) fn component(&self) -> &str {
-        &self.component
-    }
-
     fn send(
         &mut self,
         binding: &str,

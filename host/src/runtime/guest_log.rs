@@ -15,6 +15,8 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 const KEPT_BYTES: usize = 64 * 1024;
 /// How much a guest may write in one call: the stream is always ready.
 const WRITE_BUDGET: usize = 64 * 1024;
+/// Longest line logged as one; a longer one is split into lines of this size.
+pub const MAX_LINE: usize = 64 * 1024;
 
 /// Which stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,12 +59,36 @@ impl GuestLog {
         buffer.kept.clone()
     }
 
-    fn write(&self, bytes: &[u8]) {
+    /// Appends `bytes`: each complete line is logged once, found by scanning only the new
+    /// bytes; a line longer than [`MAX_LINE`] is split, so an unterminated flood costs linear
+    /// time and bounded memory.
+    fn write(&self, mut bytes: &[u8]) {
         let mut buffer = self.inner.lock().expect("guest log lock");
-        buffer.partial.extend_from_slice(bytes);
-        while let Some(end) = buffer.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buffer.partial.drain(..=end).collect();
-            buffer.emit(&self.component, self.stream, &line[..end]);
+        while !bytes.is_empty() {
+            let room = MAX_LINE - buffer.partial.len();
+            let (take, ends_line) = match bytes[..bytes.len().min(room)]
+                .iter()
+                .position(|&b| b == b'\n')
+            {
+                Some(at) => (at + 1, true),
+                None if bytes.len() >= room => (room, true),
+                None => (bytes.len(), false),
+            };
+            let (chunk, rest) = bytes.split_at(take);
+            bytes = rest;
+            if !ends_line {
+                buffer.partial.extend_from_slice(chunk);
+                break;
+            }
+            let chunk = chunk.strip_suffix(b"\n").unwrap_or(chunk);
+            let line = if buffer.partial.is_empty() {
+                chunk.to_vec()
+            } else {
+                let mut line = std::mem::take(&mut buffer.partial);
+                line.extend_from_slice(chunk);
+                line
+            };
+            buffer.emit(&self.component, self.stream, &line);
         }
     }
 }
@@ -144,5 +170,43 @@ impl AsyncWrite for GuestLog {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log() -> GuestLog {
+        GuestLog::new("test".into(), Stream::Stdout)
+    }
+
+    #[test]
+    fn lines_are_split_on_newlines_across_writes() {
+        let out = log();
+        out.write(b"a\nb");
+        out.write(b"c\n\nd");
+        assert_eq!(out.lines(), ["a", "bc", "", "d"]);
+    }
+
+    #[test]
+    fn an_unterminated_flood_is_split_into_bounded_lines() {
+        let out = log();
+        let chunk = vec![b'x'; 10_000];
+        for _ in 0..20 {
+            out.write(&chunk);
+        }
+        let buffer = out.inner.lock().unwrap();
+        assert!(buffer.partial.len() < MAX_LINE);
+        // 200 000 bytes: three full lines were emitted, the rest waits for its newline.
+        assert_eq!(buffer.partial.len(), 200_000 - 3 * MAX_LINE);
+        drop(buffer);
+        let lines = out.lines();
+        assert_eq!(
+            lines.len(),
+            1,
+            "only the first full line fits the kept bytes"
+        );
+        assert_eq!(lines[0].len(), MAX_LINE);
     }
 }

@@ -19,7 +19,7 @@ use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use self::cache::{CacheOutcome, ComponentCache, digest, user_cache_dir};
-pub use self::consumer::{BatchInput, BatchRun, ConsumerComponent, Failure};
+pub use self::consumer::{BatchInput, BatchRun, ConsumerComponent, Failure, MAX_CALLS_PER_BATCH};
 pub use self::guest::{ComponentOptions, SendTarget};
 pub use self::guest_log::{GuestLog, Stream};
 pub use self::producer::ProducerComponent;

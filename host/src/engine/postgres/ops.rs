@@ -8,8 +8,8 @@
 //!   a send, a lease or a dead-letter move, without any write to the queue's row.
 //! - Leasing, expiring and sweeping pick rows with `FOR UPDATE SKIP LOCKED`: two hosts never
 //!   hand out the same message, and neither waits for the other.
-//! - Settling locks the named rows (in seq order) and checks the lease ticket: a lease whose
-//!   message was redelivered, settled, purged or expired meanwhile is stale.
+//! - Settling locks the named rows (in seq order) and checks the lease ticket: a decision for
+//!   a lease that expired is taken late when it still can be (see `Broker::settle`).
 //! - Counters are changed by deltas at the end of the transaction (see [`Tx::flush`]).
 //!
 //! Every operation checks its input before its first write.
@@ -74,6 +74,13 @@ impl Held {
             size: i64::from(row.get::<_, i32>("size")),
         })
     }
+}
+
+/// Where a message named by a settle is: held by the lease with this ticket, or waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Leased(u64),
+    Waiting,
 }
 
 /// What became of a failed attempt.
@@ -589,49 +596,74 @@ impl Tx<'_> {
             .query(
                 "SELECT seq, message_id, attempts, size, ticket, lease_deadline FROM messages \
                  WHERE seq IN (SELECT unnest($1::int8[])) AND queue_id = $2 \
-                 AND lease_deadline IS NOT NULL ORDER BY seq FOR UPDATE",
+                 ORDER BY seq FOR UPDATE",
                 &[&seqs, &queue.id],
-                "locking leased messages",
+                "locking the settled messages",
             )
             .await?;
         let now = self.now_ms();
-        let mut held: HashMap<i64, (Held, i64)> = HashMap::with_capacity(rows.len());
-        // A lease past its deadline is a failed attempt even if no sweep has run yet: such
-        // leases are expired first (soonest deadline first), and settling them is stale.
+        let mut found: HashMap<i64, (Held, Place)> = HashMap::with_capacity(rows.len());
         let mut expired: Vec<(i64, Held)> = Vec::new();
         for row in &rows {
             let message = Held::from_row(row)?;
-            let deadline: i64 = row.get("lease_deadline");
-            if deadline <= now {
-                expired.push((deadline, message));
-            } else {
-                held.insert(message.seq, (message, row.get("ticket")));
+            match row.get::<_, Option<i64>>("lease_deadline") {
+                Some(deadline) if deadline <= now => expired.push((deadline, message)),
+                Some(_) => {
+                    let ticket: i64 = row.get("ticket");
+                    found.insert(message.seq, (message, Place::Leased(ticket as u64)));
+                }
+                None => {
+                    found.insert(message.seq, (message, Place::Waiting));
+                }
             }
         }
+        // A lease past its deadline is a failed attempt even if no sweep has run yet: it is
+        // expired first (soonest deadline first), so a late decision below meets the message
+        // as the expiry left it, as on redb.
         expired.sort_by_key(|(deadline, m)| (*deadline, m.seq));
-        let mut failures: Vec<(Held, Option<u32>)> =
-            expired.into_iter().map(|(_, m)| (m, None)).collect();
-        let expired_count = failures.len();
+        let expired: Vec<Held> = expired.into_iter().map(|(_, m)| m).collect();
+        let fates = self
+            .fail_attempts(&queue, expired.iter().map(|m| (m.clone(), None)).collect())
+            .await?;
+        for (message, fate) in expired.into_iter().zip(fates) {
+            if fate == Fate::Retried {
+                found.insert(message.seq, (message, Place::Waiting));
+            }
+        }
 
         let mut report = SettleReport::default();
-        let mut acks = Vec::new();
-        let mut ack_bytes = 0;
+        let (mut acks, mut ack_bytes, mut acked_in_flight) = (Vec::new(), 0, 0);
+        let mut failures = Vec::new();
+        let mut late_retries = Vec::new();
         for &(lease, outcome) in outcomes {
-            let live = i64::try_from(lease.seq)
+            let Some((message, place)) = i64::try_from(lease.seq)
                 .ok()
-                .and_then(|seq| held.get(&seq))
-                .is_some_and(|(_, ticket)| *ticket as u64 == lease.ticket);
-            if !live {
+                .and_then(|seq| found.remove(&seq))
+            else {
                 report.stale.push(lease);
                 continue;
-            }
-            let (message, _) = held.remove(&(lease.seq as i64)).expect("checked above");
-            match outcome {
-                Outcome::Ack => {
+            };
+            let current = place == Place::Leased(lease.ticket);
+            match (outcome, place) {
+                // Current or late: the consumer is done with the message.
+                (Outcome::Ack, place) => {
                     ack_bytes += message.size;
                     acks.push(message.seq);
+                    acked_in_flight += i64::from(matches!(place, Place::Leased(_)));
                 }
-                Outcome::Retry { delay_seconds } => failures.push((message, delay_seconds)),
+                (Outcome::Retry { delay_seconds }, _) if current => {
+                    failures.push((message, delay_seconds));
+                }
+                // Late, the message waiting again: the expiry counted the failed attempt; the
+                // retry only says when it is delivered next.
+                (Outcome::Retry { delay_seconds }, Place::Waiting) => {
+                    late_retries.push((message.seq, delay_seconds));
+                }
+                // Late, and a newer lease holds the message: its holder decides.
+                (Outcome::Retry { .. }, Place::Leased(_)) => {
+                    found.insert(message.seq, (message, place));
+                    report.stale.push(lease);
+                }
             }
         }
         if !acks.is_empty() {
@@ -643,12 +675,32 @@ impl Tx<'_> {
             .await?;
             let delta = self.delta(queue.id);
             delta.remove_messages(acks.len(), ack_bytes);
-            delta.in_flight -= acks.len() as i64;
+            delta.in_flight -= acked_in_flight;
             delta.acked += acks.len() as i64;
             report.acked = acks.len() as u32;
         }
-        let fates = self.fail_attempts(&queue, failures).await?;
-        for fate in &fates[expired_count..] {
+        if !late_retries.is_empty() {
+            let retry_delay = queue.settings.consumer.retry_delay;
+            let tickets = self.tickets(late_retries.len()).await?;
+            let (seqs, visible): (Vec<i64>, Vec<i64>) = late_retries
+                .iter()
+                .map(|&(seq, delay)| {
+                    let delay = u64::from(delay.unwrap_or(retry_delay));
+                    (seq, ms(self.now + delay * 1000))
+                })
+                .unzip();
+            self.execute(
+                "UPDATE messages m SET visible_at = u.visible_at, ticket = u.ticket \
+                   FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS u(seq, visible_at, ticket) \
+                  WHERE m.seq = u.seq",
+                &[&seqs, &visible, &tickets],
+                "rescheduling late retries",
+            )
+            .await?;
+            report.retried += late_retries.len() as u32;
+            self.notify(&queue.name);
+        }
+        for fate in self.fail_attempts(&queue, failures).await? {
             match fate {
                 Fate::Retried => report.retried += 1,
                 Fate::DeadLettered => report.dead_lettered += 1,

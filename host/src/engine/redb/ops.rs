@@ -262,8 +262,9 @@ impl Txn<'_> {
                 limits::check_delay(*delay)?;
             }
         }
-        // A lease past its deadline is a failed attempt even if no sweep has run yet, so a
-        // late settle is always reported stale, whatever the sweep timing.
+        // A lease past its deadline is a failed attempt even if no sweep has run yet: it is
+        // expired first, so a late decision below always meets the message as the expiry left
+        // it (waiting again, held by a newer lease, or gone to the dead-letter queue).
         self.expire_leases(false)?;
         let mut report = SettleReport::default();
         for (lease, outcome) in outcomes {
@@ -274,24 +275,33 @@ impl Txn<'_> {
                 continue;
             };
             let state = MessageState::decode(&raw);
-            if !matches!(state.placement, Placement::Leased { ticket, .. } if ticket == lease.ticket)
-            {
-                self.states.insert((id, lease.seq), raw)?;
-                report.stale.push(lease);
-                continue;
-            }
-            match outcome {
-                Outcome::Ack => {
+            let current = matches!(state.placement, Placement::Leased { ticket, .. } if ticket == lease.ticket);
+            match (outcome, state.placement) {
+                // Current or late: the consumer is done with the message.
+                (Outcome::Ack, _) => {
                     self.delete_message(id, lease.seq, &state)?;
                     self.counters_mut(id).acked += 1;
                     report.acked += 1;
                 }
-                Outcome::Retry { delay_seconds } => {
+                (Outcome::Retry { delay_seconds }, _) if current => {
                     match self.fail_attempt(id, lease.seq, state, delay_seconds)? {
                         Fate::Retried => report.retried += 1,
                         Fate::DeadLettered => report.dead_lettered += 1,
                         Fate::Dropped => report.dropped += 1,
                     }
+                }
+                // Late, the message waiting again: the expiry counted the failed attempt; the
+                // retry only says when it is delivered next.
+                (Outcome::Retry { delay_seconds }, Placement::Ready { .. }) => {
+                    let retry_delay = self.queue_by_id(id)?.settings.consumer.retry_delay;
+                    let delay = u64::from(delay_seconds.unwrap_or(retry_delay));
+                    self.requeue(id, lease.seq, state, self.now + delay * 1000)?;
+                    report.retried += 1;
+                }
+                // Late, and a newer lease holds the message: its holder decides.
+                (Outcome::Retry { .. }, Placement::Leased { .. }) => {
+                    self.states.insert((id, lease.seq), raw)?;
+                    report.stale.push(lease);
                 }
             }
         }
