@@ -38,11 +38,16 @@ fn run_worker(runtime: &Runtime, wasm: &[u8]) -> Vec<String> {
         body: b"cached hello".to_vec(),
         attempts: 1,
     };
-    let run = worker.run_batch(BatchInput {
+    let batch = worker.run_batch(BatchInput {
         queue: "jobs".into(),
         messages: vec![message],
         backlog: Default::default(),
     });
+    let run = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(batch);
     assert_eq!(run.failure, None);
     run.output
 }

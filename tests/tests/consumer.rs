@@ -43,7 +43,6 @@ async fn setup(consumer: ConsumerSettings, limits: ComponentLimits) -> Setup {
     let target = SendTarget {
         broker: broker.clone(),
         bindings: Arc::new(BTreeMap::from([("OUT".to_owned(), "out".to_owned())])),
-        handle: tokio::runtime::Handle::current(),
     };
     let runtime = Runtime::new().unwrap();
     let options = ComponentOptions {
@@ -305,6 +304,28 @@ async fn time_limit_interrupts_an_endless_loop() {
     assert_eq!(d.run.failure, Some(Failure::Timeout));
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(d.report.retried, 1);
+}
+
+/// The time limit holds while the guest waits in a host call (here a sleep), not only while
+/// it computes: the batch fails at its deadline and the ack made before stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_limit_holds_while_the_guest_sleeps_in_a_host_call() {
+    let limits = ComponentLimits {
+        timeout: Duration::from_millis(300),
+        ..ComponentLimits::default()
+    };
+    let s = setup(ConsumerSettings::default(), limits).await;
+    s.send(&["ack", "sleep:20000"]).await;
+    let started = Instant::now();
+    let d = s.deliver().await;
+    let took = started.elapsed();
+    assert_eq!(d.run.failure, Some(Failure::Timeout));
+    assert_eq!((d.report.acked, d.report.retried), (1, 1));
+    // Within 10 % + 100 ms of the limit (the batch's lease and settle included).
+    assert!(
+        took <= Duration::from_millis(430),
+        "the batch took {took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

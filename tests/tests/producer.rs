@@ -137,6 +137,51 @@ async fn head_only_post(addr: std::net::SocketAddr, path: &str, length: usize) -
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// A client that sends the head of a POST announcing 100 body bytes, then 10 of them, then
+/// nothing: the answer, and how long after the stall it came.
+async fn stalled_body_post(addr: std::net::SocketAddr, path: &str) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 100\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(br#"{"order": "#).await.unwrap();
+    let stalled = Instant::now();
+    let mut answer = vec![0; 4096];
+    let n = stream.read(&mut answer).await.unwrap();
+    answer.truncate(n);
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        stalled.elapsed(),
+    )
+}
+
+/// A client that stalls mid-body does not hold the component past its time limit: the guest,
+/// blocked reading the body, is cut off at its deadline and the client gets 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_ends_at_the_time_limit() {
+    let extra = format!(
+        r#"
+[components.slowhook]
+source = "{webhook}"
+route = "/slow"
+producers = {{ JOBS = "incoming" }}
+limits = {{ timeout = "500ms" }}
+"#,
+        webhook = guest_path("webhook").display(),
+    );
+    let host = start("", &extra).await;
+    let (answer, waited) = stalled_body_post(host.host.addr(), "/slow").await;
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(answer.contains("component_timeout"), "{answer}");
+    // The limit holds within 10 % + 100 ms.
+    assert!(
+        waited <= Duration::from_millis(650),
+        "answered after {waited:?}"
+    );
+    assert_eq!(host.metrics("incoming").await.backlog.count, 0);
+    host.host.shutdown().await.unwrap();
+}
+
 fn sorted(mut values: Vec<Value>) -> Vec<String> {
     let mut out: Vec<String> = values.drain(..).map(|v| v.to_string()).collect();
     out.sort();

@@ -37,6 +37,7 @@
 //! | `send:BINDING:TEXT` | `producer.send(BINDING, TEXT as a text message)` |
 //! | `send-batch:BINDING:N:TEXT` | `producer.send-batch(BINDING, N text messages, none)`; `{i}` in TEXT becomes the message's index `0..N` |
 //! | `print:TEXT` | print TEXT on a line of stdout |
+//! | `print-flood:BYTES` | write BYTES `x` characters to stdout with no newline (an output flood) |
 //! | `sleep:MS` | `std::thread::sleep` for MS milliseconds |
 //! | `noop`, empty | nothing |
 //!
@@ -129,6 +130,7 @@ export!(Scripted);
 #[derive(Debug, PartialEq, Eq)]
 enum Command<'a> {
     Ack,
+    PrintFlood(u32),
     AckTimes(u32),
     Retry(Option<u32>),
     AckAll,
@@ -270,6 +272,7 @@ fn parse(text: &str) -> Result<Command<'_>, String> {
         ("loop", None) => Command::Loop,
         ("oom", None) => Command::Oom,
         ("print", t) => Command::Print(t.unwrap_or("")),
+        ("print-flood", Some(n)) => Command::PrintFlood(number(n)?),
         ("sleep", Some(ms)) => Command::Sleep(
             ms.trim()
                 .parse()
@@ -309,6 +312,21 @@ fn parse(text: &str) -> Result<Command<'_>, String> {
     Ok(command)
 }
 
+/// Writes `bytes` `x` characters to stdout, 64 KiB at a time, with no newline.
+fn print_flood(mut bytes: usize) {
+    use std::io::Write;
+    let chunk = [b'x'; 64 * 1024];
+    let mut out = std::io::stdout().lock();
+    while bytes > 0 {
+        let n = bytes.min(chunk.len());
+        if out.write_all(&chunk[..n]).is_err() {
+            return;
+        }
+        bytes -= n;
+    }
+    let _ = out.flush();
+}
+
 /// `A:B:REST` → `(A, B, REST)`; REST may contain `:`.
 fn split3(s: &str) -> Option<(&str, &str, &str)> {
     let (a, rest) = s.split_once(':')?;
@@ -330,6 +348,7 @@ fn run(batch: &MessageBatch, id: &str, command: Command<'_>) -> Result<(), Strin
         Command::Loop => busy_loop(),
         Command::Oom => exhaust_memory(id),
         Command::Print(text) => println!("{text}"),
+        Command::PrintFlood(bytes) => print_flood(bytes as usize),
         Command::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
         Command::Send(binding, body, delay, dedup) => {
             let request = body.request(0, delay, dedup);

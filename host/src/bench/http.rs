@@ -29,7 +29,6 @@ fn webhook_route(bench: &HttpBench, broker: &Arc<dyn Broker>) -> Result<Producer
         send_target: Some(SendTarget {
             broker: broker.clone(),
             bindings: Arc::new(BTreeMap::from([("JOBS".to_owned(), "hooks".to_owned())])),
-            handle: tokio::runtime::Handle::current(),
         }),
         ..ComponentOptions::default()
     };

@@ -386,11 +386,8 @@ impl Inner {
                 messages: input.messages.clone(),
             });
         }
-        let guest = component.clone();
         let started = Instant::now();
-        let run = tokio::task::spawn_blocking(move || guest.run_batch(input))
-            .await
-            .context("the guest's thread panicked")?;
+        let run = component.run_batch(input).await;
         let name = component.name();
         self.stats
             .record(name, &self.queue, started.elapsed(), run.failure.is_some());

@@ -820,6 +820,7 @@ impl Checker<'_> {
                 memory_bytes: settings.memory_bytes.map_or(limits.memory_bytes, |b| {
                     usize::try_from(b).unwrap_or(usize::MAX)
                 }),
+                ..limits
             },
             env: env.clone(),
         }

@@ -456,7 +456,6 @@ impl Harness {
                         .map(|(i, binding)| (binding.clone(), binding_queue(i)))
                         .collect(),
                 ),
-                handle: tokio::runtime::Handle::current(),
             }),
             ..ComponentOptions::default()
         };
@@ -542,12 +541,10 @@ impl TestComponent {
             messages: messages.clone(),
             backlog,
         };
-        let component = self.component.clone();
         let start = Instant::now();
-        let run = tokio::task::spawn_blocking(move || component.run_batch(input)).await;
+        let run = self.component.run_batch(input).await;
         let duration = start.elapsed();
         self.recorder.uninstall();
-        let run = run.context("the guest's thread panicked")?;
 
         let resolution = precedence::resolve(&ids, &run.calls, run.result());
         let fates = resolution

@@ -44,12 +44,12 @@ pub(super) fn options(component: &ComponentConfig, broker: Arc<dyn Broker>) -> C
         limits: ComponentLimits {
             timeout: component.limits.timeout,
             memory_bytes: usize::try_from(component.limits.memory_bytes).unwrap_or(usize::MAX),
+            ..ComponentLimits::default()
         },
         env: component.env.clone().into_iter().collect(),
         send_target: Some(SendTarget {
             broker,
             bindings: Arc::new(component.bindings.clone()),
-            handle: tokio::runtime::Handle::current(),
         }),
         allowed_outbound_hosts: component.allowed_outbound_hosts.clone(),
     }

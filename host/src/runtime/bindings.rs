@@ -7,8 +7,10 @@ wasmtime::component::bindgen!({
     path: "../wit",
     with: { "wasmq:queues/batch.message-batch": super::consumer::BatchResource },
     // A batch call the host cannot take (a bad handle, an out-of-range delay, too many calls)
-    // traps the guest.
-    imports: { "wasmq:queues/batch": trappable },
+    // traps the guest. Sends wait for their commit without holding a thread; guests are
+    // called asynchronously so that a time limit holds while they wait in a host call.
+    imports: { "wasmq:queues/batch": trappable, "wasmq:queues/producer": async },
+    exports: { default: async },
 });
 
 pub(super) use self::wasmq::queues::types as wit;

@@ -1,5 +1,6 @@
 //! Consumer components: the `consumer` world, the host side of its `batch` import, and one
-//! call of `handle` per batch in a fresh store (see `guest.rs` for what every store holds).
+//! call of `handle` per batch in a fresh store (see `guest.rs` for what every store holds),
+//! asynchronous, so that the time limit holds while the guest waits in a host call.
 //!
 //! Besides the wasmq interfaces a consumer may import the WASI interfaces mainstream toolchains
 //! use: `wasi:cli`, `clocks`, `filesystem`, `random`, `sockets`, `io` (wasmtime-wasi, with no
@@ -130,19 +131,21 @@ impl ConsumerComponent {
         self.guest.options.limits
     }
 
-    /// Calls `handle` on `batch` in a fresh store. Blocks: call it from a blocking thread.
-    /// A trap, a timeout or running out of memory are reported as a [`Failure`], not an
-    /// error; errors are host problems (instantiation failing for want of resources…).
-    pub fn run_batch(&self, batch: BatchInput) -> BatchRun {
+    /// Calls `handle` on `batch` in a fresh store, until the component's time limit, whether
+    /// the guest computes or waits in a host call. A trap, a timeout or running out of memory
+    /// are reported as a [`Failure`]; the calls the guest made before stand.
+    pub async fn run_batch(&self, batch: BatchInput) -> BatchRun {
         let (mut store, stdout, stderr) = self.guest.new_store();
-        let outcome = self.call_handle(&mut store, batch);
+        let deadline = store.data().deadline;
+        let outcome = guest::with_deadline(deadline, self.call_handle(&mut store, batch)).await;
         let failure = match outcome {
             // Waiting for HTTP past the deadline is running past the time limit, whatever the
             // guest made of the timeout error it got.
-            _ if store.data().outbound.deadline_hit() => Some(Failure::Timeout),
-            Ok(Ok(())) => None,
-            Ok(Err(text)) => Some(Failure::Error(text)),
-            Err(err) => Some(guest::classify(&err)),
+            None => Some(Failure::Timeout),
+            Some(_) if store.data().outbound.deadline_hit() => Some(Failure::Timeout),
+            Some(Ok(Ok(()))) => None,
+            Some(Ok(Err(text))) => Some(Failure::Error(text)),
+            Some(Err(err)) => Some(guest::classify(&err)),
         };
         let mut output = stdout.lines();
         output.extend(stderr.lines());
@@ -153,12 +156,12 @@ impl ConsumerComponent {
         }
     }
 
-    fn call_handle(
+    async fn call_handle(
         &self,
         store: &mut Store<GuestState>,
         batch: BatchInput,
     ) -> wasmtime::Result<Result<(), String>> {
-        let consumer = self.pre.instantiate(&mut *store)?;
+        let consumer = self.pre.instantiate_async(&mut *store).await?;
         let resource = BatchResource {
             queue: batch.queue,
             messages: batch.messages.into_iter().map(to_wit_message).collect(),
@@ -168,7 +171,8 @@ impl ConsumerComponent {
         let borrowed = Resource::<BatchResource>::new_borrow(handle.rep());
         let result = consumer
             .wasmq_queues_handler()
-            .call_handle(&mut *store, borrowed)?;
+            .call_handle(&mut *store, borrowed)
+            .await?;
         store.data_mut().table.delete(handle)?;
         Ok(result)
     }

@@ -3,18 +3,20 @@
 //! the `producer` interface (sends through the component's bindings).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{self, wit};
 use super::consumer::Failure;
 use super::guest_log::{GuestLog, Stream};
+use super::limiter::StoreBudget;
 use super::outbound::OutboundHttp;
 use super::{ComponentLimits, Runtime};
 use crate::engine::precedence::BatchCall;
@@ -28,8 +30,6 @@ pub struct SendTarget {
     pub broker: Arc<dyn Broker>,
     /// Binding name → queue name.
     pub bindings: Arc<BTreeMap<String, String>>,
-    /// Runtime on which the (async) sends are driven from the guest's blocking thread.
-    pub handle: tokio::runtime::Handle,
 }
 
 /// What a component is granted besides its code.
@@ -52,11 +52,13 @@ pub(super) struct GuestState {
     http: WasiHttpCtx,
     pub(super) outbound: OutboundHttp,
     pub(super) table: ResourceTable,
-    limits: StoreLimits,
+    limits: StoreBudget,
     target: Option<SendTarget>,
     /// Batch calls of a consumer, in order.
     pub(super) calls: Vec<BatchCall>,
     component: Arc<str>,
+    /// When the call must be over.
+    pub(super) deadline: Instant,
 }
 
 impl WasiView for GuestState {
@@ -82,10 +84,10 @@ impl WasiHttpView for GuestState {
 /// adds what its world needs on top.
 pub(super) fn linker(runtime: &Runtime) -> anyhow::Result<Linker<GuestState>> {
     let mut linker = Linker::<GuestState>::new(runtime.engine());
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(anyhow::Error::from)
         .context("linking WASI")?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
         .map_err(anyhow::Error::from)
         .context("linking wasi:http")?;
     bindings::wasmq::queues::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
@@ -174,18 +176,36 @@ fn new_store(
         http: WasiHttpCtx::new(),
         outbound: OutboundHttp::new(component.clone(), allowed_hosts.clone(), deadline),
         table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new()
-            .memory_size(options.limits.memory_bytes)
-            .trap_on_grow_failure(true)
-            .build(),
+        limits: StoreBudget::new(options.limits),
         target: options.send_target.clone(),
         calls: Vec::new(),
         component: component.clone(),
+        deadline,
     };
     let mut store = Store::new(runtime.engine(), state);
     store.limiter(|state| &mut state.limits);
-    store.set_epoch_deadline(options.limits.ticks());
+    // Guest code yields to the executor at every epoch tick, so a guest computing shares its
+    // thread; past the deadline it is interrupted (a guest waiting in a host call is dropped
+    // by the caller's timeout instead, see `with_deadline`).
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        Ok(if Instant::now() >= deadline {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Yield(1)
+        })
+    });
     (store, stdout, stderr)
+}
+
+/// Runs `call` (a guest call on `store`) until the store's deadline. `None` means the deadline
+/// passed while the guest was blocked in a host call (a sleep, a stream, an HTTP request): the
+/// call is dropped there, and the store with it once the caller is done.
+pub(super) async fn with_deadline<T>(
+    deadline: Instant,
+    call: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::time::timeout_at(deadline.into(), call).await.ok()
 }
 
 /// Sorts a wasmtime error from a guest call into the failure a user should see.
@@ -235,7 +255,7 @@ fn to_send_error(err: BrokerError) -> wit::SendError {
 }
 
 impl GuestState {
-    fn send(
+    async fn send(
         &mut self,
         binding: &str,
         requests: Vec<engine::SendRequest>,
@@ -247,10 +267,7 @@ impl GuestState {
         let Some(queue) = target.bindings.get(binding) else {
             return Err(wit::SendError::UnknownBinding(binding.to_owned()));
         };
-        let broker = target.broker.clone();
-        let result = target
-            .handle
-            .block_on(broker.send_batch(queue, requests, delay));
+        let result = target.broker.send_batch(queue, requests, delay).await;
         result.map(to_wit_metrics).map_err(|err| {
             tracing::debug!(component = %self.component, binding, error = %err, "guest send refused");
             to_send_error(err)
@@ -261,21 +278,21 @@ impl GuestState {
 impl wit::Host for GuestState {}
 
 impl bindings::wasmq::queues::producer::Host for GuestState {
-    fn send(
+    async fn send(
         &mut self,
         binding: String,
         request: wit::SendRequest,
     ) -> Result<wit::QueueMetrics, wit::SendError> {
-        GuestState::send(self, &binding, vec![from_wit_request(request)], None)
+        GuestState::send(self, &binding, vec![from_wit_request(request)], None).await
     }
 
-    fn send_batch(
+    async fn send_batch(
         &mut self,
         binding: String,
         requests: Vec<wit::SendRequest>,
         delay_seconds: Option<u32>,
     ) -> Result<wit::QueueMetrics, wit::SendError> {
         let requests = requests.into_iter().map(from_wit_request).collect();
-        GuestState::send(self, &binding, requests, delay_seconds)
+        GuestState::send(self, &binding, requests, delay_seconds).await
     }
 }

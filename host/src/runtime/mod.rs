@@ -7,6 +7,7 @@ mod cache;
 mod consumer;
 mod guest;
 mod guest_log;
+mod limiter;
 mod outbound;
 mod producer;
 
@@ -27,13 +28,22 @@ pub use self::producer::ProducerComponent;
 /// How often the engine's epoch advances; the granularity of guest time limits.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Per-component resource limits.
+/// Per-component resource limits, for each call (a batch, a request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ComponentLimits {
-    /// Wall-clock time one call (a batch, a request) may take, instantiation included.
+    /// Wall-clock time one call may take, instantiation included, whether the guest computes
+    /// or waits in a host call.
     pub timeout: Duration,
-    /// Linear memory the component may allocate, in bytes.
+    /// Linear memory the component may allocate, in bytes, all its memories together.
     pub memory_bytes: usize,
+    /// Table elements, all its tables together (interpreters compiled to Wasm need ~100 000).
+    pub table_elements: usize,
+    /// Core and component instances it may create.
+    pub instances: usize,
+    /// Tables it may create.
+    pub tables: usize,
+    /// Linear memories it may create.
+    pub memories: usize,
 }
 
 impl Default for ComponentLimits {
@@ -41,16 +51,11 @@ impl Default for ComponentLimits {
         Self {
             timeout: Duration::from_secs(30),
             memory_bytes: 64 * 1024 * 1024,
+            table_elements: 1_000_000,
+            instances: 100,
+            tables: 100,
+            memories: 16,
         }
-    }
-}
-
-impl ComponentLimits {
-    /// The limit in epoch ticks (at least one).
-    fn ticks(&self) -> u64 {
-        (self.timeout.as_millis() as u64)
-            .div_ceil(EPOCH_TICK.as_millis() as u64)
-            .max(1)
     }
 }
 
@@ -85,8 +90,9 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// An engine with epoch interruption (for time limits) and without component-model async
-    /// support (which slows every synchronous call); no cache, on-demand allocation.
+    /// An engine with epoch interruption (guests yield at every tick and are interrupted past
+    /// their deadline) and without the component model's concurrency support (which slows
+    /// every call); no cache, on-demand allocation.
     pub fn new() -> anyhow::Result<Self> {
         Self::with_config(&RuntimeConfig::default())
     }

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use wasmtime::component::Component;
 use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::bindings::sync::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::consumer::Failure;
@@ -92,22 +92,28 @@ impl ProducerComponent {
             .new_response_outparam(sender)
             .map_err(|e| Failure::Trap(format!("{e:#}")))?;
         let pre = self.pre.clone();
-        // The guest runs on a blocking thread (synchronous WASI); the response arrives through
-        // `receiver` once it calls `response-outparam.set`, possibly before it returns.
-        let call = tokio::task::spawn_blocking(move || {
-            let result = pre.instantiate(&mut store).and_then(|proxy| {
+        let deadline = store.data().deadline;
+        // The guest runs in its own task until its deadline, whether it computes or waits (for
+        // the request body, say); the response arrives through `receiver` once it calls
+        // `response-outparam.set`, possibly before it returns, and its body streams meanwhile.
+        let call = tokio::spawn(async move {
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, request, out)
-            });
-            let timed_out = store.data().outbound.deadline_hit();
+                    .await
+            };
+            let result = guest::with_deadline(deadline, run).await;
+            let timed_out = result.is_none() || store.data().outbound.deadline_hit();
             // Flush unterminated output lines to the log.
             stdout.lines();
             stderr.lines();
             match result {
                 _ if timed_out => Err(Failure::Timeout),
-                Ok(()) => Ok(()),
-                Err(err) => Err(guest::classify(&err)),
+                Some(Ok(())) => Ok(()),
+                Some(Err(err)) => Err(guest::classify(&err)),
+                None => Err(Failure::Timeout),
             }
         });
         match receiver.await {
