@@ -133,8 +133,8 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
         consumer_stats: Default::default(),
         reloader: None,
     });
-    let server =
-        tokio::spawn(async move { axum::serve(http::without_nagle(listener), router).await });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(http::serve(listener, router, 10_000, stopped));
     println!(
         "wasmq HTTP bench: {} messages in batches of 100 over {} keep-alive connections, durable",
         bench.messages, bench.connections
@@ -224,6 +224,7 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
     if !producers.is_empty() {
         webhooks(bench, &base, &broker).await?;
     }
+    let _ = stop.send(true);
     server.abort();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -78,6 +78,13 @@ pub fn router(config: ServeConfig) -> Router {
         ),
         None => api,
     };
+    let api = api.method_not_allowed_fallback(|| async {
+        fail(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this path does not take this method",
+        )
+    });
     let api = match token.clone() {
         // Outermost, so an unauthenticated request is refused before anything else looks at it.
         Some(token) => api.layer(middleware::from_fn(move |request, next| {
@@ -220,6 +227,13 @@ pub(super) fn input_error(err: InputError) -> Answer {
         InputError::Body(_) => "invalid_body",
         InputError::Schema(_) => "invalid_request",
         InputError::TooLarge => return too_large(),
+        InputError::TimedOut => {
+            return fail(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                err.message(),
+            );
+        }
     };
     fail(StatusCode::BAD_REQUEST, code, err.message())
 }

@@ -5,6 +5,8 @@
 //! that does not fit is refused with the field it failed on: a bad `delay_seconds` is an
 //! [`InputError::Delay`], an unknown `content_type` an [`InputError::ContentType`], and so on.
 //! Each API renders these in its own envelope (wasmq's string codes, Cloudflare's numbers).
+//! A body that does not arrive within [`BODY_READ_TIMEOUT`] is refused with 408, so a client
+//! that stalls mid-body does not hold its connection.
 
 use axum::extract::{FromRequest, Request};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +28,12 @@ pub enum InputError {
     Schema(String),
     /// The body is over the request size limit.
     TooLarge,
+    /// The body did not arrive within [`BODY_READ_TIMEOUT`].
+    TimedOut,
 }
+
+/// How long a client may take to send an API request's body.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl InputError {
     /// What went wrong, for people.
@@ -40,6 +47,10 @@ impl InputError {
             InputError::TooLarge => format!(
                 "the request body is over {} bytes",
                 super::api::MAX_REQUEST_BYTES
+            ),
+            InputError::TimedOut => format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
             ),
         }
     }
@@ -101,8 +112,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = InputError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(request, state)
+        let bytes = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(request, state))
             .await
+            .map_err(|_| InputError::TimedOut)?
             .map_err(|_| InputError::TooLarge)?;
         parse(&bytes).map(JsonBody)
     }

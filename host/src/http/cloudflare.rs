@@ -154,6 +154,9 @@ fn input_error(err: InputError) -> Answer {
         InputError::Delay(_) | InputError::ContentType(_) => 10203,
         InputError::Body(_) | InputError::Schema(_) => 10207,
         InputError::TooLarge => return too_large(),
+        InputError::TimedOut => {
+            return Answer::error(StatusCode::REQUEST_TIMEOUT, 10201, err.message());
+        }
     };
     Answer::error(StatusCode::BAD_REQUEST, code, err.message())
 }

@@ -10,6 +10,7 @@ mod consumers;
 mod operator;
 mod producer;
 mod pull;
+mod server;
 pub mod wire;
 
 pub use self::api::{Reloader, ServeConfig, router};
@@ -19,17 +20,4 @@ pub use self::consumers::{Attached, ConsumerView, QueueConsumers, Wiring};
 pub use self::operator::{MAX_PEEK, MAX_REPLAY, prometheus_text};
 pub use self::producer::{ProducerRoute, ProducerRoutes};
 pub use self::pull::{AckEntry, AckRequest, PullRequest, PulledMessage, RetryEntry};
-
-/// `listener` with Nagle's algorithm off on every connection: a producer's response is written
-/// in pieces (head, then the body as the component streams it), and with Nagle on each piece
-/// after the first waits for the client's delayed ACK (~40 ms).
-pub fn without_nagle(
-    listener: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "could not turn Nagle's algorithm off");
-        }
-    })
-}
+pub use self::server::{HEADER_READ_TIMEOUT, connection_cap, raise_open_file_limit, serve};

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -75,8 +76,18 @@ fn default_peek() -> u32 {
 async fn peek(
     State(broker): Api,
     Path(queue): Path<String>,
-    Query(query): Query<PeekQuery>,
+    query: Result<Query<PeekQuery>, QueryRejection>,
 ) -> Answer {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "invalid_limit",
+                rejection.body_text(),
+            );
+        }
+    };
     if !(1..=MAX_PEEK).contains(&query.limit) {
         return fail(
             StatusCode::BAD_REQUEST,

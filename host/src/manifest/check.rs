@@ -222,6 +222,19 @@ impl Checker<'_> {
             Some(n) => *n.get_ref(),
             None => HostConfig::DEFAULT_MAX_BATCHES_IN_FLIGHT,
         };
+        let max_connections = match &raw.max_connections {
+            Some(n) if !(1..=HostConfig::MAX_CONNECTIONS).contains(n.get_ref()) => {
+                let message = format!(
+                    "{} is out of range (1..={})",
+                    n.get_ref(),
+                    HostConfig::MAX_CONNECTIONS
+                );
+                self.report(&key.child("max_connections"), n.span(), message);
+                HostConfig::DEFAULT_MAX_CONNECTIONS
+            }
+            Some(n) => *n.get_ref(),
+            None => HostConfig::DEFAULT_MAX_CONNECTIONS,
+        };
         let shutdown_timeout = match &raw.shutdown_timeout {
             Some(text) => match parse_duration(text.get_ref()) {
                 Ok(timeout) if timeout <= Duration::from_secs(3600) => timeout,
@@ -274,6 +287,7 @@ impl Checker<'_> {
             component_cache: raw.component_cache.as_ref().is_none_or(|v| *v.get_ref()),
             pooling_allocator: raw.pooling_allocator.as_ref().is_none_or(|v| *v.get_ref()),
             max_batches_in_flight,
+            max_connections,
             shutdown_timeout,
         }
     }

@@ -92,6 +92,8 @@ pub struct HostConfig {
     pub pooling_allocator: bool,
     /// Batches in flight across all consumers at once (default 64).
     pub max_batches_in_flight: u32,
+    /// HTTP connections open at once (default 1024; lowered to fit the open-file limit).
+    pub max_connections: u32,
     /// How long a shutdown waits for running batches before exiting anyway (default 30 s).
     pub shutdown_timeout: Duration,
     /// Where the queues live (default: redb in `data_dir`; `WASMQ_STORAGE` when unset here).
@@ -157,6 +159,10 @@ impl HostConfig {
     pub const MAX_BATCHES_IN_FLIGHT: u32 = 500;
     /// Default of `shutdown_timeout`.
     pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default of `max_connections`.
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+    /// Upper bound of `max_connections`.
+    pub const MAX_CONNECTIONS: u32 = 65_536;
 }
 
 impl fmt::Debug for HostConfig {
@@ -169,6 +175,7 @@ impl fmt::Debug for HostConfig {
             .field("component_cache", &self.component_cache)
             .field("pooling_allocator", &self.pooling_allocator)
             .field("max_batches_in_flight", &self.max_batches_in_flight)
+            .field("max_connections", &self.max_connections)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("storage", &self.storage)
             .finish()

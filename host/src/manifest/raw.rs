@@ -32,6 +32,7 @@ pub(super) struct RawHost {
     pub component_cache: Option<Spanned<bool>>,
     pub pooling_allocator: Option<Spanned<bool>>,
     pub max_batches_in_flight: Option<Spanned<u32>>,
+    pub max_connections: Option<Spanned<u32>>,
     pub shutdown_timeout: Option<Spanned<String>>,
     pub storage: Option<Spanned<String>>,
 }

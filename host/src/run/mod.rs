@@ -182,16 +182,15 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
         consumer_stats: stats,
         reloader: Some(supervisor.clone()),
     });
-    let mut stop_http = stopped.clone();
-    tasks.spawn(async move {
-        let serve =
-            axum::serve(http::without_nagle(listener), router).with_graceful_shutdown(async move {
-                let _ = stop_http.wait_for(|stop| *stop).await;
-            });
-        if let Err(err) = serve.await {
-            tracing::error!(error = %err, "the HTTP server failed");
-        }
-    });
+    let open_files = http::raise_open_file_limit();
+    let max_connections = http::connection_cap(manifest.host.max_connections as usize, open_files);
+    tracing::debug!(?open_files, max_connections, "HTTP connection limit");
+    tasks.spawn(http::serve(
+        listener,
+        router,
+        max_connections,
+        stopped.clone(),
+    ));
     #[cfg(unix)]
     tasks.spawn(reload_on_sighup(supervisor.clone(), stopped));
     tracing::info!(%addr, storage = ?manifest.host.storage, queues = manifest.queues.len(), components = manifest.components.len(), pooling = runtime.pooling(), "wasmq host running");
