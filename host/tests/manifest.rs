@@ -880,6 +880,35 @@ route_requires_token = true
 }
 
 #[test]
+fn route_max_concurrency_needs_a_route_and_a_range() {
+    let e = error_at(
+        r#"
+[queues.jobs]
+[components.worker]
+source = "worker.wasm"
+build = "make"
+consumer = { queue = "jobs" }
+route_max_concurrency = 5
+"#,
+        "components.worker.route_max_concurrency",
+        7,
+    );
+    assert_says(&e, "only a component with a `route`");
+    let e = error_at(
+        r#"
+[components.web]
+source = "web.wasm"
+build = "make"
+route = "/web"
+route_max_concurrency = 0
+"#,
+        "components.web.route_max_concurrency",
+        6,
+    );
+    assert_says(&e, "0 is out of range (1..=1000)");
+}
+
+#[test]
 fn allowed_outbound_hosts_must_be_origins() {
     for bad in [
         "api.example.com",

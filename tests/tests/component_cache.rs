@@ -14,6 +14,7 @@ fn runtime(cache: &Path) -> Runtime {
     Runtime::with_config(&RuntimeConfig {
         cache_dir: Some(cache.to_path_buf()),
         pooling_allocator: true,
+        ..RuntimeConfig::default()
     })
     .unwrap()
 }

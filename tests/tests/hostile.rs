@@ -201,6 +201,7 @@ async fn memory_grown_without_end_stops_at_its_limit() {
 /// time, and the batch's kept output stays bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_output_flood_is_split_and_bounded() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let h = host(&guest("scripted"), true).await;
     h.broker
         .send("bomb", SendRequest::text("print-flood:33554432"))
@@ -218,4 +219,58 @@ async fn an_output_flood_is_split_and_bounded() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// With the instance pool full, a dispatcher takes no messages: the batch waits, and no
+/// attempt is counted for the host's lack of capacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_makes_a_batch_wait_without_an_attempt() {
+    let wasm = guest("scripted");
+    let _alone = ONE_AT_A_TIME.lock().await;
+    // The smallest pool that holds one instance of the component: a second does not fit.
+    let mut smallest = None;
+    for slots in 1..=16 {
+        let runtime = Runtime::with_config(&RuntimeConfig {
+            pooling_allocator: true,
+            instance_slots: slots,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let component =
+            ConsumerComponent::new(&runtime, "tight", &wasm, ComponentOptions::default()).unwrap();
+        if component.instantiate().await.is_ok() {
+            smallest = Some((runtime, component));
+            break;
+        }
+    }
+    let (runtime, component) = smallest.expect("a pool that holds one instance");
+    let dir = TempDir::new().unwrap();
+    let broker: Arc<dyn Broker> =
+        Arc::new(RedbBroker::open(dir.path().join("q.redb"), RedbOptions::default()).unwrap());
+    broker
+        .create_queue("jobs", QueueSettings::default())
+        .await
+        .unwrap();
+    broker.send("jobs", SendRequest::text("ack")).await.unwrap();
+    let dispatcher = Dispatcher::new(
+        broker.clone(),
+        "jobs",
+        ConsumerSettings::default(),
+        component.clone(),
+    );
+
+    let held = component.instantiate().await.expect("the one slot");
+    let refused = dispatcher.deliver_one().await;
+    let err = format!("{:#}", refused.expect_err("no slot for a second instance"));
+    assert!(err.contains("no instance slot free"), "{err}");
+    let m = broker.metrics("jobs").await.unwrap();
+    assert_eq!((m.in_flight, m.retried, m.backlog.count), (0, 0, 1));
+    let waiting = broker.peek("jobs", 10).await.unwrap();
+    assert_eq!(waiting[0].attempts, 0, "no attempt was counted");
+
+    drop(held);
+    let d = dispatcher.deliver_one().await.unwrap().expect("a batch");
+    assert_eq!((d.run.failure, d.report.acked), (None, 1));
+    assert_eq!(d.run.calls.len(), 1);
+    drop(runtime);
 }

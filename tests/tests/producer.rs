@@ -182,6 +182,54 @@ limits = {{ timeout = "500ms" }}
     host.host.shutdown().await.unwrap();
 }
 
+/// A route at its `route_max_concurrency` answers 503 with `Retry-After` at once, while the
+/// host's other routes and its consumers carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_route_answers_503_and_the_rest_of_the_host_carries_on() {
+    let extra = format!(
+        r#"
+[components.slowhook]
+source = "{webhook}"
+route = "/slow"
+route_max_concurrency = 2
+producers = {{ JOBS = "incoming" }}
+limits = {{ timeout = "3s" }}
+"#,
+        webhook = guest_path("webhook").display(),
+    );
+    let host = start("", &extra).await;
+    let addr = host.host.addr();
+    // Two clients stall mid-body: both of the route's slots are taken until the time limit.
+    let stalled: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(stalled_body_post(addr, "/slow")))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let response = host
+        .client
+        .post(format!("{}/slow", host.url))
+        .body(r#"{"order": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["errors"][0]["code"], "overloaded", "{answer}");
+
+    // Another route and the consumers are not affected.
+    let (status, answer) = host.post("/webhook", r#"{"order": 2}"#).await;
+    assert_eq!(status, 202, "{answer}");
+    host.wait_backlog("jobs", 1).await;
+    for client in stalled {
+        let (answer, _) = client.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    }
+    host.host.shutdown().await.unwrap();
+}
+
 fn sorted(mut values: Vec<Value>) -> Vec<String> {
     let mut out: Vec<String> = values.drain(..).map(|v| v.to_string()).collect();
     out.sort();

@@ -172,6 +172,7 @@ pub async fn run_consumer(bench: &ConsumerBench) -> Result<()> {
     let runtime = Runtime::with_config(&RuntimeConfig {
         cache_dir: None,
         pooling_allocator: bench.pooling,
+        ..RuntimeConfig::default()
     })?;
     let started = Instant::now();
     let component = ConsumerComponent::new(&runtime, "bench", &wasm, ComponentOptions::default())?;

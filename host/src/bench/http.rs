@@ -37,6 +37,7 @@ fn webhook_route(bench: &HttpBench, broker: &Arc<dyn Broker>) -> Result<Producer
         route: "/hook".parse().map_err(anyhow::Error::msg)?,
         component,
         requires_token: false,
+        slots: Arc::new(tokio::sync::Semaphore::new(1000)),
     }]))
 }
 

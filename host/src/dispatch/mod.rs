@@ -14,7 +14,7 @@ use crate::engine::{
     Broker, BrokerError, ConsumerSettings, LeaseId, LeaseOptions, Message, MessageId, Outcome,
     SettleReport,
 };
-use crate::runtime::{BatchInput, BatchRun, ConsumerComponent};
+use crate::runtime::{BatchInput, BatchRun, ConsumerComponent, Instance};
 
 mod stats;
 
@@ -23,6 +23,8 @@ pub use self::stats::ConsumerStats;
 /// Longest sleep between two looks at the queue when nothing wakes the dispatcher (lease
 /// expiries and sweeps do not signal).
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
+/// How long a dispatcher waits before trying again when the host has no instance slot free.
+const HOST_BUSY_BACKOFF: Duration = Duration::from_millis(50);
 /// Added to the component's timeout to form the lease, so a batch that runs to its time limit
 /// is settled by the dispatcher rather than expired. Short, because it is also how long the
 /// batches of a host that died stay invisible to the other hosts sharing its queues.
@@ -230,8 +232,9 @@ impl Dispatcher {
     /// and settles it. `None` when nothing was visible or the queue is paused.
     pub async fn deliver_one(&self) -> anyhow::Result<Option<Delivery>> {
         let spec = self.slot.current();
+        let instance = spec.component.instantiate().await?;
         match self.inner.lease(&spec).await? {
-            Some(batch) => self.inner.process(batch, &spec.component).await.map(Some),
+            Some(batch) => self.inner.process(batch, instance).await.map(Some),
             None => Ok(None),
         }
     }
@@ -298,14 +301,21 @@ impl Inner {
             }
             None => None,
         };
+        // The component in the slot now, not when this step began: a batch leased after a
+        // swap runs on the new version. It is instantiated before any message is leased, so a
+        // host without a free instance slot makes the batch wait, never costs it an attempt.
+        let instance = match slot.current().component.instantiate().await {
+            Ok(instance) => instance,
+            Err(busy) => {
+                tracing::warn!(queue = %self.queue, error = %busy, "no instance slot free; the next batch waits");
+                return Step::Wait(HOST_BUSY_BACKOFF);
+            }
+        };
         match self.lease(spec).await {
             Ok(Some(batch)) => {
                 let inner = self.clone();
-                // The component in the slot now, not when this step began: a batch leased
-                // after a swap runs on the new version.
-                let component = slot.current().component.clone();
                 running.spawn(async move {
-                    if let Err(err) = inner.process(batch, &component).await {
+                    if let Err(err) = inner.process(batch, instance).await {
                         tracing::error!(queue = %inner.queue, error = format!("{err:#}"), "delivering a batch failed");
                     }
                     drop(permit);
@@ -368,12 +378,8 @@ impl Inner {
         }))
     }
 
-    /// Runs `component` on a leased batch and settles the outcome in one transaction.
-    async fn process(
-        &self,
-        batch: LeasedBatch,
-        component: &ConsumerComponent,
-    ) -> anyhow::Result<Delivery> {
+    /// Runs `instance` on a leased batch and settles the outcome in one transaction.
+    async fn process(&self, batch: LeasedBatch, instance: Instance) -> anyhow::Result<Delivery> {
         let LeasedBatch {
             ids,
             leases,
@@ -387,8 +393,9 @@ impl Inner {
             });
         }
         let started = Instant::now();
-        let run = component.run_batch(input).await;
-        let name = component.name();
+        let name = instance.name().to_owned();
+        let run = instance.run(input).await;
+        let name = name.as_str();
         self.stats
             .record(name, &self.queue, started.elapsed(), run.failure.is_some());
         if let Some(failure) = &run.failure {

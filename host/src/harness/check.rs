@@ -158,6 +158,7 @@ pub(super) fn actual_result(
         Some(Failure::Trap(_)) if expected == Some(&ExpectedResult::Trap) => "trap".into(),
         Some(Failure::Trap(text)) => format!("trap ({text})"),
         Some(Failure::Timeout) => "timeout".into(),
+        Some(Failure::HostBusy(why)) => format!("host busy ({why})"),
     }
 }
 

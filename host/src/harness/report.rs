@@ -320,6 +320,7 @@ pub async fn run_cli(paths: &[PathBuf], junit: Option<&Path>) -> anyhow::Result<
     let harness = Harness::with_runtime(Runtime::with_config(&RuntimeConfig {
         cache_dir: user_cache_dir(),
         pooling_allocator: false,
+        ..RuntimeConfig::default()
     })?);
     let start = Instant::now();
     let mut run = RunReport::default();

@@ -3,6 +3,9 @@
 
 use std::sync::{Arc, RwLock};
 
+use http_body_util::BodyExt;
+use tokio::sync::Semaphore;
+
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -21,7 +24,12 @@ pub struct ProducerRoute {
     pub component: ProducerComponent,
     /// Whether a request needs the API token.
     pub requires_token: bool,
+    /// One permit per request in progress: a full route answers 503 at once.
+    pub slots: Arc<Semaphore>,
 }
+
+/// What a client is told to wait before trying a full route again, in seconds.
+const RETRY_AFTER_SECONDS: u32 = 1;
 
 /// The producer routes being served. Cheap to clone; [`ProducerRoutes::replace`] swaps the
 /// whole table at once, so a request sees either the old table or the new one.
@@ -85,11 +93,27 @@ async fn serve(State(producers): State<Producers>, request: Request) -> Response
     {
         return unauthorized().into_response();
     }
+    let name = route.component.name().to_owned();
+    // The permit lives as long as the request (its response body included).
+    let Ok(slot) = route.slots.clone().try_acquire_owned() else {
+        tracing::warn!(component = %name, %path, "route at its route_max_concurrency; answered 503");
+        return busy(format!(
+            "component `{name}` is handling as many requests as it may; try again shortly"
+        ));
+    };
     // Bodies stream into the guest; one over the limit fails the guest's read.
     let request = request.map(|body| http_body_util::Limited::new(body, MAX_REQUEST_BYTES));
-    let name = route.component.name().to_owned();
     match route.component.handle(request).await {
-        Ok(response) => response.map(axum::body::Body::new),
+        Ok(response) => response.map(|body| {
+            axum::body::Body::new(body.map_frame(move |frame| {
+                let _slot = &slot;
+                frame
+            }))
+        }),
+        Err(Failure::HostBusy(why)) => {
+            tracing::warn!(component = %name, %path, %why, "no instance slot free; answered 503");
+            busy(format!("component `{name}`: {why}"))
+        }
         Err(failure) => {
             tracing::warn!(component = %name, %path, %failure, "producer failed to answer");
             let (status, code) = match failure {
@@ -99,4 +123,14 @@ async fn serve(State(producers): State<Producers>, request: Request) -> Response
             fail(status, code, format!("component `{name}`: {failure}")).into_response()
         }
     }
+}
+
+/// 503 with `Retry-After`: the host is at capacity, not failing.
+fn busy(message: String) -> Response {
+    let mut response = fail(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message).into_response();
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(RETRY_AFTER_SECONDS),
+    );
+    response
 }

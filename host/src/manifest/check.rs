@@ -400,6 +400,27 @@ impl Checker<'_> {
                 "only a component with a `route` can require the API token on it",
             );
         }
+        let route_max_concurrency = match &raw.route_max_concurrency {
+            Some(n) if raw.route.is_none() => {
+                self.report(
+                    &key.child("route_max_concurrency"),
+                    n.span(),
+                    "only a component with a `route` has requests to limit",
+                );
+                ComponentConfig::DEFAULT_ROUTE_MAX_CONCURRENCY
+            }
+            Some(n) if !(1..=ComponentConfig::MAX_ROUTE_CONCURRENCY).contains(n.get_ref()) => {
+                let message = format!(
+                    "{} is out of range (1..={})",
+                    n.get_ref(),
+                    ComponentConfig::MAX_ROUTE_CONCURRENCY
+                );
+                self.report(&key.child("route_max_concurrency"), n.span(), message);
+                ComponentConfig::DEFAULT_ROUTE_MAX_CONCURRENCY
+            }
+            Some(n) => *n.get_ref(),
+            None => ComponentConfig::DEFAULT_ROUTE_MAX_CONCURRENCY,
+        };
 
         let mut bindings = BTreeMap::new();
         for (binding, queue) in &raw.producers {
@@ -481,6 +502,7 @@ impl Checker<'_> {
                 .route_requires_token
                 .as_ref()
                 .is_some_and(|flag| *flag.get_ref()),
+            route_max_concurrency,
             bindings,
             consumer,
             limits,

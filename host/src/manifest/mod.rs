@@ -154,8 +154,7 @@ impl fmt::Debug for Storage {
 impl HostConfig {
     /// Default of `max_batches_in_flight`.
     pub const DEFAULT_MAX_BATCHES_IN_FLIGHT: u32 = 64;
-    /// Upper bound of `max_batches_in_flight` (the pooling allocator's instance slots are
-    /// shared with producer requests).
+    /// Upper bound of `max_batches_in_flight` (half the consumers' pool of instance slots).
     pub const MAX_BATCHES_IN_FLIGHT: u32 = 500;
     /// Default of `shutdown_timeout`.
     pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -195,6 +194,9 @@ pub struct ComponentConfig {
     pub route: Option<Route>,
     /// Whether requests on `route` need the API token, like the API (default: public).
     pub route_requires_token: bool,
+    /// Requests on `route` handled at once; more are answered 503 with `Retry-After`
+    /// (default [`ComponentConfig::DEFAULT_ROUTE_MAX_CONCURRENCY`]).
+    pub route_max_concurrency: u32,
     /// The queues this component may send to, by binding name (`producers = { JOBS = "jobs" }`
     /// gives `JOBS` → `jobs`).
     pub bindings: BTreeMap<String, String>,
@@ -206,6 +208,13 @@ pub struct ComponentConfig {
     pub allowed_outbound_hosts: Vec<AllowedHost>,
     /// Environment variables the component sees (none unless listed).
     pub env: BTreeMap<String, String>,
+}
+
+impl ComponentConfig {
+    /// Default of `route_max_concurrency`.
+    pub const DEFAULT_ROUTE_MAX_CONCURRENCY: u32 = 100;
+    /// Upper bound of `route_max_concurrency` (the producers' instance pool holds 1000).
+    pub const MAX_ROUTE_CONCURRENCY: u32 = 1000;
 }
 
 /// A queue's `pull_consumer` table.

@@ -90,6 +90,7 @@ pub(super) struct RawComponent {
     pub build: Option<Spanned<String>>,
     pub route: Option<Spanned<String>>,
     pub route_requires_token: Option<Spanned<bool>>,
+    pub route_max_concurrency: Option<Spanned<u32>>,
     #[serde(default)]
     pub producers: BTreeMap<Spanned<String>, Spanned<String>>,
     pub consumer: Option<Spanned<RawConsumer>>,

@@ -55,6 +55,25 @@ pub(super) fn options(component: &ComponentConfig, broker: Arc<dyn Broker>) -> C
     }
 }
 
+/// The host's two runtimes: consumers and producers each have their own engine and instance
+/// pool, so a flood of requests on producer routes cannot take the instances that consumers
+/// need (and the other way round).
+#[derive(Clone)]
+pub(crate) struct Runtimes {
+    pub consumers: Runtime,
+    pub producers: Runtime,
+}
+
+impl Runtimes {
+    /// Two runtimes set up as `config` says (they share its compiled-component cache).
+    pub fn new(config: &crate::runtime::RuntimeConfig) -> Result<Self> {
+        Ok(Self {
+            consumers: Runtime::with_config(config)?,
+            producers: Runtime::with_config(config)?,
+        })
+    }
+}
+
 /// A component compiled for the world its manifest entry asks for.
 pub(super) enum Loaded {
     Consumer(ConsumerComponent),
@@ -64,15 +83,19 @@ pub(super) enum Loaded {
 /// Compiles (or loads from the cache) `component` on a blocking thread and checks it against
 /// its world: `consumer` when it has a consumer, `http-producer` when it has a route.
 pub(super) async fn load(
-    runtime: &Runtime,
+    runtimes: &Runtimes,
     component: &ComponentConfig,
     wasm: Vec<u8>,
     broker: Arc<dyn Broker>,
 ) -> Result<(Loaded, CacheOutcome)> {
     let options = options(component, broker);
-    let runtime = runtime.clone();
-    let name = component.name.clone();
     let producer = component.route.is_some();
+    let runtime = if producer {
+        runtimes.producers.clone()
+    } else {
+        runtimes.consumers.clone()
+    };
+    let name = component.name.clone();
     tokio::task::spawn_blocking(move || {
         let (compiled, outcome) = runtime.load(&name, &wasm)?;
         let loaded = if producer {

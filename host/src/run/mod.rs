@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::task::JoinSet;
 
+use self::components::Runtimes;
 use self::supervisor::Supervisor;
 pub use self::supervisor::{FailedComponent, ReloadReport};
 use crate::dispatch::ConsumerStats;
@@ -78,7 +79,7 @@ pub struct RunningHost {
     addr: SocketAddr,
     queues: Queues,
     supervisor: Arc<Supervisor>,
-    runtime: Runtime,
+    runtimes: Runtimes,
     shutdown_timeout: Duration,
     stop_tasks: tokio::sync::watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -95,9 +96,9 @@ impl RunningHost {
         self.queues.broker()
     }
 
-    /// The runtime (engine, cache) the components run in.
+    /// The runtime (engine, cache) the consumer components run in.
     pub fn runtime(&self) -> &Runtime {
-        &self.runtime
+        &self.runtimes.consumers
     }
 
     /// Reads the manifest file again and applies it: new queues and components start, changed
@@ -142,16 +143,17 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
         .with_context(|| format!("creating data_dir {}", data_dir.display()))?;
     let queues = Queues::open(manifest).await?;
     let broker = queues.broker();
-    let runtime = Runtime::with_config(&RuntimeConfig {
+    let runtimes = Runtimes::new(&RuntimeConfig {
         cache_dir: manifest
             .host
             .component_cache
             .then(|| data_dir.join("cache")),
         pooling_allocator: manifest.host.pooling_allocator,
+        ..RuntimeConfig::default()
     })?;
     let stats = ConsumerStats::default();
     let supervisor = Arc::new(Supervisor::new(
-        runtime.clone(),
+        runtimes.clone(),
         broker.clone(),
         manifest,
         stats.clone(),
@@ -193,12 +195,12 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
     ));
     #[cfg(unix)]
     tasks.spawn(reload_on_sighup(supervisor.clone(), stopped));
-    tracing::info!(%addr, storage = ?manifest.host.storage, queues = manifest.queues.len(), components = manifest.components.len(), pooling = runtime.pooling(), "wasmq host running");
+    tracing::info!(%addr, storage = ?manifest.host.storage, queues = manifest.queues.len(), components = manifest.components.len(), pooling = runtimes.consumers.pooling(), "wasmq host running");
     Ok(RunningHost {
         addr,
         queues,
         supervisor,
-        runtime,
+        runtimes,
         shutdown_timeout: manifest.host.shutdown_timeout,
         stop_tasks,
         tasks,

@@ -15,12 +15,12 @@ use serde::Serialize;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use super::components::{self, ComponentFile, Loaded, short};
+use super::components::{self, ComponentFile, Loaded, Runtimes, short};
 use crate::dispatch::{ConsumerSlot, ConsumerSpec, ConsumerStats, Dispatcher};
 use crate::engine::{Broker, BrokerError};
 use crate::http::{ProducerRoute, ProducerRoutes, QueueConsumers, Wiring};
 use crate::manifest::{self, ComponentConfig, Manifest};
-use crate::runtime::{CacheOutcome, Runtime};
+use crate::runtime::CacheOutcome;
 
 /// What one application of a manifest changed.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -66,7 +66,7 @@ enum RunningKind {
 
 /// Owns the running components of one host.
 pub(crate) struct Supervisor {
-    runtime: Runtime,
+    runtimes: Runtimes,
     broker: Arc<dyn Broker>,
     stats: ConsumerStats,
     ceiling: Arc<Semaphore>,
@@ -82,13 +82,13 @@ pub(crate) struct Supervisor {
 
 impl Supervisor {
     pub fn new(
-        runtime: Runtime,
+        runtimes: Runtimes,
         broker: Arc<dyn Broker>,
         manifest: &Manifest,
         stats: ConsumerStats,
     ) -> Self {
         Self {
-            runtime,
+            runtimes,
             broker,
             stats,
             ceiling: Arc::new(Semaphore::new(manifest.host.max_batches_in_flight as usize)),
@@ -162,7 +162,7 @@ impl Supervisor {
                 continue;
             }
             let (loaded, outcome) = match components::load(
-                &self.runtime,
+                &self.runtimes,
                 config,
                 file.wasm,
                 self.broker.clone(),
@@ -262,6 +262,9 @@ impl Supervisor {
                     route: config.route.clone().expect("a producer has a route"),
                     component,
                     requires_token: config.route_requires_token,
+                    slots: Arc::new(tokio::sync::Semaphore::new(
+                        config.route_max_concurrency as usize,
+                    )),
                 };
                 (RunningKind::Producer(Box::new(route)), in_place)
             }

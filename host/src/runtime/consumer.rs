@@ -7,12 +7,15 @@
 //! preopened directory and no network) and `wasi:http` (outgoing requests only to the origins
 //! in its `allowed_outbound_hosts`, see `outbound.rs`).
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Resource};
 
 use super::bindings::{self, wit};
 use super::guest::{self, ComponentOptions, Guest, GuestState};
+use super::guest_log::GuestLog;
 use super::{ComponentLimits, Runtime};
 use crate::engine::precedence::{BatchCall, HandlerResult};
 use crate::engine::{self, Backlog, MessageId};
@@ -28,16 +31,17 @@ pub struct BatchInput {
     pub backlog: Backlog,
 }
 
-/// Why a batch failed.
+/// Why a batch (or a request) failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// `handle` returned `err` with this text.
     Error(String),
     /// The guest trapped (panicked, hit its memory limit…).
     Trap(String),
-    /// The guest ran past its time limit (computing, or waiting for an outbound HTTP
-    /// response).
+    /// The guest ran past its time limit (computing, or waiting in a host call).
     Timeout,
+    /// The host had no instance slot free: not the guest's failure.
+    HostBusy(String),
 }
 
 impl std::fmt::Display for Failure {
@@ -46,6 +50,7 @@ impl std::fmt::Display for Failure {
             Failure::Error(text) => write!(f, "handler returned an error: {text}"),
             Failure::Trap(text) => write!(f, "guest trapped: {text}"),
             Failure::Timeout => f.write_str("guest exceeded its time limit"),
+            Failure::HostBusy(why) => write!(f, "{why}"),
         }
     }
 }
@@ -131,13 +136,86 @@ impl ConsumerComponent {
         self.guest.options.limits
     }
 
-    /// Calls `handle` on `batch` in a fresh store, until the component's time limit, whether
-    /// the guest computes or waits in a host call. A trap, a timeout or running out of memory
-    /// are reported as a [`Failure`]; the calls the guest made before stand.
-    pub async fn run_batch(&self, batch: BatchInput) -> BatchRun {
+    /// Instantiates the component in a fresh store, ready for one batch; its time limit runs
+    /// from now. [`HostBusy`] means the host has no instance slot free at the moment: take no
+    /// messages, wait and try again. A failure of the guest's own (its start traps, it is over
+    /// its limits) is kept for [`Instance::run`] to report as the batch's failure.
+    pub async fn instantiate(&self) -> Result<Instance, HostBusy> {
         let (mut store, stdout, stderr) = self.guest.new_store();
         let deadline = store.data().deadline;
-        let outcome = guest::with_deadline(deadline, self.call_handle(&mut store, batch)).await;
+        let consumer =
+            match guest::with_deadline(deadline, self.pre.instantiate_async(&mut store)).await {
+                Some(Err(err)) if guest::is_host_busy(&err) => {
+                    return Err(HostBusy(err.root_cause().to_string()));
+                }
+                Some(Ok(consumer)) => Ok(consumer),
+                Some(Err(err)) => Err(Some(err)),
+                None => Err(None),
+            };
+        Ok(Instance {
+            name: self.guest.name.clone(),
+            store,
+            stdout,
+            stderr,
+            consumer,
+        })
+    }
+
+    /// Instantiates the component and runs it on `batch` (see [`Instance::run`]); a host
+    /// without a free instance slot is reported as [`Failure::HostBusy`].
+    pub async fn run_batch(&self, batch: BatchInput) -> BatchRun {
+        match self.instantiate().await {
+            Ok(instance) => instance.run(batch).await,
+            Err(HostBusy(why)) => BatchRun {
+                calls: Vec::new(),
+                failure: Some(Failure::HostBusy(why)),
+                output: Vec::new(),
+            },
+        }
+    }
+}
+
+/// The host had no instance slot free for a call: a capacity problem of the host, not a
+/// failure of the guest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the host has no instance slot free right now: {0}")]
+pub struct HostBusy(String);
+
+/// A consumer component instantiated in its own store, for one batch.
+pub struct Instance {
+    name: Arc<str>,
+    store: Store<GuestState>,
+    stdout: GuestLog,
+    stderr: GuestLog,
+    /// The instance, or why instantiating failed (`None`: it ran out of time).
+    consumer: Result<bindings::Consumer, Option<wasmtime::Error>>,
+}
+
+impl Instance {
+    /// The component's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Calls `handle` on `batch`, until the component's time limit, whether the guest
+    /// computes or waits in a host call. A trap, a timeout or running out of memory are
+    /// reported as a [`Failure`]; the calls the guest made before stand.
+    pub async fn run(self, batch: BatchInput) -> BatchRun {
+        let Instance {
+            mut store,
+            stdout,
+            stderr,
+            consumer,
+            ..
+        } = self;
+        let deadline = store.data().deadline;
+        let outcome = match consumer {
+            Ok(consumer) => {
+                guest::with_deadline(deadline, call_handle(consumer, &mut store, batch)).await
+            }
+            Err(Some(err)) => Some(Err(err)),
+            Err(None) => None,
+        };
         let failure = match outcome {
             // Waiting for HTTP past the deadline is running past the time limit, whatever the
             // guest made of the timeout error it got.
@@ -155,27 +233,26 @@ impl ConsumerComponent {
             output,
         }
     }
+}
 
-    async fn call_handle(
-        &self,
-        store: &mut Store<GuestState>,
-        batch: BatchInput,
-    ) -> wasmtime::Result<Result<(), String>> {
-        let consumer = self.pre.instantiate_async(&mut *store).await?;
-        let resource = BatchResource {
-            queue: batch.queue,
-            messages: batch.messages.into_iter().map(to_wit_message).collect(),
-            backlog: batch.backlog,
-        };
-        let handle = store.data_mut().table.push(resource)?;
-        let borrowed = Resource::<BatchResource>::new_borrow(handle.rep());
-        let result = consumer
-            .wasmq_queues_handler()
-            .call_handle(&mut *store, borrowed)
-            .await?;
-        store.data_mut().table.delete(handle)?;
-        Ok(result)
-    }
+async fn call_handle(
+    consumer: bindings::Consumer,
+    store: &mut Store<GuestState>,
+    batch: BatchInput,
+) -> wasmtime::Result<Result<(), String>> {
+    let resource = BatchResource {
+        queue: batch.queue,
+        messages: batch.messages.into_iter().map(to_wit_message).collect(),
+        backlog: batch.backlog,
+    };
+    let handle = store.data_mut().table.push(resource)?;
+    let borrowed = Resource::<BatchResource>::new_borrow(handle.rep());
+    let result = consumer
+        .wasmq_queues_handler()
+        .call_handle(&mut *store, borrowed)
+        .await?;
+    store.data_mut().table.delete(handle)?;
+    Ok(result)
 }
 
 fn to_wit_message(message: engine::Message) -> wit::Message {

@@ -208,6 +208,12 @@ pub(super) async fn with_deadline<T>(
     tokio::time::timeout_at(deadline.into(), call).await.ok()
 }
 
+/// True when `err` says the host's instance pool is full: a capacity problem of the host.
+pub(super) fn is_host_busy(err: &wasmtime::Error) -> bool {
+    err.chain()
+        .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
+}
+
 /// Sorts a wasmtime error from a guest call into the failure a user should see.
 pub(super) fn classify(err: &wasmtime::Error) -> Failure {
     match err.downcast_ref::<Trap>() {

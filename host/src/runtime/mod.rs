@@ -20,7 +20,9 @@ use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use self::cache::{CacheOutcome, ComponentCache, digest, user_cache_dir};
-pub use self::consumer::{BatchInput, BatchRun, ConsumerComponent, Failure, MAX_CALLS_PER_BATCH};
+pub use self::consumer::{
+    BatchInput, BatchRun, ConsumerComponent, Failure, HostBusy, Instance, MAX_CALLS_PER_BATCH,
+};
 pub use self::guest::{ComponentOptions, SendTarget};
 pub use self::guest_log::{GuestLog, Stream};
 pub use self::producer::ProducerComponent;
@@ -60,7 +62,7 @@ impl Default for ComponentLimits {
 }
 
 /// How a [`Runtime`] is set up.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Where compiled components are cached (none: every load compiles).
     pub cache_dir: Option<PathBuf>,
@@ -68,6 +70,19 @@ pub struct RuntimeConfig {
     /// and request cheaper. Falls back to the on-demand allocator (with a warning) where the
     /// machine cannot reserve the address space it needs.
     pub pooling_allocator: bool,
+    /// With the pooling allocator: how many component instances (and core instances, memories
+    /// and tables) the pool holds; an instantiation past that is [`HostBusy`].
+    pub instance_slots: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            pooling_allocator: false,
+            instance_slots: POOL_INSTANCES,
+        }
+    }
 }
 
 /// The shared wasmtime engine, the thread that advances its epoch, and the compiled-component
@@ -100,18 +115,18 @@ impl Runtime {
     /// A runtime set up as `config` says.
     pub fn with_config(config: &RuntimeConfig) -> anyhow::Result<Self> {
         let (engine, pooling) = if config.pooling_allocator {
-            match engine(true) {
+            match engine(Some(config.instance_slots)) {
                 Ok(engine) => (engine, true),
                 Err(err) => {
                     tracing::warn!(
                         error = format!("{err:#}"),
                         "the pooling allocator is not available here; using on-demand allocation"
                     );
-                    (engine(false)?, false)
+                    (engine(None)?, false)
                 }
             }
         } else {
-            (engine(false)?, false)
+            (engine(None)?, false)
         };
         let ticker = EpochTicker::start(&engine);
         Ok(Self {
@@ -146,20 +161,23 @@ impl Runtime {
     }
 }
 
-/// Instance slots of the pooling allocator: enough for the host-wide batch ceiling and
-/// concurrent requests, with room for multi-module components (Python, JavaScript).
+/// Default instance slots of each pooling allocator (consumers and producers have one each):
+/// enough for the host-wide batch ceiling, or for every producer route at its concurrency cap,
+/// with room for multi-module components (Python, JavaScript).
 const POOL_INSTANCES: u32 = 1000;
 
-fn engine(pooling: bool) -> anyhow::Result<Engine> {
+/// An engine; with `pool_slots`, on the pooling allocator with that many slots.
+fn engine(pool_slots: Option<u32>) -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.concurrency_support(false);
-    if pooling {
+    if let Some(slots) = pool_slots {
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(POOL_INSTANCES)
-            .total_core_instances(POOL_INSTANCES)
-            .total_memories(POOL_INSTANCES)
-            .total_tables(POOL_INSTANCES)
+        pool.total_component_instances(slots)
+            .total_core_instances(slots)
+            .total_memories(slots)
+            .total_tables(slots)
+            .total_stacks(slots)
             // Interpreters compiled to Wasm have large function tables and instances.
             .table_elements(200_000)
             .max_tables_per_module(4)

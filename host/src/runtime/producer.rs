@@ -112,6 +112,9 @@ impl ProducerComponent {
             match result {
                 _ if timed_out => Err(Failure::Timeout),
                 Some(Ok(())) => Ok(()),
+                Some(Err(err)) if guest::is_host_busy(&err) => {
+                    Err(Failure::HostBusy(err.root_cause().to_string()))
+                }
                 Some(Err(err)) => Err(guest::classify(&err)),
                 None => Err(Failure::Timeout),
             }
