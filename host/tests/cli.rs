@@ -313,6 +313,40 @@ fn a_bad_manifest_names_the_file_the_key_and_the_line() {
     assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
 }
 
+/// A component that is not wasm, or of the wrong world, stops the start with an error that
+/// names the manifest's line and key and the file, before any queue is stored.
+#[test]
+fn a_bad_component_stops_the_start_before_anything_is_stored() {
+    for (source, says) in [
+        (guest("webhook"), "is not a consumer"),
+        (std::path::PathBuf::from("not-wasm.txt"), "not-wasm.txt"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("not-wasm.txt"), "hello").unwrap();
+        let manifest = dir.path().join("manifest.toml");
+        std::fs::write(
+            &manifest,
+            format!(
+                "[host]\ndata_dir = \"data\"\n\n[queues.jobs]\n\n[components.worker]\nsource = \"{}\"\nconsumer = {{ queue = \"jobs\" }}\n",
+                source.display()
+            ),
+        )
+        .unwrap();
+        let out = host_run(&manifest).output().unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("manifest.toml:7:10: components.worker.source: "),
+            "{stderr}"
+        );
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(
+            !dir.path().join("data/queues.redb").exists(),
+            "a failed start stored the queues"
+        );
+    }
+}
+
 /// Sends only the head of a POST declaring `length` body bytes, plus a few of them, and reads
 /// the answer: the server must answer without waiting for the rest.
 fn raw_post_head(url: &str, path: &str, length: usize) -> (u16, String) {

@@ -300,20 +300,26 @@ impl Manifest {
     pub fn check_sources(&self) -> Result<(), ManifestError> {
         for component in self.components.values() {
             if let Err(message) = check::source_file(&component.source, component.build.is_some()) {
-                return Err(ManifestError {
-                    file: self.path.clone(),
-                    position: self.source_positions.get(&component.name).copied(),
-                    key: Some(
-                        error::KeyPath::root("components")
-                            .child(&component.name)
-                            .child("source")
-                            .to_string(),
-                    ),
-                    message,
-                });
+                return Err(self.source_error(&component.name, message));
             }
         }
         Ok(())
+    }
+
+    /// An error about what component `name`'s `source` holds (it is not a component, not of
+    /// its world…), placed at its `source` key.
+    pub fn source_error(&self, name: &str, message: impl Into<String>) -> ManifestError {
+        ManifestError {
+            file: self.path.clone(),
+            position: self.source_positions.get(name).copied(),
+            key: Some(
+                error::KeyPath::root("components")
+                    .child(name)
+                    .child("source")
+                    .to_string(),
+            ),
+            message: message.into(),
+        }
     }
 
     /// The component that consumes `queue`, if any.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use wasmtime::component::Component;
 
 use crate::engine::Broker;
 use crate::manifest::ComponentConfig;
@@ -80,35 +81,77 @@ pub(super) enum Loaded {
     Producer(ProducerComponent),
 }
 
+/// A component compiled for the engine of its world and checked against that world, not yet
+/// given what the manifest grants it.
+pub(super) struct Compiled {
+    /// The digest of its file.
+    pub digest: String,
+    component: Component,
+    /// Whether it came from the cache.
+    pub outcome: CacheOutcome,
+}
+
+/// The runtime of `component`'s world.
+fn runtime_of<'a>(runtimes: &'a Runtimes, component: &ComponentConfig) -> &'a Runtime {
+    if component.route.is_some() {
+        &runtimes.producers
+    } else {
+        &runtimes.consumers
+    }
+}
+
 /// Compiles (or loads from the cache) `component` on a blocking thread and checks it against
 /// its world: `consumer` when it has a consumer, `http-producer` when it has a route.
-pub(super) async fn load(
+pub(super) async fn compile(
     runtimes: &Runtimes,
     component: &ComponentConfig,
-    wasm: Vec<u8>,
-    broker: Arc<dyn Broker>,
-) -> Result<(Loaded, CacheOutcome)> {
-    let options = options(component, broker);
-    let producer = component.route.is_some();
-    let runtime = if producer {
-        runtimes.producers.clone()
-    } else {
-        runtimes.consumers.clone()
-    };
-    let name = component.name.clone();
+    file: ComponentFile,
+) -> Result<Compiled> {
+    let runtime = runtime_of(runtimes, component).clone();
+    let config = component.clone();
     tokio::task::spawn_blocking(move || {
-        let (compiled, outcome) = runtime.load(&name, &wasm)?;
-        let loaded = if producer {
-            Loaded::Producer(ProducerComponent::from_compiled(
-                &runtime, &name, &compiled, options,
-            )?)
-        } else {
-            Loaded::Consumer(ConsumerComponent::from_compiled(
-                &runtime, &name, &compiled, options,
-            )?)
-        };
-        Ok((loaded, outcome))
+        let (compiled, outcome) = runtime.load(&config.name, &file.wasm)?;
+        link_with(&runtime, &config, &compiled, ComponentOptions::default())?;
+        Ok(Compiled {
+            digest: file.digest,
+            component: compiled,
+            outcome,
+        })
     })
     .await
     .context("compiling a component")?
+}
+
+/// Links a compiled component with what the manifest grants it.
+pub(super) fn link(
+    runtimes: &Runtimes,
+    component: &ComponentConfig,
+    compiled: &Compiled,
+    broker: Arc<dyn Broker>,
+) -> Result<Loaded> {
+    let runtime = runtime_of(runtimes, component);
+    link_with(
+        runtime,
+        component,
+        &compiled.component,
+        options(component, broker),
+    )
+}
+
+fn link_with(
+    runtime: &Runtime,
+    component: &ComponentConfig,
+    compiled: &Component,
+    options: ComponentOptions,
+) -> Result<Loaded> {
+    let name = &component.name;
+    Ok(if component.route.is_some() {
+        Loaded::Producer(ProducerComponent::from_compiled(
+            runtime, name, compiled, options,
+        )?)
+    } else {
+        Loaded::Consumer(ConsumerComponent::from_compiled(
+            runtime, name, compiled, options,
+        )?)
+    })
 }

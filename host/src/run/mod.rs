@@ -6,6 +6,7 @@ mod components;
 mod supervisor;
 mod watch;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::task::JoinSet;
 
-use self::components::Runtimes;
+use self::components::{ComponentFile, Runtimes};
 use self::supervisor::Supervisor;
 pub use self::supervisor::{FailedComponent, ReloadReport};
 use crate::dispatch::ConsumerStats;
@@ -131,18 +132,15 @@ impl RunningHost {
     }
 }
 
-/// Builds what the manifest asks to build, opens the queues, loads every component and starts
-/// serving. Any problem (a failed build, a component that does not compile or is not of its
-/// world) stops the start with an error naming the component.
+/// Builds what the manifest asks to build, compiles every component and checks it against
+/// its world, then opens the queues and starts serving. A problem with a component (a failed
+/// build, a file that is not a component, a component of the wrong world) stops the start
+/// with an error naming the manifest, the line and the key, before anything is stored.
 pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
     build_components(manifest).await?;
     manifest.check_sources()?;
 
     let data_dir = &manifest.host.data_dir;
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating data_dir {}", data_dir.display()))?;
-    let queues = Queues::open(manifest).await?;
-    let broker = queues.broker();
     let runtimes = Runtimes::new(&RuntimeConfig {
         cache_dir: manifest
             .host
@@ -151,6 +149,23 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
         pooling_allocator: manifest.host.pooling_allocator,
         ..RuntimeConfig::default()
     })?;
+    let mut compiled = BTreeMap::new();
+    for config in manifest.components.values() {
+        let done = match ComponentFile::read(config) {
+            Ok(file) => components::compile(&runtimes, config, file).await,
+            Err(err) => Err(err),
+        }
+        .map_err(|err| {
+            let message = format!("{}: {err:#}", config.source.display());
+            manifest.source_error(&config.name, message)
+        })?;
+        compiled.insert(config.name.clone(), done);
+    }
+
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data_dir {}", data_dir.display()))?;
+    let queues = Queues::open(manifest).await?;
+    let broker = queues.broker();
     let stats = ConsumerStats::default();
     let supervisor = Arc::new(Supervisor::new(
         runtimes.clone(),
@@ -158,7 +173,7 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
         manifest,
         stats.clone(),
     ));
-    supervisor.apply(manifest, true).await?;
+    supervisor.apply(manifest, Some(compiled)).await?;
 
     let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = JoinSet::new();

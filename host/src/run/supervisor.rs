@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use super::components::{self, ComponentFile, Loaded, Runtimes, short};
+use super::components::{self, Compiled, ComponentFile, Loaded, Runtimes, short};
 use crate::dispatch::{ConsumerSlot, ConsumerSpec, ConsumerStats, Dispatcher};
 use crate::engine::{Broker, BrokerError};
 use crate::http::{ProducerRoute, ProducerRoutes, QueueConsumers, Wiring};
@@ -120,7 +120,7 @@ impl Supervisor {
     pub async fn reload(&self) -> Result<ReloadReport> {
         let manifest = manifest::load(&self.manifest_path)?;
         manifest.check_sources()?;
-        let report = self.apply(&manifest, false).await?;
+        let report = self.apply(&manifest, None).await?;
         tracing::info!(
             started = ?report.started,
             swapped = ?report.swapped,
@@ -132,9 +132,15 @@ impl Supervisor {
         Ok(report)
     }
 
-    /// Makes the running set match `manifest`. With `strict` (the first start) any component
-    /// that fails to load is an error; otherwise it is reported and its old version kept.
-    pub async fn apply(&self, manifest: &Manifest, strict: bool) -> Result<ReloadReport> {
+    /// Makes the running set match `manifest`. At the first start every component comes
+    /// `compiled` already (checked before anything was stored) and any failure is an error;
+    /// on a reload a component that fails to load is reported and its old version kept.
+    pub async fn apply(
+        &self,
+        manifest: &Manifest,
+        mut compiled: Option<BTreeMap<String, Compiled>>,
+    ) -> Result<ReloadReport> {
+        let strict = compiled.is_some();
         let mut running = self.running.lock().await;
         let mut report = ReloadReport {
             queues_created: sync_queues(&*self.broker, manifest).await?,
@@ -161,23 +167,28 @@ impl Supervisor {
                 report.unchanged.push(name.clone());
                 continue;
             }
-            let (loaded, outcome) = match components::load(
-                &self.runtimes,
-                config,
-                file.wasm,
-                self.broker.clone(),
-            )
-            .await
-            {
+            let precompiled = compiled
+                .as_mut()
+                .and_then(|c| c.remove(name))
+                .filter(|c| c.digest == file.digest);
+            let loaded = match precompiled {
+                Some(done) => Ok(done),
+                None => components::compile(&self.runtimes, config, file).await,
+            }
+            .and_then(|done| {
+                let loaded = components::link(&self.runtimes, config, &done, self.broker.clone())?;
+                Ok((loaded, done))
+            });
+            let (loaded, done) = match loaded {
                 Ok(loaded) => loaded,
                 Err(err) if strict => return Err(err),
                 Err(err) => {
-                    tracing::error!(component = %name, digest = short(&file.digest), error = format!("{err:#}"), "the new version failed to load; the old one keeps serving");
+                    tracing::error!(component = %name, error = format!("{err:#}"), "the new version failed to load; the old one keeps serving");
                     report.failed.push(failed(name, &err));
                     continue;
                 }
             };
-            let swapped = self.install(&mut running, config, file.digest, loaded, outcome);
+            let swapped = self.install(&mut running, config, done.digest, loaded, done.outcome);
             if swapped {
                 report.swapped.push(name.clone());
             } else {
