@@ -542,3 +542,146 @@ async fn throughput() {
     );
     assert_eq!(acked, total);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A commit whose reply is lost
+
+/// Where [`CommitCutter`] cuts a connection that sends `COMMIT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Pass everything through.
+    Never = 0,
+    /// Before the server gets the `COMMIT`: the transaction is rolled back.
+    BeforeCommit = 1,
+    /// After the server got it, before its reply reaches the client: it committed, and the
+    /// client cannot know.
+    AfterCommit = 2,
+}
+
+/// A TCP proxy in front of the test server that cuts, once armed, the next connection sending
+/// `COMMIT` (tokio-postgres sends it as a simple query).
+struct CommitCutter {
+    port: u16,
+    armed: Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl CommitCutter {
+    async fn start(server: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(std::sync::atomic::AtomicU8::new(Cut::Never as u8));
+        let arm = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(&server).await.unwrap();
+                tokio::spawn(Self::relay(client, server, arm.clone()));
+            }
+        });
+        Self { port, armed }
+    }
+
+    fn arm(&self, cut: Cut) {
+        self.armed.store(cut as u8, Ordering::SeqCst);
+    }
+
+    /// Whether the armed cut happened.
+    fn fired(&self) -> bool {
+        self.armed.load(Ordering::SeqCst) == Cut::Never as u8
+    }
+
+    async fn relay(
+        client: tokio::net::TcpStream,
+        server: tokio::net::TcpStream,
+        armed: Arc<std::sync::atomic::AtomicU8>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let replies = {
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0; 64 * 1024];
+                loop {
+                    let n = match from_server.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if cut.load(Ordering::SeqCst) || to_client.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            let n = match from_client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let commit = buf[..n].windows(7).any(|w| w == b"COMMIT\0");
+            let armed_as = armed.load(Ordering::SeqCst);
+            if commit && armed_as == Cut::BeforeCommit as u8 {
+                armed.store(Cut::Never as u8, Ordering::SeqCst);
+                break;
+            }
+            if commit && armed_as == Cut::AfterCommit as u8 {
+                armed.store(Cut::Never as u8, Ordering::SeqCst);
+                cut.store(true, Ordering::SeqCst);
+                let _ = to_server.write_all(&buf[..n]).await;
+                // Let the server commit before the connection goes.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                break;
+            }
+            if to_server.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        replies.abort();
+    }
+}
+
+/// A commit whose reply is lost is looked up on a new connection (`pg_xact_status`), not
+/// guessed: a send that committed is answered as stored, one that did not as unavailable with
+/// nothing stored. "Refused means nothing stored" holds through a broken connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_commit_reply_is_looked_up_not_guessed() {
+    let url = postgres::url();
+    let server = url
+        .trim_start_matches("postgres://postgres@")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let proxy = CommitCutter::start(server.clone()).await;
+    let proxied = url.replace(&server, &format!("127.0.0.1:{}", proxy.port));
+    let schema = postgres::fresh_schema();
+    let _guard = SchemaGuard::new(url.clone(), schema.clone());
+    let broker = connect(&proxied, &schema, PostgresOptions::default()).await;
+    broker
+        .create_queue("q", QueueSettings::default())
+        .await
+        .unwrap();
+
+    proxy.arm(Cut::AfterCommit);
+    let sent = broker.send("q", SendRequest::text("committed")).await;
+    assert!(sent.is_ok(), "a committed send was answered {sent:?}");
+    assert!(proxy.fired(), "the proxy never saw the COMMIT");
+    assert_eq!(broker.metrics("q").await.unwrap().backlog.count, 1);
+
+    proxy.arm(Cut::BeforeCommit);
+    let sent = broker.send("q", SendRequest::text("rolled back")).await;
+    assert!(
+        matches!(sent, Err(BrokerError::Unavailable(_))),
+        "a rolled-back send was answered {sent:?}"
+    );
+    assert!(proxy.fired());
+    let bodies: Vec<Vec<u8>> = broker
+        .peek("q", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(bodies, [b"committed".to_vec()]);
+}

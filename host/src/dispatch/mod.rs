@@ -340,7 +340,9 @@ impl Inner {
         let mut pause = Duration::from_millis(50);
         loop {
             match self.broker.settle(&self.queue, outcomes.clone()).await {
-                Err(BrokerError::Unavailable(why)) if Instant::now() + pause < expires => {
+                Err(BrokerError::Unavailable(why) | BrokerError::OutcomeUnknown(why))
+                    if Instant::now() + pause < expires =>
+                {
                     tracing::warn!(queue = %self.queue, error = %why, retry_in = ?pause, "settling failed; retrying while the lease runs");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(1));

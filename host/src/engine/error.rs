@@ -6,7 +6,9 @@ use thiserror::Error;
 ///
 /// Input errors (limits, ranges, unknown names) are detected before anything is written: when
 /// one is returned, nothing was stored. [`BrokerError::Unavailable`] means the storage itself
-/// failed; after a failed commit the broker refuses every further write until it is reopened.
+/// failed and nothing was stored; after a failed commit the broker refuses every further write
+/// until it is reopened. [`BrokerError::OutcomeUnknown`] is the one error after which the
+/// write may have been stored.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum BrokerError {
     /// No queue with this name exists.
@@ -109,12 +111,20 @@ pub enum BrokerError {
     /// is told a message was stored when it may not have been.
     #[error("queue storage unavailable: {0}")]
     Unavailable(String),
+    /// The connection to the storage broke while a commit was under way and the host could not
+    /// find out afterwards whether it went through: the write may or may not be stored. (A
+    /// send can be repeated safely with a dedup key.)
+    #[error("the outcome of the write is unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 impl BrokerError {
     /// True for errors caused by the caller's input (as opposed to the storage failing).
     pub fn is_input_error(&self) -> bool {
-        !matches!(self, BrokerError::Unavailable(_))
+        !matches!(
+            self,
+            BrokerError::Unavailable(_) | BrokerError::OutcomeUnknown(_)
+        )
     }
 }
 

@@ -213,6 +213,7 @@ pub(super) fn broker_error(err: BrokerError) -> Answer {
         BrokerError::Paused(_) => (StatusCode::CONFLICT, "queue_paused"),
         BrokerError::InvalidLease(_) => (StatusCode::BAD_REQUEST, "invalid_lease"),
         BrokerError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        BrokerError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
         _ => (StatusCode::BAD_REQUEST, "invalid_request"),
     };
     fail(status, code, err.to_string())

@@ -171,7 +171,9 @@ fn broker_error(err: BrokerError) -> Answer {
         }
         BrokerError::InvalidDelay { .. } => (StatusCode::BAD_REQUEST, 10203),
         BrokerError::Paused(_) => (StatusCode::CONFLICT, 10252),
-        BrokerError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 15000),
+        BrokerError::Unavailable(_) | BrokerError::OutcomeUnknown(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, 15000)
+        }
         _ => (StatusCode::BAD_REQUEST, 10207),
     };
     Answer::error(status, code, err.to_string())

@@ -16,6 +16,7 @@ mod ops;
 mod schema;
 mod txn;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,10 @@ use super::types::{
 /// How often a transaction aborted by a deadlock or serialization failure is run again
 /// before the error is returned.
 const MAX_CONFLICT_RETRIES: u32 = 8;
+
+/// How long a host keeps asking whether a commit whose reply was lost went through (the
+/// server may be restarting) before it answers that the outcome is unknown.
+const COMMIT_OUTCOME_WAIT: Duration = Duration::from_secs(30);
 
 /// How to connect a [`PostgresBroker`].
 #[derive(Debug, Clone)]
@@ -347,10 +352,60 @@ impl PostgresBroker {
     /// to the notifier once committed.
     async fn finish<T>(&self, tx: Tx<'_>, result: Result<T, TxnError>) -> Result<T, TxnError> {
         let value = result?;
-        let notify = tx.commit().await?;
+        let notify = match tx.commit().await {
+            Ok(notify) => notify,
+            Err(TxnError::CommitLost { xid, err }) => match self.commit_outcome(&xid).await {
+                // It went through: the caller's write is stored, whatever the lost reply said.
+                Some(true) => BTreeSet::new(),
+                Some(false) => {
+                    return Err(TxnError::Pg {
+                        what: "committing (the transaction was rolled back)",
+                        err,
+                    });
+                }
+                None => return Err(TxnError::CommitLost { xid, err }),
+            },
+            Err(err) => return Err(err),
+        };
         listen::bump(&self.shared.changes);
         self.shared.notifier.push(notify);
         Ok(value)
+    }
+
+    /// Whether transaction `xid`, whose commit reply was lost, committed: asks the server
+    /// (`pg_xact_status`) on a new connection, for up to [`COMMIT_OUTCOME_WAIT`] while the
+    /// server is unreachable or the transaction still in progress. `None` when it cannot be
+    /// known (the server stayed away, or no longer remembers the transaction).
+    async fn commit_outcome(&self, xid: &str) -> Option<bool> {
+        let deadline = tokio::time::Instant::now() + COMMIT_OUTCOME_WAIT;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let status: Option<String> = match self.shared.pool.get().await {
+                Ok(client) => match client
+                    .query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid])
+                    .await
+                {
+                    Ok(row) => row.get(0),
+                    Err(err) => {
+                        tracing::debug!(error = %describe(&err), "asking for a commit's outcome failed");
+                        Some("unreachable".into())
+                    }
+                },
+                Err(_) => Some("unreachable".into()),
+            };
+            match status.as_deref() {
+                Some("committed") => return Some(true),
+                Some("aborted") => return Some(false),
+                // Too old for the server to remember.
+                None => return None,
+                // "in progress", or the server is still away.
+                Some(_) if tokio::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Some(_) => return None,
+            }
+        }
     }
 
     /// Runs one read statement.

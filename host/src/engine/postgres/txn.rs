@@ -28,6 +28,14 @@ pub(super) enum TxnError {
         /// The driver's error.
         err: tokio_postgres::Error,
     },
+    /// The connection broke while the transaction `xid` was committing: it may have
+    /// committed or not (see `PostgresBroker::commit_outcome`).
+    CommitLost {
+        /// The transaction's id (`pg_current_xact_id()`), as text.
+        xid: String,
+        /// The driver's error.
+        err: tokio_postgres::Error,
+    },
 }
 
 impl From<BrokerError> for TxnError {
@@ -51,6 +59,10 @@ impl TxnError {
         match self {
             TxnError::Broker(err) => err,
             TxnError::Pg { what, err } => unavailable(op, what, &err),
+            TxnError::CommitLost { err, .. } => BrokerError::OutcomeUnknown(format!(
+                "the connection to PostgreSQL broke while {op} was committing: {}",
+                describe(&err)
+            )),
         }
     }
 }
@@ -280,9 +292,25 @@ impl<'a> Tx<'a> {
     }
 
     /// Flushes and commits; returns the queues to notify other hosts about.
+    /// Commits. If the connection breaks during the commit (the server's reply is lost), the
+    /// transaction may or may not have committed: that is [`TxnError::CommitLost`], with the
+    /// transaction's id to ask the server about once it is reachable again.
     pub async fn commit(mut self) -> Result<BTreeSet<String>, TxnError> {
         self.flush().await?;
-        self.txn.commit().await.during("committing")?;
-        Ok(self.notify)
+        let xid: String = self
+            .txn
+            .query_one("SELECT pg_current_xact_id()::text", &[])
+            .await
+            .during("reading the transaction id")?
+            .get(0);
+        match self.txn.commit().await {
+            Ok(()) => Ok(self.notify),
+            // A server error (a constraint checked at commit, say) means it did not commit.
+            Err(err) if err.as_db_error().is_some() => Err(TxnError::Pg {
+                what: "committing",
+                err,
+            }),
+            Err(err) => Err(TxnError::CommitLost { xid, err }),
+        }
     }
 }
