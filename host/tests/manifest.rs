@@ -163,7 +163,8 @@ limits = { timeout = "2m", memory = "128MiB" }
         worker.limits,
         Limits {
             timeout: Duration::from_secs(120),
-            memory_bytes: 128 * 1024 * 1024
+            memory_bytes: 128 * 1024 * 1024,
+            ..Limits::default()
         }
     );
     assert!(worker.allowed_outbound_hosts.is_empty());
@@ -586,6 +587,14 @@ fn limits_out_of_range_or_malformed_are_refused() {
         (r#"{ memory = "512KiB" }"#, "memory", "out of range"),
         (r#"{ memory = "64" }"#, "memory", "not a size"),
         (r#"{ memory = "64 megs" }"#, "memory", "not a size"),
+        (
+            r#"{ table_elements = 0 }"#,
+            "table_elements",
+            "out of range (1..=10000000)",
+        ),
+        (r#"{ instances = 10001 }"#, "instances", "out of range"),
+        (r#"{ tables = 0 }"#, "tables", "out of range"),
+        (r#"{ memories = 0 }"#, "memories", "out of range"),
     ] {
         let e = error_at(
             &with_limits(limits),
@@ -599,8 +608,23 @@ fn limits_out_of_range_or_malformed_are_refused() {
         m.components["worker"].limits,
         Limits {
             timeout: Duration::from_secs(900),
-            memory_bytes: 4 << 30
+            memory_bytes: 4 << 30,
+            ..Limits::default()
         }
+    );
+    let m = parse(&with_limits(
+        r#"{ table_elements = 5000, instances = 7, tables = 3, memories = 2 }"#,
+    ))
+    .unwrap();
+    let limits = m.components["worker"].limits;
+    assert_eq!(
+        (
+            limits.table_elements,
+            limits.instances,
+            limits.tables,
+            limits.memories
+        ),
+        (5000, 7, 3, 2)
     );
     let m = parse(&with_limits(r#"{ timeout = "1ms", memory = "1MiB" }"#)).unwrap();
     assert_eq!(m.components["worker"].limits.memory_bytes, 1 << 20);

@@ -639,6 +639,37 @@ impl Checker<'_> {
                 Err(message) => self.report(&key.child("memory"), memory.span(), message),
             }
         }
+        let counts = [
+            (
+                "table_elements",
+                &raw.table_elements,
+                &mut limits.table_elements,
+                Limits::MAX_TABLE_ELEMENTS,
+            ),
+            (
+                "instances",
+                &raw.instances,
+                &mut limits.instances,
+                Limits::MAX_COUNT,
+            ),
+            ("tables", &raw.tables, &mut limits.tables, Limits::MAX_COUNT),
+            (
+                "memories",
+                &raw.memories,
+                &mut limits.memories,
+                Limits::MAX_COUNT,
+            ),
+        ];
+        for (name, value, limit, max) in counts {
+            match value {
+                Some(n) if (1..=max).contains(n.get_ref()) => *limit = *n.get_ref(),
+                Some(n) => {
+                    let message = format!("{} is out of range (1..={max})", n.get_ref());
+                    self.report(&key.child(name), n.span(), message);
+                }
+                None => {}
+            }
+        }
         limits
     }
 }

@@ -248,8 +248,17 @@ pub struct Limits {
     /// Wall-clock time one invocation (a batch, an HTTP request) may take (default 30 s,
     /// 1 ms..=15 min).
     pub timeout: Duration,
-    /// Most linear memory the component may use, in bytes (default 64 MiB, 1 MiB..=4 GiB).
+    /// Most linear memory the component may use, in bytes, all its memories together
+    /// (default 64 MiB, 1 MiB..=4 GiB).
     pub memory_bytes: u64,
+    /// Most table elements, all its tables together (default 1 000 000).
+    pub table_elements: u32,
+    /// Most instances it may create (default 100).
+    pub instances: u32,
+    /// Most tables it may create (default 100).
+    pub tables: u32,
+    /// Most linear memories it may create (default 16).
+    pub memories: u32,
 }
 
 impl Limits {
@@ -261,13 +270,24 @@ impl Limits {
     pub const MIN_MEMORY_BYTES: u64 = 1 << 20;
     /// Largest allowed `memory`.
     pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
+    /// Largest allowed `table_elements`.
+    pub const MAX_TABLE_ELEMENTS: u32 = 10_000_000;
+    /// Largest allowed `instances`, `tables` and `memories`.
+    pub const MAX_COUNT: u32 = 10_000;
 }
 
+/// The runtime's defaults: the runtime enforces the limits, the manifest only sets them.
 impl Default for Limits {
     fn default() -> Self {
+        let runtime = crate::runtime::ComponentLimits::default();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Self {
-            timeout: Duration::from_secs(30),
-            memory_bytes: 64 << 20,
+            timeout: runtime.timeout,
+            memory_bytes: runtime.memory_bytes as u64,
+            table_elements: count(runtime.table_elements),
+            instances: count(runtime.instances),
+            tables: count(runtime.tables),
+            memories: count(runtime.memories),
         }
     }
 }

@@ -136,6 +136,10 @@ impl RawConsumer {
 pub(super) struct RawLimits {
     pub timeout: Option<Spanned<String>>,
     pub memory: Option<Spanned<String>>,
+    pub table_elements: Option<Spanned<u32>>,
+    pub instances: Option<Spanned<u32>>,
+    pub tables: Option<Spanned<u32>>,
+    pub memories: Option<Spanned<u32>>,
 }
 
 /// The value of an optional setting, or its default.

@@ -45,7 +45,10 @@ pub(super) fn options(component: &ComponentConfig, broker: Arc<dyn Broker>) -> C
         limits: ComponentLimits {
             timeout: component.limits.timeout,
             memory_bytes: usize::try_from(component.limits.memory_bytes).unwrap_or(usize::MAX),
-            ..ComponentLimits::default()
+            table_elements: component.limits.table_elements as usize,
+            instances: component.limits.instances as usize,
+            tables: component.limits.tables as usize,
+            memories: component.limits.memories as usize,
         },
         env: component.env.clone().into_iter().collect(),
         send_target: Some(SendTarget {
