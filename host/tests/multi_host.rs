@@ -18,9 +18,6 @@
 //! Needs the example guests: `scripts/build-guests.sh`.
 
 mod common;
-#[path = "../../tests/src/postgres.rs"]
-#[allow(dead_code)]
-mod postgres;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use wasmq_testkit::postgres;
 
 use common::{HostProcess, Spawned, guest, host_run};
 
@@ -103,7 +101,7 @@ limits = {{ timeout = "1s" }}
         // The notification listener says at debug level when it listens (again).
         command.env(
             "WASMQ_LOG",
-            "info,wasmq_host::engine::postgres::listen=debug",
+            "info,wasmq_engine::postgres::listen=debug",
         );
         if let StorageFrom::Env = from {
             command.env("WASMQ_STORAGE", storage);

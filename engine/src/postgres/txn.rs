@@ -10,7 +10,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::{Shared, ms};
-use crate::engine::error::BrokerError;
+use crate::error::BrokerError;
 
 /// Number of counter rows per queue; see the `counters` table in [`super::schema`].
 pub(super) const COUNTER_SHARDS: i16 = 16;

@@ -1,5 +1,5 @@
 //! Wake-ups between hosts: a dedicated connection that `LISTEN`s on the schema's channel and
-//! bumps [`Broker::changes`](crate::engine::Broker::changes) on every notification; the
+//! bumps [`Broker::changes`](crate::Broker::changes) on every notification; the
 //! [`Notifier`] that sends this host's notifications after its commits; and a slow tick as a
 //! safety net (a delayed message that comes due commits nothing, and a notification sent while
 //! a listener was reconnecting is lost).

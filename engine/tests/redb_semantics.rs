@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tempfile::TempDir;
-use wasmq_host::engine::{
+use wasmq_engine::{
     Broker, ConsumerSettings, LeaseOptions, LeasedMessage, ManualClock, QueueSettings, RedbBroker,
     RedbOptions, SendRequest,
 };
-use wasmq_tests::{Ctx, START_MS};
+use wasmq_testkit::{Ctx, START_MS};
 
 /// A fresh broker on a new file in a temporary directory that lives as long as the [`Ctx`].
 async fn redb_ctx() -> Ctx {
@@ -19,7 +19,7 @@ async fn redb_ctx() -> Ctx {
     Ctx::new(Arc::new(broker), clock, dir)
 }
 
-wasmq_tests::semantic_suite!(redb_ctx);
+wasmq_testkit::semantic_suite!(redb_ctx);
 
 // ---------------------------------------------------------------------------------------------
 // Durability across reopen
@@ -117,7 +117,7 @@ async fn unsettled_lease_counts_as_failed_attempt_after_reopen() {
     assert_eq!((m.retried, m.in_flight, m.backlog.count), (1, 1, 1));
     // An ack with the lease from before the restart is late but still taken (the message is
     // stored); the newer lease then finds it gone.
-    let ack = |lease| vec![(lease, wasmq_host::engine::Outcome::Ack)];
+    let ack = |lease| vec![(lease, wasmq_engine::Outcome::Ack)];
     let r = b.settle("q", ack(first[0].lease)).await.unwrap();
     assert_eq!((r.acked, r.stale.len()), (1, 0));
     let r = b.settle("q", ack(again[0].lease)).await.unwrap();

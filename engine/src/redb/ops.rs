@@ -9,10 +9,10 @@ use super::records::{
     Counters, LeaseRecord, MessageState, Placement, QueueRecord, decode_body, encode_body,
 };
 use super::writer::Txn;
-use crate::engine::error::{BrokerError, BrokerResult};
-use crate::engine::limits::{self, MAX_LEASE_MESSAGES, MAX_VISIBILITY_TIMEOUT_MS};
-use crate::engine::precedence;
-use crate::engine::types::{
+use crate::error::{BrokerError, BrokerResult};
+use crate::limits::{self, MAX_LEASE_MESSAGES, MAX_VISIBILITY_TIMEOUT_MS};
+use crate::precedence;
+use crate::types::{
     Backlog, LeaseId, LeaseOptions, LeasedMessage, Message, MessageId, Outcome, QueueMetrics,
     QueueSettings, SendRequest, SettleReport, SweepReport,
 };
@@ -595,7 +595,7 @@ impl Txn<'_> {
     }
 
     /// The queue's settings, state and metrics as seen inside this transaction.
-    pub fn info(&self, name: &str) -> BrokerResult<crate::engine::types::QueueInfo> {
+    pub fn info(&self, name: &str) -> BrokerResult<crate::types::QueueInfo> {
         let record = self.queue(name)?;
         let counters = self
             .state
@@ -603,7 +603,7 @@ impl Txn<'_> {
             .get(&record.id)
             .copied()
             .unwrap_or_default();
-        Ok(crate::engine::types::QueueInfo {
+        Ok(crate::types::QueueInfo {
             name: name.to_owned(),
             settings: record.settings.clone(),
             paused: record.paused,

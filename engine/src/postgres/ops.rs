@@ -21,10 +21,10 @@ use tokio_postgres::types::Json;
 
 use super::txn::{During, Tx, TxnError};
 use super::{ms, ums};
-use crate::engine::error::BrokerError;
-use crate::engine::limits::{self, MAX_LEASE_MESSAGES, MAX_VISIBILITY_TIMEOUT_MS};
-use crate::engine::precedence;
-use crate::engine::types::{
+use crate::error::BrokerError;
+use crate::limits::{self, MAX_LEASE_MESSAGES, MAX_VISIBILITY_TIMEOUT_MS};
+use crate::precedence;
+use crate::types::{
     Backlog, ContentType, LeaseId, LeaseOptions, LeasedMessage, Message, MessageId, Outcome,
     QueueInfo, QueueMetrics, QueueSettings, SendRequest, SettleReport,
 };

@@ -9,7 +9,7 @@
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::types::{ContentType, MessageId, QueueSettings};
+use crate::types::{ContentType, MessageId, QueueSettings};
 
 /// Bumped when the layout changes incompatibly.
 pub(super) const SCHEMA_VERSION: u64 = 2;

@@ -47,12 +47,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wasmq_host::engine::{
+use wasmq_engine::{
     Broker, BrokerError, ConsumerSettings, ContentType, LeaseOptions, ManualClock, Outcome,
     QueueSettings, RedbBroker, RedbOptions, SendRequest,
 };
-use wasmq_tests::START_MS;
-use wasmq_tests::power_loss::{SimulatedDisk, Survival};
+use wasmq_testkit::START_MS;
+use wasmq_testkit::power_loss::{SimulatedDisk, Survival};
 
 const JOBS: &str = "jobs";
 const DLQ: &str = "jobs-dlq";
@@ -652,9 +652,9 @@ async fn verify_after_restart(broker: &dyn Broker, journal: &Journal) -> anyhow:
 
 /// `stored` as it should be if it is message `tag`: the body and content type of
 /// [`request_for`], the stored id, timestamp and attempts.
-fn request_message(tag: u64, stored: &wasmq_host::engine::Message) -> wasmq_host::engine::Message {
+fn request_message(tag: u64, stored: &wasmq_engine::Message) -> wasmq_engine::Message {
     let request = request_for(tag);
-    wasmq_host::engine::Message {
+    wasmq_engine::Message {
         body: request.body,
         content_type: request.content_type,
         ..stored.clone()
@@ -1141,13 +1141,13 @@ mod model {
     use anyhow::{Context, bail, ensure};
     use proptest::prelude::*;
     use proptest::test_runner::{Config, RngSeed, TestCaseError};
-    use wasmq_host::engine::{
+    use wasmq_engine::{
         Backlog, Broker, BrokerError, ConsumerSettings, LeaseId, LeaseOptions, ManualClock,
         Outcome, QueueMetrics, QueueSettings, RedbBroker, RedbOptions, SendRequest, SettleReport,
         SweepReport,
     };
-    use wasmq_tests::START_MS;
-    use wasmq_tests::power_loss::{SimulatedDisk, Survival};
+    use wasmq_testkit::START_MS;
+    use wasmq_testkit::power_loss::{SimulatedDisk, Survival};
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
     pub enum Qn {
@@ -1710,7 +1710,7 @@ mod model {
                         .iter()
                         .map(|&(tag, (delay, dedup))| {
                             let mut r =
-                                SendRequest::new(body(tag), wasmq_host::engine::ContentType::Text);
+                                SendRequest::new(body(tag), wasmq_engine::ContentType::Text);
                             r.delay_seconds = delay;
                             r.dedup_key = dedup.map(|k| format!("key{k}"));
                             r

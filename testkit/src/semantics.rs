@@ -5,8 +5,8 @@
 //! here sleeps. A backend runs the whole list with
 //!
 //! ```ignore
-//! async fn factory() -> wasmq_tests::Ctx { /* fresh broker on a ManualClock at START_MS */ }
-//! wasmq_tests::semantic_suite!(factory);
+//! async fn factory() -> wasmq_testkit::Ctx { /* fresh broker on a ManualClock at START_MS */ }
+//! wasmq_testkit::semantic_suite!(factory);
 //! ```
 
 use std::any::Any;
@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use wasmq_host::engine::{
+use wasmq_engine::{
     Backlog, Broker, BrokerError, Clock, ContentType, LeaseId, LeaseOptions, LeasedMessage,
     ManualClock, Message, Outcome, QueueInfo, QueueMetrics, QueueSettings, SendRequest,
     SettleReport, SweepReport,

@@ -1,5 +1,5 @@
 //! The semantic suite against the PostgreSQL backend (each case in a fresh schema of one
-//! throwaway server, see `wasmq_tests::postgres`), plus what only a shared backend must show:
+//! throwaway server, see `wasmq_testkit::postgres`), plus what only a shared backend must show:
 //! several hosts on the same queue never hand out one message twice, a send through one host
 //! wakes the others, and a database outage is reported and recovered from.
 
@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmq_host::engine::{
+use wasmq_engine::{
     Broker, BrokerError, ConsumerSettings, LeaseOptions, LeasedMessage, ManualClock, MessageId,
     Outcome, PostgresBroker, PostgresOptions, QueueSettings, SendRequest,
 };
-use wasmq_tests::postgres::{self, PgCluster, SchemaGuard};
-use wasmq_tests::{Ctx, START_MS};
+use wasmq_testkit::postgres::{self, PgCluster, SchemaGuard};
+use wasmq_testkit::{Ctx, START_MS};
 
 /// Connects a broker to `schema` of the test server.
 async fn connect(url: &str, schema: &str, options: PostgresOptions) -> PostgresBroker {
@@ -31,7 +31,7 @@ async fn postgres_ctx() -> Ctx {
     Ctx::new(Arc::new(broker), clock, SchemaGuard::new(url, schema))
 }
 
-wasmq_tests::semantic_suite!(postgres_ctx);
+wasmq_testkit::semantic_suite!(postgres_ctx);
 
 // ---------------------------------------------------------------------------------------------
 // Several hosts

@@ -3,7 +3,8 @@
 //! without callers changing.
 //!
 //! The semantics are those of `docs/semantics.md`; the backend-independent test suite in
-//! `tests/src/semantics.rs` is their executable form.
+//! `testkit/src/semantics.rs` is their executable form, run on both backends by this crate's
+//! `tests/`.
 
 mod clock;
 mod error;

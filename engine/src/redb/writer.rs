@@ -19,8 +19,8 @@ use super::records::{
     BODIES, COUNTERS, Counters, DEDUP, DEDUP_EXPIRY, LEASES, LeaseRecord, META, QUEUES,
     QueueRecord, READY, STATES,
 };
-use crate::engine::clock::Clock;
-use crate::engine::error::{BrokerError, BrokerResult};
+use crate::clock::Clock;
+use crate::error::{BrokerError, BrokerResult};
 
 /// Most jobs committed together; bounds the size of one transaction.
 const MAX_GROUP: usize = 512;

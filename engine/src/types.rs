@@ -448,7 +448,7 @@ pub struct SweepReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::BrokerError;
+    use crate::BrokerError;
 
     #[test]
     fn ids_round_trip_as_32_lowercase_hex() {
