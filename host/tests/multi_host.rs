@@ -99,10 +99,7 @@ limits = {{ timeout = "1s" }}
         .unwrap();
         let mut command = host_run(&manifest);
         // The notification listener says at debug level when it listens (again).
-        command.env(
-            "WASMQ_LOG",
-            "info,wasmq_engine::postgres::listen=debug",
-        );
+        command.env("WASMQ_LOG", "info,wasmq_engine::postgres::listen=debug");
         if let StorageFrom::Env = from {
             command.env("WASMQ_STORAGE", storage);
         }

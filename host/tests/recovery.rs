@@ -163,6 +163,44 @@ fn sigterm_mid_load_finishes_running_batches_and_exits_0() {
     assert_eq!(attempts_logged(&log, 1), 100 - handled);
 }
 
+/// SIGTERM while a guest sleeps past the shutdown deadline: the host abandons the batch at the
+/// deadline (it is redelivered after the next start) and exits cleanly, with no panic.
+#[test]
+fn sigterm_while_a_guest_sleeps_exits_cleanly_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("manifest.toml"),
+        format!(
+            r#"
+[host]
+data_dir = "data"
+listen = "127.0.0.1:0"
+shutdown_timeout = "1s"
+
+[queues.jobs]
+
+[components.scripted]
+source = "{}"
+consumer = {{ queue = "jobs", max_batch_timeout = 0 }}
+limits = {{ timeout = "60s" }}
+"#,
+            guest("scripted").display()
+        ),
+    )
+    .unwrap();
+    let host = Host::start(dir.path());
+    host.send_batch(&["sleep:30000"]);
+    host.wait_log("attempt 1: sleep:30000");
+    let signalled = Instant::now();
+    host.signal("-TERM");
+    let (status, log) = host.wait(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+    let log = log.join("\n");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("abandoned"), "{log}");
+}
+
 #[test]
 fn after_sigkill_in_flight_messages_come_back_with_the_attempt_counted() {
     let dir = manifest_dir("max_batch_size = 5, max_batch_timeout = 0, max_concurrency = 2");
