@@ -19,8 +19,27 @@ use crate::{manifest, run};
 #[derive(Debug, Parser)]
 #[command(name = "host", version, about)]
 pub struct Cli {
+    /// How the log is written: `text` for people (colour only on a terminal, and never with
+    /// `NO_COLOR`) or `json`, one object per line, for log collectors.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "WASMQ_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The log's format (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -313,6 +313,77 @@ fn a_bad_manifest_names_the_file_the_key_and_the_line() {
     assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
 }
 
+/// The log says what each batch did (one line per batch), warns for every dead-letter move
+/// naming the message, groups guest output under its batch, and can be JSON for machines.
+#[test]
+fn the_log_tells_each_batch_and_each_dead_letter_move_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("manifest.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+[host]
+data_dir = "data"
+listen = "127.0.0.1:0"
+
+[queues.jobs]
+[queues.jobs-dlq]
+
+[components.scripted]
+source = "{}"
+consumer = {{ queue = "jobs", max_batch_timeout = 0, max_retries = 0, dead_letter_queue = "jobs-dlq" }}
+"#,
+            guest("scripted").display()
+        ),
+    )
+    .unwrap();
+    let mut command = host_run(&manifest);
+    command.env("WASMQ_LOG_FORMAT", "json");
+    let host = HostProcess::start(command);
+    let out = Command::new(HOST)
+        .args(["send", "jobs", "print:hello;fail"])
+        .args(["--content-type", "text"])
+        .env("WASMQ_URL", &host.url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    host.wait_log("moved to the dead-letter queue");
+    host.wait_log("\"message\":\"batch\"");
+    let lines: Vec<Value> = host
+        .log_text()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let batch = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "batch")
+        .expect("a batch line");
+    assert_eq!(batch["level"], "INFO");
+    assert_eq!(
+        (
+            &batch["fields"]["queue"],
+            &batch["fields"]["messages"],
+            &batch["fields"]["dead_lettered"]
+        ),
+        (&json!("jobs"), &json!(1), &json!(1)),
+        "{batch}"
+    );
+    let moved = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "retries exhausted; moved to the dead-letter queue")
+        .expect("a dead-letter line");
+    assert_eq!(moved["level"], "WARN");
+    assert_eq!(moved["fields"]["message_id"].as_str().unwrap().len(), 32);
+    let hello = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "hello")
+        .expect("the guest's output");
+    assert_eq!(hello["span"]["name"], "batch", "{hello}");
+    assert_eq!(hello["span"]["queue"], "jobs", "{hello}");
+}
+
 /// A component that is not wasm, or of the wrong world, stops the start with an error that
 /// names the manifest's line and key and the file, before any queue is stored.
 #[test]

@@ -765,10 +765,11 @@ impl Tx<'_> {
                     move_seqs.push(message.seq);
                     move_tickets.push(tickets.next().expect("one ticket each"));
                     move_bytes += message.size;
-                    tracing::debug!(
+                    tracing::warn!(
                         queue = %queue.name,
                         message_id = %message.message_id,
                         attempts = message.attempts,
+                        dead_letter_queue = consumer.dead_letter_queue.as_deref().unwrap_or(""),
                         "retries exhausted; moved to the dead-letter queue"
                     );
                 }

@@ -339,7 +339,8 @@ impl Txn<'_> {
             Some(dlq) => {
                 self.move_message(id, seq, state, dlq)?;
                 self.counters_mut(id).dead_lettered += 1;
-                tracing::debug!(%queue, %message_id, attempts = state.attempts, "retries exhausted; moved to the dead-letter queue");
+                let dead_letter_queue = &self.state.names[&dlq];
+                tracing::warn!(%queue, %message_id, attempts = state.attempts, %dead_letter_queue, "retries exhausted; moved to the dead-letter queue");
                 Ok(Fate::DeadLettered)
             }
             None => {

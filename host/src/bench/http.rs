@@ -133,6 +133,7 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
         producers: producers.clone(),
         consumer_stats: Default::default(),
         reloader: None,
+        access_log: false,
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(http::serve(listener, router, 10_000, stopped));

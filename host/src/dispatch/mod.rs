@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::engine::precedence;
 use crate::engine::{
@@ -396,7 +397,10 @@ impl Inner {
         }
         let started = Instant::now();
         let name = instance.name().to_owned();
-        let run = instance.run(input).await;
+        let messages = input.messages.len();
+        // The guest's output is logged inside this span, so it can be told apart by batch.
+        let span = tracing::info_span!("batch", queue = %self.queue, component = %name);
+        let run = instance.run(input).instrument(span).await;
         let name = name.as_str();
         self.stats
             .record(name, &self.queue, started.elapsed(), run.failure.is_some());
@@ -414,6 +418,18 @@ impl Inner {
             .map(|(id, outcome)| (leases[&id], outcome))
             .collect();
         let report = self.settle(outcomes, expires).await?;
+        tracing::info!(
+            queue = %self.queue,
+            component = name,
+            messages,
+            acked = report.acked,
+            retried = report.retried,
+            dead_lettered = report.dead_lettered,
+            dropped = report.dropped,
+            duration_ms = started.elapsed().as_millis() as u64,
+            failure = run.failure.as_ref().map(|f| f.to_string()),
+            "batch"
+        );
         if !report.stale.is_empty() {
             tracing::warn!(queue = %self.queue, stale = report.stale.len(), "the batch settled after its lease expired and some of its messages had left the queue meanwhile; their outcomes were not applied");
         }

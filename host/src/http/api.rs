@@ -36,6 +36,8 @@ pub struct ServeConfig {
     pub consumer_stats: ConsumerStats,
     /// What `POST /reload` does (none: the route answers 404).
     pub reloader: Option<Arc<dyn Reloader>>,
+    /// Log every request on a producer route (method, path, status, duration).
+    pub access_log: bool,
 }
 
 /// Reloads the manifest and the components of a running host (`POST /reload`).
@@ -92,9 +94,13 @@ pub fn router(config: ServeConfig) -> Router {
         })),
         None => api,
     };
-    api.merge(super::producer::router(config.producers, token))
-        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .layer(middleware::from_fn(refuse_declared_oversize))
+    api.merge(super::producer::router(
+        config.producers,
+        token,
+        config.access_log,
+    ))
+    .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+    .layer(middleware::from_fn(refuse_declared_oversize))
 }
 
 /// True for a request to Cloudflare's API, whose refusals use Cloudflare's envelope.

@@ -42,7 +42,11 @@ pub(super) fn metrics_route(broker: Arc<dyn Broker>, stats: ConsumerStats) -> Ro
 
 async fn set_paused(broker: &dyn Broker, queue: &str, paused: bool) -> Answer {
     match broker.set_paused(queue, paused).await {
-        Ok(()) => respond::<QueueInfo>(broker.queue_info(queue).await),
+        Ok(()) => {
+            let action = if paused { "paused" } else { "resumed" };
+            tracing::info!(queue, "queue {action}");
+            respond::<QueueInfo>(broker.queue_info(queue).await)
+        }
         Err(err) => broker_error(err),
     }
 }
@@ -57,7 +61,10 @@ async fn resume(State(broker): Api, Path(queue): Path<String>) -> Answer {
 
 async fn purge(State(broker): Api, Path(queue): Path<String>) -> Answer {
     match broker.purge(&queue).await {
-        Ok(purged) => ok(serde_json::json!({ "purged": purged })),
+        Ok(purged) => {
+            tracing::info!(%queue, messages = purged, "queue purged");
+            ok(serde_json::json!({ "purged": purged }))
+        }
         Err(err) => broker_error(err),
     }
 }
@@ -125,7 +132,10 @@ async fn replay(
         );
     }
     match broker.replay(&queue, &request.to, limit).await {
-        Ok(moved) => ok(serde_json::json!({ "moved": moved })),
+        Ok(moved) => {
+            tracing::info!(from = %queue, to = %request.to, messages = moved, "messages replayed");
+            ok(serde_json::json!({ "moved": moved }))
+        }
         Err(err) => broker_error(err),
     }
 }

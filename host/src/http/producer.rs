@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock};
 
 use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -67,14 +68,17 @@ impl ProducerRoutes {
 struct Producers {
     routes: ProducerRoutes,
     token: Option<Arc<str>>,
+    access_log: bool,
 }
 
 /// A router whose fallback serves `routes`; with a `token`, routes that require it answer 401
-/// without it.
-pub(super) fn router(routes: ProducerRoutes, token: Option<Arc<str>>) -> Router {
-    Router::new()
-        .fallback(serve)
-        .with_state(Producers { routes, token })
+/// without it; with `access_log`, every request is logged (target `access`).
+pub(super) fn router(routes: ProducerRoutes, token: Option<Arc<str>>, access_log: bool) -> Router {
+    Router::new().fallback(serve).with_state(Producers {
+        routes,
+        token,
+        access_log,
+    })
 }
 
 async fn serve(State(producers): State<Producers>, request: Request) -> Response {
@@ -103,7 +107,21 @@ async fn serve(State(producers): State<Producers>, request: Request) -> Response
     };
     // Bodies stream into the guest; one over the limit fails the guest's read.
     let request = request.map(|body| http_body_util::Limited::new(body, MAX_REQUEST_BYTES));
-    match route.component.handle(request).await {
+    let method = request.method().clone();
+    // The guest's output is logged inside this span, so it can be told apart by request.
+    let span = tracing::info_span!("request", component = %name, %method, %path);
+    let started = std::time::Instant::now();
+    let answered = route.component.handle(request).instrument(span).await;
+    if producers.access_log {
+        let status = match &answered {
+            Ok(response) => response.status().as_u16(),
+            Err(Failure::Timeout) => 504,
+            Err(Failure::HostBusy(_)) => 503,
+            Err(_) => 500,
+        };
+        tracing::info!(target: "access", component = %name, %method, %path, status, duration_ms = started.elapsed().as_millis() as u64, "request");
+    }
+    match answered {
         Ok(response) => response.map(|body| {
             axum::body::Body::new(body.map_frame(move |frame| {
                 let _slot = &slot;

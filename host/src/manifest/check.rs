@@ -288,6 +288,7 @@ impl Checker<'_> {
             pooling_allocator: raw.pooling_allocator.as_ref().is_none_or(|v| *v.get_ref()),
             max_batches_in_flight,
             max_connections,
+            access_log: raw.access_log.as_ref().is_some_and(|v| *v.get_ref()),
             shutdown_timeout,
         }
     }

@@ -94,6 +94,8 @@ pub struct HostConfig {
     pub max_batches_in_flight: u32,
     /// HTTP connections open at once (default 1024; lowered to fit the open-file limit).
     pub max_connections: u32,
+    /// Log every request on a producer route (default false).
+    pub access_log: bool,
     /// How long a shutdown waits for running batches before exiting anyway (default 30 s).
     pub shutdown_timeout: Duration,
     /// Where the queues live (default: redb in `data_dir`; `WASMQ_STORAGE` when unset here).
@@ -175,6 +177,7 @@ impl fmt::Debug for HostConfig {
             .field("pooling_allocator", &self.pooling_allocator)
             .field("max_batches_in_flight", &self.max_batches_in_flight)
             .field("max_connections", &self.max_connections)
+            .field("access_log", &self.access_log)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("storage", &self.storage)
             .finish()

@@ -33,6 +33,7 @@ pub(super) struct RawHost {
     pub pooling_allocator: Option<Spanned<bool>>,
     pub max_batches_in_flight: Option<Spanned<u32>>,
     pub max_connections: Option<Spanned<u32>>,
+    pub access_log: Option<Spanned<bool>>,
     pub shutdown_timeout: Option<Spanned<String>>,
     pub storage: Option<Spanned<String>>,
 }

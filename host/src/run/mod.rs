@@ -198,6 +198,7 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
         producers: supervisor.producers(),
         consumer_stats: stats,
         reloader: Some(supervisor.clone()),
+        access_log: manifest.host.access_log,
     });
     let open_files = http::raise_open_file_limit();
     let max_connections = http::connection_cap(manifest.host.max_connections as usize, open_files);

@@ -96,29 +96,32 @@ impl ProducerComponent {
         // The guest runs in its own task until its deadline, whether it computes or waits (for
         // the request body, say); the response arrives through `receiver` once it calls
         // `response-outparam.set`, possibly before it returns, and its body streams meanwhile.
-        let call = tokio::spawn(async move {
-            let run = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, request, out)
-                    .await
-            };
-            let result = guest::with_deadline(deadline, run).await;
-            let timed_out = result.is_none() || store.data().outbound.deadline_hit();
-            // Flush unterminated output lines to the log.
-            stdout.lines();
-            stderr.lines();
-            match result {
-                _ if timed_out => Err(Failure::Timeout),
-                Some(Ok(())) => Ok(()),
-                Some(Err(err)) if guest::is_host_busy(&err) => {
-                    Err(Failure::HostBusy(err.root_cause().to_string()))
+        let call = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let run = async {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, request, out)
+                        .await
+                };
+                let result = guest::with_deadline(deadline, run).await;
+                let timed_out = result.is_none() || store.data().outbound.deadline_hit();
+                // Flush unterminated output lines to the log.
+                stdout.lines();
+                stderr.lines();
+                match result {
+                    _ if timed_out => Err(Failure::Timeout),
+                    Some(Ok(())) => Ok(()),
+                    Some(Err(err)) if guest::is_host_busy(&err) => {
+                        Err(Failure::HostBusy(err.root_cause().to_string()))
+                    }
+                    Some(Err(err)) => Err(guest::classify(&err)),
+                    None => Err(Failure::Timeout),
                 }
-                Some(Err(err)) => Err(guest::classify(&err)),
-                None => Err(Failure::Timeout),
-            }
-        });
+            },
+            tracing::Span::current(),
+        ));
         match receiver.await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(code)) => Err(Failure::Error(format!("the component answered {code:?}"))),
