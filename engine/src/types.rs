@@ -5,8 +5,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::BrokerResult;
-use super::limits::{MAX_DELAY_SECONDS, check_range};
+use super::error::{BrokerError, BrokerResult};
+use super::limits::{
+    MAX_DELAY_SECONDS, MAX_LEASE_MESSAGES, MAX_VISIBILITY_TIMEOUT_MS, check_delay, check_range,
+};
 
 /// How a message body is to be read by its consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -262,6 +264,35 @@ impl LeaseOptions {
         Self {
             max_messages,
             visibility_timeout_ms,
+        }
+    }
+
+    /// Checks both ranges (every backend calls this before its first write).
+    pub fn validate(&self) -> BrokerResult<()> {
+        if !(1..=MAX_LEASE_MESSAGES).contains(&self.max_messages) {
+            return Err(BrokerError::InvalidLease(format!(
+                "batch size is {}; it must be between 1 and {MAX_LEASE_MESSAGES}",
+                self.max_messages
+            )));
+        }
+        if !(1..=MAX_VISIBILITY_TIMEOUT_MS).contains(&self.visibility_timeout_ms) {
+            return Err(BrokerError::InvalidLease(format!(
+                "visibility timeout is {} ms; it must be between 1 and {MAX_VISIBILITY_TIMEOUT_MS}",
+                self.visibility_timeout_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Outcome {
+    /// Checks an explicit retry delay's range (every backend calls this before settling).
+    pub fn validate(&self) -> BrokerResult<()> {
+        match self {
+            Outcome::Retry {
+                delay_seconds: Some(delay),
+            } => check_delay(*delay),
+            _ => Ok(()),
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio_postgres::types::Json;
 use super::txn::{During, Tx, TxnError};
 use super::{ms, ums};
 use crate::error::BrokerError;
-use crate::limits::{self, MAX_LEASE_MESSAGES, MAX_VISIBILITY_TIMEOUT_MS};
+use crate::limits;
 use crate::precedence;
 use crate::types::{
     Backlog, ContentType, LeaseId, LeaseOptions, LeasedMessage, Message, MessageId, Outcome,
@@ -458,20 +458,7 @@ impl Tx<'_> {
     }
 
     pub async fn lease(&mut self, name: &str, options: LeaseOptions) -> Res<Vec<LeasedMessage>> {
-        if !(1..=MAX_LEASE_MESSAGES).contains(&options.max_messages) {
-            return Err(BrokerError::InvalidLease(format!(
-                "batch size is {}; it must be between 1 and {MAX_LEASE_MESSAGES}",
-                options.max_messages
-            ))
-            .into());
-        }
-        if !(1..=MAX_VISIBILITY_TIMEOUT_MS).contains(&options.visibility_timeout_ms) {
-            return Err(BrokerError::InvalidLease(format!(
-                "visibility timeout is {} ms; it must be between 1 and {MAX_VISIBILITY_TIMEOUT_MS}",
-                options.visibility_timeout_ms
-            ))
-            .into());
-        }
+        options.validate()?;
         let queue = self.queue(name, Hold::Shared).await?;
         if queue.paused {
             return Err(BrokerError::Paused(name.to_owned()).into());
@@ -576,12 +563,7 @@ impl Tx<'_> {
     ) -> Res<SettleReport> {
         let queue = self.queue(name, Hold::Shared).await?;
         for (_, outcome) in outcomes {
-            if let Outcome::Retry {
-                delay_seconds: Some(delay),
-            } = outcome
-            {
-                limits::check_delay(*delay)?;
-            }
+            outcome.validate()?;
         }
         let mut seqs: Vec<i64> = outcomes
             .iter()

@@ -10,7 +10,7 @@ use super::records::{
 };
 use super::writer::Txn;
 use crate::error::{BrokerError, BrokerResult};
-use crate::limits::{self, MAX_LEASE_MESSAGES, MAX_VISIBILITY_TIMEOUT_MS};
+use crate::limits;
 use crate::precedence;
 use crate::types::{
     Backlog, LeaseId, LeaseOptions, LeasedMessage, Message, MessageId, Outcome, QueueMetrics,
@@ -184,18 +184,7 @@ impl Txn<'_> {
         queue: &str,
         options: LeaseOptions,
     ) -> BrokerResult<Vec<LeasedMessage>> {
-        if !(1..=MAX_LEASE_MESSAGES).contains(&options.max_messages) {
-            return Err(BrokerError::InvalidLease(format!(
-                "batch size is {}; it must be between 1 and {MAX_LEASE_MESSAGES}",
-                options.max_messages
-            )));
-        }
-        if !(1..=MAX_VISIBILITY_TIMEOUT_MS).contains(&options.visibility_timeout_ms) {
-            return Err(BrokerError::InvalidLease(format!(
-                "visibility timeout is {} ms; it must be between 1 and {MAX_VISIBILITY_TIMEOUT_MS}",
-                options.visibility_timeout_ms
-            )));
-        }
+        options.validate()?;
         let record = self.queue(queue)?;
         if record.paused {
             return Err(BrokerError::Paused(queue.to_owned()));
@@ -255,12 +244,7 @@ impl Txn<'_> {
     ) -> BrokerResult<SettleReport> {
         let id = self.queue(queue)?.id;
         for (_, outcome) in &outcomes {
-            if let Outcome::Retry {
-                delay_seconds: Some(delay),
-            } = outcome
-            {
-                limits::check_delay(*delay)?;
-            }
+            outcome.validate()?;
         }
         // A lease past its deadline is a failed attempt even if no sweep has run yet: it is
         // expired first, so a late decision below always meets the message as the expiry left
