@@ -320,6 +320,13 @@ impl ApiArgs {
 impl Cli {
     /// The log level when `WASMQ_LOG` does not say: benchmarks log only problems, so that
     /// guests' output does not distort their figures.
+    /// Whether the command serves (`run`): it must survive writes to closed sockets, so it
+    /// keeps Rust's default of ignoring SIGPIPE. The other commands print to stdout and should
+    /// stop quietly when it closes (`host queues list | head -1`), as Unix tools do.
+    pub fn serves(&self) -> bool {
+        matches!(self.command, Command::Run { .. })
+    }
+
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
             Command::Bench { .. } => "warn",

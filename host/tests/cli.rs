@@ -313,6 +313,36 @@ fn a_bad_manifest_names_the_file_the_key_and_the_line() {
     assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
 }
 
+/// A read command whose output is cut short (`| head -c0`) stops quietly, as Unix tools do:
+/// no panic, no exit status 101.
+#[test]
+fn a_closed_pipe_stops_a_read_command_quietly() {
+    let host = RunningHost::start();
+    for command in [
+        "queues list",
+        "queues list --json",
+        "queues info jobs",
+        "messages peek jobs",
+    ] {
+        let script = format!(
+            "set -o pipefail; \"$HOST\" {command} | head -c0; echo \"status ${{PIPESTATUS[0]}}\""
+        );
+        let out = Command::new("bash")
+            .args(["-c", &script])
+            .env("HOST", HOST)
+            .env("WASMQ_URL", &host.url)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{command}: {stderr}");
+        assert!(
+            stdout.contains("status 0") || stdout.contains("status 141"),
+            "{command}: {stdout} {stderr}"
+        );
+    }
+}
+
 /// The log says what each batch did (one line per batch), warns for every dead-letter move
 /// naming the message, groups guest output under its batch, and can be JSON for machines.
 #[test]
