@@ -25,14 +25,21 @@ impl StoreBudget {
     }
 }
 
-/// Adds `current → desired` to `used` if the total stays within `limit`.
-fn grow(used: &mut usize, current: usize, desired: usize, limit: usize) -> bool {
+/// Adds the growth `current → desired` to `used` if the total stays within `limit`; past it,
+/// an error that traps the guest and names the limit.
+fn grow(
+    used: &mut usize,
+    current: usize,
+    desired: usize,
+    limit: usize,
+    what: &str,
+) -> wasmtime::Result<bool> {
     let total = used.saturating_add(desired.saturating_sub(current));
     if total > limit {
-        return false;
+        wasmtime::bail!("the component's limit of {limit} {what} is reached");
     }
     *used = total;
-    true
+    Ok(true)
 }
 
 impl ResourceLimiter for StoreBudget {
@@ -42,19 +49,9 @@ impl ResourceLimiter for StoreBudget {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if grow(
-            &mut self.memory_bytes,
-            current,
-            desired,
-            self.limits.memory_bytes,
-        ) {
-            Ok(true)
-        } else {
-            wasmtime::bail!(
-                "the component's memory limit of {} bytes is reached (all its memories together)",
-                self.limits.memory_bytes
-            )
-        }
+        let limit = self.limits.memory_bytes;
+        let what = "bytes of memory (all its memories together)";
+        grow(&mut self.memory_bytes, current, desired, limit, what)
     }
 
     fn table_growing(
@@ -63,19 +60,9 @@ impl ResourceLimiter for StoreBudget {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if grow(
-            &mut self.table_elements,
-            current,
-            desired,
-            self.limits.table_elements,
-        ) {
-            Ok(true)
-        } else {
-            wasmtime::bail!(
-                "the component's limit of {} table elements is reached (all its tables together)",
-                self.limits.table_elements
-            )
-        }
+        let limit = self.limits.table_elements;
+        let what = "table elements (all its tables together)";
+        grow(&mut self.table_elements, current, desired, limit, what)
     }
 
     fn instances(&self) -> usize {
