@@ -3,8 +3,8 @@
 //! directly.
 //!
 //! A batch goes through the same path as under `host run`: the component is compiled and
-//! linked by [`ConsumerComponent`], called with [`ConsumerComponent::run_batch`] on a
-//! blocking thread with its time and memory limits, its calls are resolved by
+//! linked by [`ConsumerComponent`], called with [`ConsumerComponent::run_batch`] with its
+//! time and memory limits, its calls are resolved by
 //! [`precedence::resolve`] and each retried message's fate is decided by [`precedence::fate`],
 //! the function the engine settles with. Its sends go to the real redb engine (in memory, on a
 //! [`ManualClock`](crate::engine::ManualClock) that stands still), which accepts or refuses
