@@ -542,6 +542,8 @@ fn operators_pause_purge_peek_replay_and_read_metrics() {
         "wasmq_messages_sent_total{queue=\"jobs-dlq\"} 5",
         "wasmq_queue_backlog_messages{queue=\"jobs-dlq\"} 0",
         "wasmq_queue_paused{queue=\"jobs\"} 0",
+        "wasmq_queue_oldest_message_age_seconds{queue=\"jobs-dlq\"} 0.000",
+        "# TYPE wasmq_consumer_failures_total counter",
         "# TYPE wasmq_consumer_batch_duration_seconds histogram",
         "wasmq_consumer_batches_total{component=\"worker\",queue=\"jobs\",result=\"failed\"} 0",
     ] {

@@ -403,7 +403,7 @@ impl Inner {
         let run = instance.run(input).instrument(span).await;
         let name = name.as_str();
         self.stats
-            .record(name, &self.queue, started.elapsed(), run.failure.is_some());
+            .record(name, &self.queue, started.elapsed(), run.failure.as_ref());
         if let Some(failure) = &run.failure {
             tracing::warn!(queue = %self.queue, component = name, messages = ids.len(), "batch failed: {failure}");
         }

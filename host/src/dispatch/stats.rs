@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::runtime::Failure;
+
 /// Upper bounds (seconds) of the batch-duration histogram's buckets.
 const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -27,11 +29,31 @@ struct BatchStats {
     sum_seconds: f64,
     ok: u64,
     failed: u64,
+    /// Failed batches by kind (`error`, `trap`, `out_of_memory`, `timeout`, `host_busy`).
+    failures: BTreeMap<&'static str, u64>,
+}
+
+/// The kind of a failure, for `wasmq_consumer_failures_total`.
+fn failure_kind(failure: &Failure) -> &'static str {
+    match failure {
+        Failure::Error(_) => "error",
+        Failure::Trap(text) if text.contains("bytes of memory") => "out_of_memory",
+        Failure::Trap(_) => "trap",
+        Failure::Timeout => "timeout",
+        Failure::HostBusy(_) => "host_busy",
+    }
 }
 
 impl ConsumerStats {
-    /// Records one batch of `component` on `queue` that ran for `elapsed`.
-    pub fn record(&self, component: &str, queue: &str, elapsed: Duration, failed: bool) {
+    /// Records one batch of `component` on `queue` that ran for `elapsed` and failed with
+    /// `failure`, if it did.
+    pub fn record(
+        &self,
+        component: &str,
+        queue: &str,
+        elapsed: Duration,
+        failure: Option<&Failure>,
+    ) {
         let seconds = elapsed.as_secs_f64();
         let bucket = BUCKETS
             .iter()
@@ -43,10 +65,12 @@ impl ConsumerStats {
             .or_default();
         stats.buckets[bucket] += 1;
         stats.sum_seconds += seconds;
-        if failed {
-            stats.failed += 1;
-        } else {
-            stats.ok += 1;
+        match failure {
+            Some(failure) => {
+                stats.failed += 1;
+                *stats.failures.entry(failure_kind(failure)).or_default() += 1;
+            }
+            None => stats.ok += 1,
         }
     }
 
@@ -114,6 +138,19 @@ impl ConsumerStats {
             let _ = writeln!(out, "{name}{{{labels},result=\"ok\"}} {}", stats.ok);
             let _ = writeln!(out, "{name}{{{labels},result=\"failed\"}} {}", stats.failed);
         }
+        let name = "wasmq_consumer_failures_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Failed batches by kind: error, trap, out_of_memory, timeout, host_busy.\n# TYPE {name} counter"
+        );
+        for ((component, queue), stats) in all.iter() {
+            for (kind, count) in &stats.failures {
+                let _ = writeln!(
+                    out,
+                    "{name}{{component=\"{component}\",queue=\"{queue}\",kind=\"{kind}\"}} {count}"
+                );
+            }
+        }
     }
 }
 
@@ -124,9 +161,14 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative_and_counts_split_by_result() {
         let stats = ConsumerStats::default();
-        stats.record("worker", "jobs", Duration::from_micros(800), false);
-        stats.record("worker", "jobs", Duration::from_millis(20), false);
-        stats.record("worker", "jobs", Duration::from_secs(40), true);
+        stats.record("worker", "jobs", Duration::from_micros(800), None);
+        stats.record("worker", "jobs", Duration::from_millis(20), None);
+        stats.record(
+            "worker",
+            "jobs",
+            Duration::from_secs(40),
+            Some(&Failure::Timeout),
+        );
         let mut text = String::new();
         stats.write_prometheus(&mut text);
         let line = |needle: &str| {
@@ -159,6 +201,12 @@ mod tests {
             line(&format!(
                 "wasmq_consumer_batches_total{{{labels},result=\"failed\"}}"
             )),
+            "1"
+        );
+        assert_eq!(
+            line(
+                "wasmq_consumer_failures_total{component=\"worker\",queue=\"jobs\",kind=\"timeout\"}"
+            ),
             "1"
         );
         assert_eq!(stats.batches("worker", "jobs"), (2, 1));

@@ -238,5 +238,27 @@ pub fn prometheus_text(queues: &[QueueInfo]) -> String {
             let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", queue.name, read(queue));
         }
     }
+    // What SQS users alarm on: how long the oldest stored message has waited (0 when empty).
+    let name = "wasmq_queue_oldest_message_age_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Seconds since the oldest stored message was first sent (0: none).\n# TYPE {name} gauge"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for queue in queues {
+        let age_ms = queue
+            .metrics
+            .backlog
+            .oldest_timestamp_ms
+            .map_or(0, |oldest| now_ms.saturating_sub(oldest));
+        let _ = writeln!(
+            out,
+            "{name}{{queue=\"{}\"}} {:.3}",
+            queue.name,
+            age_ms as f64 / 1000.0
+        );
+    }
     out
 }
