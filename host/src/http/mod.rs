@@ -14,10 +14,8 @@ mod server;
 pub mod wire;
 
 pub use self::api::{Reloader, ServeConfig, router};
-pub use self::body::InputError;
-pub use self::cloudflare::queue_id;
 pub use self::consumers::{Attached, ConsumerView, QueueConsumers, Wiring};
 pub use self::operator::{MAX_PEEK, MAX_REPLAY, prometheus_text};
 pub use self::producer::{ProducerRoute, ProducerRoutes};
 pub use self::pull::{AckEntry, AckRequest, PullRequest, PulledMessage, RetryEntry};
-pub use self::server::{HEADER_READ_TIMEOUT, connection_cap, raise_open_file_limit, serve};
+pub use self::server::{connection_cap, raise_open_file_limit, serve};
