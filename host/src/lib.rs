@@ -15,5 +15,6 @@ pub use wasmq_engine as engine;
 pub mod harness;
 pub mod http;
 pub mod manifest;
+pub mod metrics;
 pub mod run;
 pub mod runtime;

@@ -552,6 +552,17 @@ fn operators_pause_purge_peek_replay_and_read_metrics() {
             "missing {line:?} in\n{metrics}"
         );
     }
+    // Requests by route pattern (never the raw path) and status; the components' load times.
+    for prefix in [
+        "wasmq_http_request_duration_seconds_count{route=\"/queues/{queue}\",method=\"GET\",status=\"200\"} ",
+        "wasmq_component_load_seconds{component=\"worker\"} ",
+        "wasmq_component_load_seconds{component=\"fanout\"} ",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(prefix)),
+            "missing {prefix:?} in\n{metrics}"
+        );
+    }
     // The worker's batches (at least one, at most one per acked message) are all counted.
     let value = |prefix: &str| -> u64 {
         let line = metrics.lines().find(|l| l.starts_with(prefix));

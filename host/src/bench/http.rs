@@ -132,6 +132,7 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
         token: None,
         producers: producers.clone(),
         consumer_stats: Default::default(),
+        component_stats: Default::default(),
         reloader: None,
         access_log: false,
     });

@@ -6,12 +6,8 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::metrics::Histogram;
 use crate::runtime::Failure;
-
-/// Upper bounds (seconds) of the batch-duration histogram's buckets.
-const BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
 
 /// Batch statistics of every consumer, shared by the dispatchers and the HTTP server.
 #[derive(Clone, Default)]
@@ -24,9 +20,8 @@ type ConsumerKey = (String, String);
 struct BatchStats {
     /// Batches the dispatcher currently lets run at once.
     concurrency: u32,
-    /// Batches per bucket of [`BUCKETS`] (not cumulative), then the `+Inf` bucket.
-    buckets: [u64; BUCKETS.len() + 1],
-    sum_seconds: f64,
+    /// How long the component took per batch.
+    duration: Histogram,
     ok: u64,
     failed: u64,
     /// Failed batches by kind (`error`, `trap`, `out_of_memory`, `timeout`, `host_busy`).
@@ -54,17 +49,11 @@ impl ConsumerStats {
         elapsed: Duration,
         failure: Option<&Failure>,
     ) {
-        let seconds = elapsed.as_secs_f64();
-        let bucket = BUCKETS
-            .iter()
-            .position(|&bound| seconds <= bound)
-            .unwrap_or(BUCKETS.len());
         let mut all = self.0.lock().expect("consumer stats lock");
         let stats = all
             .entry((component.to_owned(), queue.to_owned()))
             .or_default();
-        stats.buckets[bucket] += 1;
-        stats.sum_seconds += seconds;
+        stats.duration.observe(elapsed);
         match failure {
             Some(failure) => {
                 stats.failed += 1;
@@ -106,15 +95,7 @@ impl ConsumerStats {
         );
         for ((component, queue), stats) in all.iter() {
             let labels = format!("component=\"{component}\",queue=\"{queue}\"");
-            let mut cumulative = 0;
-            for (bound, count) in BUCKETS.iter().zip(stats.buckets) {
-                cumulative += count;
-                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-            }
-            let total = stats.ok + stats.failed;
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
-            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", stats.sum_seconds);
-            let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
+            stats.duration.write(out, name, &labels);
         }
         let name = "wasmq_consumer_concurrency";
         let _ = writeln!(

@@ -16,6 +16,7 @@ use super::producer::ProducerRoutes;
 use super::wire::{ApiError, Envelope, PublishBatch, PublishMessage, QueueView};
 use crate::dispatch::ConsumerStats;
 use crate::engine::{Backlog, Broker, BrokerError, QueueInfo};
+use crate::metrics::{ComponentStats, HttpStats};
 
 /// Largest request body accepted: a full batch (256 000 bytes) with room for JSON escaping
 /// and base64. Larger requests are refused before they are read whole.
@@ -34,6 +35,8 @@ pub struct ServeConfig {
     pub producers: ProducerRoutes,
     /// The consumers' batch statistics, for `GET /metrics`.
     pub consumer_stats: ConsumerStats,
+    /// How long each component took to load, for `GET /metrics`.
+    pub component_stats: ComponentStats,
     /// What `POST /reload` does (none: the route answers 404).
     pub reloader: Option<Arc<dyn Reloader>>,
     /// Log every request on a producer route (method, path, status, duration).
@@ -51,6 +54,7 @@ pub trait Reloader: Send + Sync + 'static {
 /// The API's routes and the producer routes.
 pub fn router(config: ServeConfig) -> Router {
     let token: Option<Arc<str>> = config.token.map(Into::into);
+    let http_stats = HttpStats::default();
     let api = Router::new()
         .route("/queues", get(list_queues))
         .route("/queues/{queue}", get(queue_info))
@@ -62,6 +66,8 @@ pub fn router(config: ServeConfig) -> Router {
         .merge(super::operator::metrics_route(
             config.broker.clone(),
             config.consumer_stats,
+            http_stats.clone(),
+            config.component_stats,
         ))
         .merge(super::pull::routes(
             config.broker.clone(),
@@ -94,13 +100,39 @@ pub fn router(config: ServeConfig) -> Router {
         })),
         None => api,
     };
+    let api = api.layer(middleware::from_fn_with_state(
+        http_stats.clone(),
+        record_request,
+    ));
     api.merge(super::producer::router(
         config.producers,
         token,
         config.access_log,
+        http_stats,
     ))
     .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
     .layer(middleware::from_fn(refuse_declared_oversize))
+}
+
+/// Records an API request by the route pattern that served it (producer routes record their
+/// own, by their configured route).
+async fn record_request(State(stats): State<HttpStats>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    if let Some(route) = route {
+        stats.record(
+            &route,
+            &method,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+    }
+    response
 }
 
 /// True for a request to Cloudflare's API, whose refusals use Cloudflare's envelope.

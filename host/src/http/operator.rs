@@ -17,6 +17,7 @@ use super::body::{InputError, JsonBody};
 use super::wire::{PeekedMessage, ReplayRequest};
 use crate::dispatch::ConsumerStats;
 use crate::engine::{Broker, QueueInfo};
+use crate::metrics::{ComponentStats, HttpStats};
 
 /// Most messages one peek returns.
 pub const MAX_PEEK: u32 = 100;
@@ -34,10 +35,28 @@ pub(super) fn routes() -> Router<Arc<dyn Broker>> {
 }
 
 /// `GET /metrics`: the queues' gauges and counters, and the consumers' batch statistics.
-pub(super) fn metrics_route(broker: Arc<dyn Broker>, stats: ConsumerStats) -> Router {
+pub(super) fn metrics_route(
+    broker: Arc<dyn Broker>,
+    consumers: ConsumerStats,
+    http: HttpStats,
+    components: ComponentStats,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .with_state((broker, stats))
+        .with_state(Arc::new(Stats {
+            broker,
+            consumers,
+            http,
+            components,
+        }))
+}
+
+/// What `GET /metrics` reports.
+struct Stats {
+    broker: Arc<dyn Broker>,
+    consumers: ConsumerStats,
+    http: HttpStats,
+    components: ComponentStats,
 }
 
 async fn set_paused(broker: &dyn Broker, queue: &str, paused: bool) -> Answer {
@@ -142,11 +161,13 @@ async fn replay(
 
 /// Every queue's gauges and counters and every consumer's batch statistics in the Prometheus
 /// text exposition format.
-async fn metrics(State((broker, stats)): State<(Arc<dyn Broker>, ConsumerStats)>) -> Response {
-    match broker.list_queues().await {
+async fn metrics(State(stats): State<Arc<Stats>>) -> Response {
+    match stats.broker.list_queues().await {
         Ok(queues) => {
             let mut text = prometheus_text(&queues);
-            stats.write_prometheus(&mut text);
+            stats.consumers.write_prometheus(&mut text);
+            stats.http.write_prometheus(&mut text);
+            stats.components.write_prometheus(&mut text);
             (
                 [(
                     header::CONTENT_TYPE,

@@ -7,6 +7,8 @@ use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::metrics::HttpStats;
+
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -69,15 +71,22 @@ struct Producers {
     routes: ProducerRoutes,
     token: Option<Arc<str>>,
     access_log: bool,
+    stats: HttpStats,
 }
 
 /// A router whose fallback serves `routes`; with a `token`, routes that require it answer 401
 /// without it; with `access_log`, every request is logged (target `access`).
-pub(super) fn router(routes: ProducerRoutes, token: Option<Arc<str>>, access_log: bool) -> Router {
+pub(super) fn router(
+    routes: ProducerRoutes,
+    token: Option<Arc<str>>,
+    access_log: bool,
+    stats: HttpStats,
+) -> Router {
     Router::new().fallback(serve).with_state(Producers {
         routes,
         token,
         access_log,
+        stats,
     })
 }
 
@@ -112,14 +121,19 @@ async fn serve(State(producers): State<Producers>, request: Request) -> Response
     let span = tracing::info_span!("request", component = %name, %method, %path);
     let started = std::time::Instant::now();
     let answered = route.component.handle(request).instrument(span).await;
+    let status = match &answered {
+        Ok(response) => response.status().as_u16(),
+        Err(Failure::Timeout) => 504,
+        Err(Failure::HostBusy(_)) => 503,
+        Err(_) => 500,
+    };
+    let elapsed = started.elapsed();
+    let pattern = route.route.to_string();
+    producers
+        .stats
+        .record(&pattern, method.as_str(), status, elapsed);
     if producers.access_log {
-        let status = match &answered {
-            Ok(response) => response.status().as_u16(),
-            Err(Failure::Timeout) => 504,
-            Err(Failure::HostBusy(_)) => 503,
-            Err(_) => 500,
-        };
-        tracing::info!(target: "access", component = %name, %method, %path, status, duration_ms = started.elapsed().as_millis() as u64, "request");
+        tracing::info!(target: "access", component = %name, %method, %path, status, duration_ms = elapsed.as_millis() as u64, "request");
     }
     match answered {
         Ok(response) => response.map(|body| {

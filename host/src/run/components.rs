@@ -92,6 +92,8 @@ pub(super) struct Compiled {
     component: Component,
     /// Whether it came from the cache.
     pub outcome: CacheOutcome,
+    /// How long compiling (or reading the cache) and checking it took.
+    pub took: std::time::Duration,
 }
 
 /// The runtime of `component`'s world.
@@ -113,12 +115,14 @@ pub(super) async fn compile(
     let runtime = runtime_of(runtimes, component).clone();
     let config = component.clone();
     tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
         let (compiled, outcome) = runtime.load(&config.name, &file.wasm)?;
         link_with(&runtime, &config, &compiled, ComponentOptions::default())?;
         Ok(Compiled {
             digest: file.digest,
             component: compiled,
             outcome,
+            took: started.elapsed(),
         })
     })
     .await

@@ -197,6 +197,7 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
         token,
         producers: supervisor.producers(),
         consumer_stats: stats,
+        component_stats: supervisor.component_stats(),
         reloader: Some(supervisor.clone()),
         access_log: manifest.host.access_log,
     });

@@ -20,6 +20,7 @@ use crate::dispatch::{ConsumerSlot, ConsumerSpec, ConsumerStats, Dispatcher};
 use crate::engine::{Broker, BrokerError};
 use crate::http::{ProducerRoute, ProducerRoutes, QueueConsumers, Wiring};
 use crate::manifest::{self, ComponentConfig, Manifest};
+use crate::metrics::ComponentStats;
 use crate::runtime::CacheOutcome;
 
 /// What one application of a manifest changed.
@@ -72,6 +73,7 @@ pub(crate) struct Supervisor {
     ceiling: Arc<Semaphore>,
     producers: ProducerRoutes,
     consumers: QueueConsumers,
+    components: ComponentStats,
     /// The manifest file reloads read.
     manifest_path: PathBuf,
     /// Serialises applications; holds what runs now.
@@ -94,6 +96,7 @@ impl Supervisor {
             ceiling: Arc::new(Semaphore::new(manifest.host.max_batches_in_flight as usize)),
             producers: ProducerRoutes::default(),
             consumers: QueueConsumers::default(),
+            components: ComponentStats::default(),
             manifest_path: manifest.path.clone(),
             running: Mutex::new(BTreeMap::new()),
             watched: std::sync::Mutex::new(Vec::new()),
@@ -114,6 +117,11 @@ impl Supervisor {
     /// What the applied manifest wires to each queue.
     pub fn consumers(&self) -> QueueConsumers {
         self.consumers.clone()
+    }
+
+    /// How long each component's last load took.
+    pub fn component_stats(&self) -> ComponentStats {
+        self.components.clone()
     }
 
     /// Reads the manifest file again and applies it. An invalid manifest changes nothing.
@@ -188,6 +196,7 @@ impl Supervisor {
                     continue;
                 }
             };
+            self.components.loaded(name, done.took);
             let swapped = self.install(&mut running, config, done.digest, loaded, done.outcome);
             if swapped {
                 report.swapped.push(name.clone());
