@@ -114,6 +114,7 @@ pub(super) async fn compile(
 ) -> Result<Compiled> {
     let runtime = runtime_of(runtimes, component).clone();
     let config = component.clone();
+    tracing::info!(component = %component.name, bytes = file.wasm.len(), "loading component");
     tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         let (compiled, outcome) = runtime.load(&config.name, &file.wasm)?;

@@ -21,7 +21,6 @@ use crate::engine::{Broker, BrokerError};
 use crate::http::{ProducerRoute, ProducerRoutes, QueueConsumers, Wiring};
 use crate::manifest::{self, ComponentConfig, Manifest};
 use crate::metrics::ComponentStats;
-use crate::runtime::CacheOutcome;
 
 /// What one application of a manifest changed.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -197,7 +196,7 @@ impl Supervisor {
                 }
             };
             self.components.loaded(name, done.took);
-            let swapped = self.install(&mut running, config, done.digest, loaded, done.outcome);
+            let swapped = self.install(&mut running, config, done, loaded);
             if swapped {
                 report.swapped.push(name.clone());
             } else {
@@ -234,10 +233,15 @@ impl Supervisor {
         &self,
         running: &mut BTreeMap<String, Running>,
         config: &ComponentConfig,
-        digest: String,
+        done: Compiled,
         loaded: Loaded,
-        outcome: CacheOutcome,
     ) -> bool {
+        let Compiled {
+            digest,
+            outcome,
+            took,
+            ..
+        } = done;
         let name = &config.name;
         let previous = running.remove(name);
         let previous_digest = previous.as_ref().map(|p| short(&p.digest).to_owned());
@@ -291,10 +295,10 @@ impl Supervisor {
         };
         match &previous_digest {
             Some(previous) => {
-                tracing::info!(component = %name, digest = short(&digest), %previous, cache = ?outcome, "component swapped")
+                tracing::info!(component = %name, digest = short(&digest), %previous, cache = ?outcome, load_ms = took.as_millis() as u64, "component swapped")
             }
             None => {
-                tracing::info!(component = %name, digest = short(&digest), cache = ?outcome, "component loaded")
+                tracing::info!(component = %name, digest = short(&digest), cache = ?outcome, load_ms = took.as_millis() as u64, "component loaded")
             }
         }
         running.insert(
