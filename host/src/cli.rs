@@ -58,7 +58,8 @@ enum Command {
     /// Exits non-zero if any case fails or a fixture file is malformed. The format is in
     /// docs/fixtures.md.
     Test {
-        /// Fixture files, or folders searched for `*.toml` files.
+        /// Fixture files, or folders searched for fixture files: `*.toml` files with a
+        /// `[[case]]` table (hidden folders, `target` and `node_modules` are skipped).
         #[arg(default_value = "fixtures")]
         paths: Vec<PathBuf>,
         /// Also write the results as JUnit XML to this file.

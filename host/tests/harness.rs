@@ -301,7 +301,7 @@ fn the_default_path_is_fixtures_and_an_empty_folder_is_an_error() {
     let out = host_test(dir.path(), &[]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
-        stderr(&out).contains("error: no fixture files (*.toml) in fixtures"),
+        stderr(&out).contains("error: no fixture files (*.toml with a [[case]] table) in fixtures"),
         "{}",
         describe(&out)
     );
@@ -315,6 +315,13 @@ fn the_default_path_is_fixtures_and_an_empty_folder_is_an_error() {
     )
     .unwrap();
     let out = host_test(dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(summary(&out), "1 passed, 0 failed");
+
+    // In a project folder, other TOML files (Cargo.toml, a manifest) are not fixtures.
+    std::fs::write(dir.path().join("Cargo.toml"), "[package]\nname = \"x\"\n").unwrap();
+    std::fs::write(dir.path().join("manifest.toml"), "[queues.jobs]\n").unwrap();
+    let out = host_test(dir.path(), &["."]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(summary(&out), "1 passed, 0 failed");
 }

@@ -275,8 +275,10 @@ impl Harness {
     }
 }
 
-/// The fixture files `paths` name: files as given, folders searched (recursively) for
-/// `*.toml`, each folder's files sorted by name.
+/// The fixture files `paths` name: files as given; folders searched (recursively, skipping
+/// hidden folders, `target` and `node_modules`) for fixture files, each folder's files sorted
+/// by name. A fixture file is a `.toml` file with a `[[case]]` table, so `host test .` in a
+/// project does not take its `Cargo.toml` or its manifest for fixtures.
 pub fn discover(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
@@ -286,7 +288,10 @@ pub fn discover(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
             let before = files.len();
             walk(path, &mut files)?;
             if files.len() == before {
-                bail!("no fixture files (*.toml) in {}", path.display());
+                bail!(
+                    "no fixture files (*.toml with a [[case]] table) in {}",
+                    path.display()
+                );
             }
         } else {
             files.push(path.clone());
@@ -303,13 +308,25 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
         .with_context(|| format!("cannot list {}", dir.display()))?;
     entries.sort();
     for path in entries {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if path.is_dir() {
-            walk(&path, files)?;
-        } else if path.extension().is_some_and(|e| e == "toml") {
+            if !(name.starts_with('.') || name == "target" || name == "node_modules") {
+                walk(&path, files)?;
+            }
+        } else if path.extension().is_some_and(|e| e == "toml") && has_cases(&path) {
             files.push(path);
         }
     }
     Ok(())
+}
+
+/// Whether the file has a `[[case]]` table header. A text search, not a parse: a fixture with
+/// a syntax error must still be found, to be reported.
+fn has_cases(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|text| {
+        text.lines()
+            .any(|line| line.trim_start().starts_with("[[case]]"))
+    })
 }
 
 /// `host test`: runs the fixtures under `paths`, printing as it goes, writes JUnit XML to
