@@ -450,6 +450,14 @@ pub struct SettleReport {
     pub stale: Vec<LeaseId>,
 }
 
+impl SettleReport {
+    /// Retries taken, whatever became of the message (redelivery, dead-letter queue, drop):
+    /// the `retry_count` / `retryCount` pull clients are told.
+    pub fn retries(&self) -> u32 {
+        self.retried + self.dead_lettered + self.dropped
+    }
+}
+
 /// See [`Broker::readiness`](super::Broker::readiness).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Readiness {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{HOST, HostProcess, guest, host_run};
+use common::{HOST, HostProcess, guest, host_run, write_manifest};
 
 /// A `host run` child process on a temporary manifest.
 struct RunningHost {
@@ -348,15 +348,10 @@ fn a_closed_pipe_stops_a_read_command_quietly() {
 #[test]
 fn the_log_tells_each_batch_and_each_dead_letter_move_in_json() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("manifest.toml");
-    std::fs::write(
-        &manifest,
-        format!(
+    let manifest = write_manifest(
+        dir.path(),
+        &format!(
             r#"
-[host]
-data_dir = "data"
-listen = "127.0.0.1:0"
-
 [queues.jobs]
 [queues.jobs-dlq]
 
@@ -366,8 +361,7 @@ consumer = {{ queue = "jobs", max_batch_timeout = 0, max_retries = 0, dead_lette
 "#,
             guest("scripted").display()
         ),
-    )
-    .unwrap();
+    );
     let mut command = host_run(&manifest);
     command.env("WASMQ_LOG_FORMAT", "json");
     let host = HostProcess::start(command);

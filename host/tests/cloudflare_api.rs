@@ -12,20 +12,15 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use common::{HostProcess, guest, host_run};
+use common::{HostProcess, guest, host_run, write_manifest};
 
 const TOKEN: &str = "local-test-token";
 
 fn start(dir: &Path) -> HostProcess {
-    let manifest = dir.join("manifest.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"
-[host]
-data_dir = "data"
-listen = "127.0.0.1:0"
-api_token = "{TOKEN}"
+    let manifest = write_manifest(
+        dir,
+        &format!(
+            r#"api_token = "{TOKEN}"
 
 [queues.jobs]
 pull_consumer = {{ max_retries = 5 }}
@@ -37,8 +32,7 @@ consumer = {{ queue = "worked" }}
 "#,
             worker = guest("worker").display(),
         ),
-    )
-    .unwrap();
+    );
     HostProcess::start(host_run(&manifest))
 }
 

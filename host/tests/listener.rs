@@ -8,16 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{HOST, HostProcess};
+use common::{HOST, HostProcess, write_manifest};
 
 fn manifest(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("manifest.toml");
-    std::fs::write(
-        &path,
-        "[host]\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n\n[queues.jobs]\n",
-    )
-    .unwrap();
-    path
+    write_manifest(dir, "\n[queues.jobs]\n")
 }
 
 /// `host run` with its open-file limit (soft and hard) lowered to `files`.

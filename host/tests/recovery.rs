@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 
 use common::{HostProcess, guest, host_run};
 
-/// A folder with a manifest whose `jobs` queue is consumed by the `scripted` guest.
-fn manifest_dir(consumer: &str) -> tempfile::TempDir {
+/// A folder with a manifest whose `jobs` queue is consumed by the `scripted` guest, and whose
+/// host waits `shutdown_timeout` for running batches.
+fn manifest_dir(consumer: &str, shutdown_timeout: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("manifest.toml"),
@@ -23,7 +24,7 @@ fn manifest_dir(consumer: &str) -> tempfile::TempDir {
 [host]
 data_dir = "data"
 listen = "127.0.0.1:0"
-shutdown_timeout = "20s"
+shutdown_timeout = "{shutdown_timeout}"
 
 [queues.jobs]
 [queues.jobs-dlq]
@@ -130,7 +131,10 @@ fn attempts_logged(log: &[String], attempt: u32) -> usize {
 
 #[test]
 fn sigterm_mid_load_finishes_running_batches_and_exits_0() {
-    let dir = manifest_dir("max_batch_size = 10, max_batch_timeout = 0, max_concurrency = 2");
+    let dir = manifest_dir(
+        "max_batch_size = 10, max_batch_timeout = 0, max_concurrency = 2",
+        "20s",
+    );
     let host = Host::start(dir.path());
     let bodies = vec!["sleep:30"; 100];
     for chunk in bodies.chunks(50) {
@@ -167,27 +171,7 @@ fn sigterm_mid_load_finishes_running_batches_and_exits_0() {
 /// deadline (it is redelivered after the next start) and exits cleanly, with no panic.
 #[test]
 fn sigterm_while_a_guest_sleeps_exits_cleanly_at_the_deadline() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("manifest.toml"),
-        format!(
-            r#"
-[host]
-data_dir = "data"
-listen = "127.0.0.1:0"
-shutdown_timeout = "1s"
-
-[queues.jobs]
-
-[components.scripted]
-source = "{}"
-consumer = {{ queue = "jobs", max_batch_timeout = 0 }}
-limits = {{ timeout = "60s" }}
-"#,
-            guest("scripted").display()
-        ),
-    )
-    .unwrap();
+    let dir = manifest_dir("max_batch_timeout = 0", "1s");
     let host = Host::start(dir.path());
     host.send_batch(&["sleep:30000"]);
     host.wait_log("attempt 1: sleep:30000");
@@ -203,7 +187,10 @@ limits = {{ timeout = "60s" }}
 
 #[test]
 fn after_sigkill_in_flight_messages_come_back_with_the_attempt_counted() {
-    let dir = manifest_dir("max_batch_size = 5, max_batch_timeout = 0, max_concurrency = 2");
+    let dir = manifest_dir(
+        "max_batch_size = 5, max_batch_timeout = 0, max_concurrency = 2",
+        "20s",
+    );
     let host = Host::start(dir.path());
     host.send_batch(&vec!["sleep:100"; 40]);
     let q = host.wait_queue("jobs", "got busy", |q| q["metrics"]["in_flight"] != 0);
@@ -228,6 +215,7 @@ fn after_sigkill_in_flight_messages_come_back_with_the_attempt_counted() {
 fn a_message_that_kills_the_host_every_time_ends_in_the_dead_letter_queue() {
     let dir = manifest_dir(
         "max_batch_size = 1, max_batch_timeout = 0, max_retries = 1, dead_letter_queue = \"jobs-dlq\"",
+        "20s",
     );
     let host = Host::start(dir.path());
     host.send_batch(&["sleep:600000"]);

@@ -397,7 +397,6 @@ impl Inner {
         }
         let started = Instant::now();
         let name = instance.name().to_owned();
-        let messages = input.messages.len();
         // The guest's output is logged inside this span, so it can be told apart by batch.
         let span = tracing::info_span!("batch", queue = %self.queue, component = %name);
         let run = instance.run(input).instrument(span).await;
@@ -421,7 +420,7 @@ impl Inner {
         tracing::info!(
             queue = %self.queue,
             component = name,
-            messages,
+            messages = ids.len(),
             acked = report.acked,
             retried = report.retried,
             dead_lettered = report.dead_lettered,

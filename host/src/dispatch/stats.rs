@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::metrics::Histogram;
+use crate::metrics::{Histogram, family};
 use crate::runtime::Failure;
 
 /// Batch statistics of every consumer, shared by the dispatchers and the HTTP server.
@@ -89,18 +89,22 @@ impl ConsumerStats {
     pub fn write_prometheus(&self, out: &mut String) {
         let all = self.0.lock().expect("consumer stats lock");
         let name = "wasmq_consumer_batch_duration_seconds";
-        let _ = writeln!(
+        family(
             out,
-            "# HELP {name} Time a consumer component took per batch.\n# TYPE {name} histogram"
+            name,
+            "histogram",
+            "Time a consumer component took per batch.",
         );
         for ((component, queue), stats) in all.iter() {
             let labels = format!("component=\"{component}\",queue=\"{queue}\"");
             stats.duration.write(out, name, &labels);
         }
         let name = "wasmq_consumer_concurrency";
-        let _ = writeln!(
+        family(
             out,
-            "# HELP {name} Batches the consumer may run at once (scaled with the backlog).\n# TYPE {name} gauge"
+            name,
+            "gauge",
+            "Batches the consumer may run at once (scaled with the backlog).",
         );
         for ((component, queue), stats) in all.iter() {
             let _ = writeln!(
@@ -110,9 +114,11 @@ impl ConsumerStats {
             );
         }
         let name = "wasmq_consumer_batches_total";
-        let _ = writeln!(
+        family(
             out,
-            "# HELP {name} Batches handed to consumer components, by result.\n# TYPE {name} counter"
+            name,
+            "counter",
+            "Batches handed to consumer components, by result.",
         );
         for ((component, queue), stats) in all.iter() {
             let labels = format!("component=\"{component}\",queue=\"{queue}\"");
@@ -120,9 +126,11 @@ impl ConsumerStats {
             let _ = writeln!(out, "{name}{{{labels},result=\"failed\"}} {}", stats.failed);
         }
         let name = "wasmq_consumer_failures_total";
-        let _ = writeln!(
+        family(
             out,
-            "# HELP {name} Failed batches by kind: error, trap, out_of_memory, timeout, host_busy.\n# TYPE {name} counter"
+            name,
+            "counter",
+            "Failed batches by kind: error, trap, out_of_memory, timeout, host_busy.",
         );
         for ((component, queue), stats) in all.iter() {
             for (kind, count) in &stats.failures {

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 pub enum InputError {
     /// The body is not JSON at all.
     Malformed(String),
-    /// A `delay_seconds` (or `retry_delay`…) is not a whole number of seconds in range.
+    /// A `delay_seconds` is not a whole number of seconds.
     Delay(String),
     /// A `content_type` is not one the host knows.
     ContentType(String),

@@ -29,13 +29,13 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::body::{InputError, JsonBody};
 use super::consumers::{Attached, QueueConsumers, Wiring};
 use super::pull::{self, AckRequest, PullError, PullRequest, PullState};
 use super::wire::{PublishBatch, PublishMessage};
 use crate::engine::{Backlog, Broker, BrokerError, ContentType, Message, QueueInfo};
+use crate::runtime::digest;
 
 /// Where the routes live.
 const BASE: &str = "/client/v4/accounts/{account_id}/queues";
@@ -43,8 +43,9 @@ const BASE: &str = "/client/v4/accounts/{account_id}/queues";
 /// The stable Cloudflare-style id of a queue: 32 lowercase hex characters derived from its
 /// name, the same on every host and across restarts.
 pub fn queue_id(name: &str) -> String {
-    let digest = Sha256::digest(format!("wasmq queue {name}").as_bytes());
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    let mut id = digest(format!("wasmq queue {name}").as_bytes());
+    id.truncate(32);
+    id
 }
 
 /// The routes, with their own fallbacks so an unknown path or method under `/client/v4` gets
@@ -304,11 +305,7 @@ fn metrics(backlog: Backlog) -> Value {
 /// A message as Cloudflare's pull and peek show it: `text` bodies as the string, `json` and
 /// `bytes` as base64 of the stored bytes.
 fn message_object(message: Message) -> Value {
-    let content_type = match message.content_type {
-        ContentType::Json => "json",
-        ContentType::Text => "text",
-        ContentType::Bytes => "bytes",
-    };
+    let content_type = message.content_type.as_str();
     let body = match message.content_type {
         ContentType::Text => String::from_utf8_lossy(&message.body).into_owned(),
         ContentType::Json | ContentType::Bytes => {
@@ -472,7 +469,7 @@ async fn ack(
         .collect();
     Ok(Answer::ok(json!({
         "ackCount": report.acked,
-        "retryCount": report.retried + report.dead_lettered + report.dropped,
+        "retryCount": report.retries(),
         "warnings": warnings,
     })))
 }
@@ -491,16 +488,8 @@ async fn peek(
 ) -> Handled {
     let (info, request) = target(&state, &path, body).await?;
     let limit = request.batch_size.unwrap_or(pull::DEFAULT_BATCH_SIZE);
-    if !(1..=super::MAX_PEEK).contains(&limit) {
-        return Err(Answer::error(
-            StatusCode::BAD_REQUEST,
-            10207,
-            format!(
-                "batch_size is {limit}; it must be between 1 and {}",
-                super::MAX_PEEK
-            ),
-        ));
-    }
+    super::operator::check_peek_limit("batch_size", limit)
+        .map_err(|why| Answer::error(StatusCode::BAD_REQUEST, 10207, why))?;
     let messages = state
         .broker
         .peek(&info.name, limit)

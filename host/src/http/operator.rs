@@ -17,7 +17,7 @@ use super::body::{InputError, JsonBody};
 use super::wire::{PeekedMessage, ReplayRequest};
 use crate::dispatch::ConsumerStats;
 use crate::engine::{Broker, QueueInfo};
-use crate::metrics::{ComponentStats, HttpStats};
+use crate::metrics::{ComponentStats, HttpStats, family};
 
 /// Most messages one peek returns.
 pub const MAX_PEEK: u32 = 100;
@@ -88,6 +88,17 @@ async fn purge(State(broker): Api, Path(queue): Path<String>) -> Answer {
     }
 }
 
+/// Refuses a peek of more than [`MAX_PEEK`] messages (or none); `name` is the parameter's.
+pub(super) fn check_peek_limit(name: &str, limit: u32) -> Result<(), String> {
+    if (1..=MAX_PEEK).contains(&limit) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} is {limit}; it must be between 1 and {MAX_PEEK}"
+        ))
+    }
+}
+
 /// `?limit=N` of a peek.
 #[derive(Debug, Deserialize)]
 struct PeekQuery {
@@ -114,15 +125,8 @@ async fn peek(
             );
         }
     };
-    if !(1..=MAX_PEEK).contains(&query.limit) {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            "invalid_limit",
-            format!(
-                "limit is {}; it must be between 1 and {MAX_PEEK}",
-                query.limit
-            ),
-        );
+    if let Err(why) = check_peek_limit("limit", query.limit) {
+        return fail(StatusCode::BAD_REQUEST, "invalid_limit", why);
     }
     match broker.peek(&queue, query.limit).await {
         Ok(messages) => ok(messages
@@ -254,16 +258,18 @@ pub fn prometheus_text(queues: &[QueueInfo]) -> String {
     ];
     let mut out = String::new();
     for (name, kind, help, read) in families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        family(&mut out, name, kind, help);
         for queue in queues {
             let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", queue.name, read(queue));
         }
     }
     // What SQS users alarm on: how long the oldest stored message has waited (0 when empty).
     let name = "wasmq_queue_oldest_message_age_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Seconds since the oldest stored message was first sent (0: none).\n# TYPE {name} gauge"
+    family(
+        &mut out,
+        name,
+        "gauge",
+        "Seconds since the oldest stored message was first sent (0: none).",
     );
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

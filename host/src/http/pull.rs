@@ -244,7 +244,7 @@ async fn ack(
     let Acked { report, warnings } = settle(&state, &queue, request).await.map_err(pull_error)?;
     Ok(ok(serde_json::json!({
         "ack_count": report.acked,
-        "retry_count": report.retried + report.dead_lettered + report.dropped,
+        "retry_count": report.retries(),
         "dead_lettered": report.dead_lettered,
         "dropped": report.dropped,
         "warnings": warnings

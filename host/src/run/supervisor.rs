@@ -161,28 +161,23 @@ impl Supervisor {
 
         for config in manifest.components.values() {
             let name = &config.name;
-            let file = match ComponentFile::read(config) {
-                Ok(file) => file,
-                Err(err) if strict => return Err(err),
-                Err(err) => {
-                    report.failed.push(failed(name, &err));
-                    continue;
-                }
-            };
-            let old = running.get(name);
-            if old.is_some_and(|old| old.digest == file.digest && old.config == *config) {
-                report.unchanged.push(name.clone());
-                continue;
-            }
-            let precompiled = compiled
-                .as_mut()
-                .and_then(|c| c.remove(name))
-                .filter(|c| c.digest == file.digest);
-            let loaded = match precompiled {
+            let done = match compiled.as_mut().and_then(|c| c.remove(name)) {
+                // Compiled moments ago, at the start, before the store was opened.
                 Some(done) => Ok(done),
-                None => components::compile(&self.runtimes, config, file).await,
-            }
-            .and_then(|done| {
+                None => match ComponentFile::read(config) {
+                    Ok(file)
+                        if running.get(name).is_some_and(|old| {
+                            old.digest == file.digest && old.config == *config
+                        }) =>
+                    {
+                        report.unchanged.push(name.clone());
+                        continue;
+                    }
+                    Ok(file) => components::compile(&self.runtimes, config, file).await,
+                    Err(err) => Err(err),
+                },
+            };
+            let loaded = done.and_then(|done| {
                 let loaded = components::link(&self.runtimes, config, &done, self.broker.clone())?;
                 Ok((loaded, done))
             });

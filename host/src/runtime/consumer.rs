@@ -143,15 +143,12 @@ impl ConsumerComponent {
     pub async fn instantiate(&self) -> Result<Instance, HostBusy> {
         let (mut store, stdout, stderr) = self.guest.new_store();
         let deadline = store.data().deadline;
-        let consumer =
-            match guest::with_deadline(deadline, self.pre.instantiate_async(&mut store)).await {
-                Some(Err(err)) if guest::is_host_busy(&err) => {
-                    return Err(HostBusy(err.root_cause().to_string()));
-                }
-                Some(Ok(consumer)) => Ok(consumer),
-                Some(Err(err)) => Err(Some(err)),
-                None => Err(None),
-            };
+        let instantiated =
+            guest::with_deadline(deadline, self.pre.instantiate_async(&mut store)).await;
+        let consumer = match guest::outcome(instantiated, store.data()) {
+            Err(Failure::HostBusy(why)) => return Err(HostBusy(why)),
+            other => other,
+        };
         Ok(Instance {
             name: self.guest.name.clone(),
             store,
@@ -187,8 +184,8 @@ pub struct Instance {
     store: Store<GuestState>,
     stdout: GuestLog,
     stderr: GuestLog,
-    /// The instance, or why instantiating failed (`None`: it ran out of time).
-    consumer: Result<bindings::Consumer, Option<wasmtime::Error>>,
+    /// The instance, or why instantiating it failed.
+    consumer: Result<bindings::Consumer, Failure>,
 }
 
 impl Instance {
@@ -208,22 +205,18 @@ impl Instance {
             consumer,
             ..
         } = self;
-        let deadline = store.data().deadline;
-        let outcome = match consumer {
+        let failure = match consumer {
             Ok(consumer) => {
-                guest::with_deadline(deadline, call_handle(consumer, &mut store, batch)).await
+                let deadline = store.data().deadline;
+                let called =
+                    guest::with_deadline(deadline, call_handle(consumer, &mut store, batch)).await;
+                match guest::outcome(called, store.data()) {
+                    Ok(Ok(())) => None,
+                    Ok(Err(text)) => Some(Failure::Error(text)),
+                    Err(failure) => Some(failure),
+                }
             }
-            Err(Some(err)) => Some(Err(err)),
-            Err(None) => None,
-        };
-        let failure = match outcome {
-            // Waiting for HTTP past the deadline is running past the time limit, whatever the
-            // guest made of the timeout error it got.
-            None => Some(Failure::Timeout),
-            Some(_) if store.data().outbound.deadline_hit() => Some(Failure::Timeout),
-            Some(Ok(Ok(()))) => None,
-            Some(Ok(Err(text))) => Some(Failure::Error(text)),
-            Some(Err(err)) => Some(guest::classify(&err)),
+            Err(failure) => Some(failure),
         };
         let mut output = stdout.lines();
         output.extend(stderr.lines());

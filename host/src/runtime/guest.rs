@@ -208,19 +208,32 @@ pub(super) async fn with_deadline<T>(
     tokio::time::timeout_at(deadline.into(), call).await.ok()
 }
 
-/// True when `err` says the host's instance pool is full: a capacity problem of the host.
-pub(super) fn is_host_busy(err: &wasmtime::Error) -> bool {
-    err.chain()
+/// Sorts what a guest call (under [`with_deadline`]) came to: past the deadline, whether the
+/// guest computed, waited in a host call or waited for an outbound HTTP response (whatever it
+/// made of the timeout error it got), is a timeout; a full instance pool is the host's
+/// problem, not the guest's; any other error is a trap.
+pub(super) fn outcome<T>(
+    result: Option<wasmtime::Result<T>>,
+    state: &GuestState,
+) -> Result<T, Failure> {
+    let err = match result {
+        None => return Err(Failure::Timeout),
+        Some(_) if state.outbound.deadline_hit() => return Err(Failure::Timeout),
+        Some(Ok(value)) => return Ok(value),
+        Some(Err(err)) => err,
+    };
+    // The root cause, not the outermost context ("error while executing at wasm backtrace:"):
+    // the trap itself, or the host's reason for trapping the guest.
+    let why = err.root_cause().to_string();
+    if err
+        .chain()
         .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
-}
-
-/// Sorts a wasmtime error from a guest call into the failure a user should see.
-pub(super) fn classify(err: &wasmtime::Error) -> Failure {
+    {
+        return Err(Failure::HostBusy(why));
+    }
     match err.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => Failure::Timeout,
-        // The root cause, not the outermost context ("error while executing at wasm
-        // backtrace:"): the trap itself, or the host's reason for trapping the guest.
-        _ => Failure::Trap(err.root_cause().to_string()),
+        Some(Trap::Interrupt) => Err(Failure::Timeout),
+        _ => Err(Failure::Trap(why)),
     }
 }
 

@@ -38,7 +38,8 @@ pub struct ComponentLimits {
     pub timeout: Duration,
     /// Linear memory the component may allocate, in bytes, all its memories together.
     pub memory_bytes: usize,
-    /// Table elements, all its tables together (interpreters compiled to Wasm need ~100 000).
+    /// Table elements, all its tables together (interpreters compiled to Wasm have large
+    /// function tables).
     pub table_elements: usize,
     /// Core and component instances it may create.
     pub instances: usize,

@@ -106,19 +106,10 @@ impl ProducerComponent {
                         .await
                 };
                 let result = guest::with_deadline(deadline, run).await;
-                let timed_out = result.is_none() || store.data().outbound.deadline_hit();
                 // Flush unterminated output lines to the log.
                 stdout.lines();
                 stderr.lines();
-                match result {
-                    _ if timed_out => Err(Failure::Timeout),
-                    Some(Ok(())) => Ok(()),
-                    Some(Err(err)) if guest::is_host_busy(&err) => {
-                        Err(Failure::HostBusy(err.root_cause().to_string()))
-                    }
-                    Some(Err(err)) => Err(guest::classify(&err)),
-                    None => Err(Failure::Timeout),
-                }
+                guest::outcome(result, store.data())
             },
             tracing::Span::current(),
         ));

@@ -26,6 +26,15 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// Writes `dir/manifest.toml`: a `[host]` table with `data_dir = "data"` and a free loopback
+/// port, followed by `rest` (more `[host]` keys first, if any, then other tables).
+pub fn write_manifest(dir: &Path, rest: &str) -> PathBuf {
+    let path = dir.join("manifest.toml");
+    let text = format!("[host]\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n{rest}");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// A line of a host's output (stderr, and stdout after the announcement) and when the test
 /// read it.
 pub type LogLine = (Instant, String);
