@@ -6,9 +6,11 @@
 //! `testkit/src/semantics.rs` is their executable form, run on both backends by this crate's
 //! `tests/`.
 
+mod checked;
 mod clock;
 mod error;
 pub mod limits;
+mod open;
 mod postgres;
 pub mod precedence;
 mod redb;
@@ -18,6 +20,7 @@ use async_trait::async_trait;
 
 pub use self::clock::{Clock, ManualClock, SystemClock};
 pub use self::error::{BrokerError, BrokerResult};
+pub use self::open::{Storage, open};
 pub use self::postgres::{PostgresBroker, PostgresOptions};
 pub use self::redb::{RedbBroker, RedbOptions};
 pub use self::types::{
@@ -115,4 +118,9 @@ pub trait Broker: Send + Sync + 'static {
     /// A value that changes after every commit that may have made messages visible; consumers
     /// wait on it instead of polling.
     fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Finishes queued writes and releases the storage (the redb file, the PostgreSQL
+    /// connections) once this is the last handle; an earlier handle only drops itself. Every
+    /// commit already acknowledged is durable whether or not the broker is closed.
+    async fn close(self: std::sync::Arc<Self>) -> BrokerResult<()>;
 }

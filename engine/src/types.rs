@@ -267,7 +267,7 @@ impl LeaseOptions {
         }
     }
 
-    /// Checks both ranges (every backend calls this before its first write).
+    /// Checks both ranges (the engine does before any backend sees the lease).
     pub fn validate(&self) -> BrokerResult<()> {
         if !(1..=MAX_LEASE_MESSAGES).contains(&self.max_messages) {
             return Err(BrokerError::InvalidLease(format!(
@@ -286,7 +286,7 @@ impl LeaseOptions {
 }
 
 impl Outcome {
-    /// Checks an explicit retry delay's range (every backend calls this before settling).
+    /// Checks an explicit retry delay's range (the engine does before any backend settles).
     pub fn validate(&self) -> BrokerResult<()> {
         match self {
             Outcome::Retry {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use wasmq_host::dispatch::{ConsumerStats, Delivery, Dispatcher};
 use wasmq_host::engine::{
-    Broker, ConsumerSettings, LeaseOptions, Outcome, QueueSettings, RedbBroker, RedbOptions,
-    SendRequest,
+    self, Broker, ConsumerSettings, LeaseOptions, Outcome, QueueSettings, RedbOptions, SendRequest,
+    Storage,
 };
 use wasmq_host::runtime::{
     ComponentLimits, ComponentOptions, ConsumerComponent, Failure, Runtime, SendTarget,
@@ -25,8 +25,12 @@ struct Setup {
 
 async fn setup(consumer: ConsumerSettings, limits: ComponentLimits) -> Setup {
     let dir = TempDir::new().unwrap();
-    let broker: Arc<dyn Broker> =
-        Arc::new(RedbBroker::open(dir.path().join("q.redb"), RedbOptions::default()).unwrap());
+    let broker: Arc<dyn Broker> = engine::open(Storage::redb(
+        dir.path().join("q.redb"),
+        RedbOptions::default(),
+    ))
+    .await
+    .unwrap();
     broker
         .create_queue("dlq", QueueSettings::default())
         .await
@@ -41,7 +45,7 @@ async fn setup(consumer: ConsumerSettings, limits: ComponentLimits) -> Setup {
     };
     broker.create_queue("jobs", settings).await.unwrap();
     let target = SendTarget {
-        broker: broker.clone(),
+        publisher: Arc::new(broker.clone()),
         bindings: Arc::new(BTreeMap::from([("OUT".to_owned(), "out".to_owned())])),
     };
     let runtime = Runtime::new().unwrap();

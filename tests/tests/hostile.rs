@@ -9,7 +9,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 use wasmq_host::dispatch::Dispatcher;
 use wasmq_host::engine::{
-    Broker, ConsumerSettings, QueueSettings, RedbBroker, RedbOptions, SendRequest,
+    self, Broker, ConsumerSettings, QueueSettings, RedbOptions, SendRequest, Storage,
 };
 use wasmq_host::runtime::{
     ComponentLimits, ComponentOptions, ConsumerComponent, Failure, Runtime, RuntimeConfig,
@@ -68,7 +68,9 @@ struct Host {
 async fn host(wasm: &[u8], pooling: bool) -> Host {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("q.redb");
-    let broker: Arc<dyn Broker> = Arc::new(RedbBroker::open(path, RedbOptions::default()).unwrap());
+    let broker: Arc<dyn Broker> = engine::open(Storage::redb(path, RedbOptions::default()))
+        .await
+        .unwrap();
     for queue in ["bomb", "good"] {
         broker
             .create_queue(queue, QueueSettings::default())
@@ -86,7 +88,7 @@ async fn host(wasm: &[u8], pooling: bool) -> Host {
             ..ComponentLimits::default()
         },
         send_target: Some(SendTarget {
-            broker: broker.clone(),
+            publisher: Arc::new(broker.clone()),
             bindings: Arc::new(BTreeMap::new()),
         }),
         ..ComponentOptions::default()
@@ -248,8 +250,12 @@ async fn a_full_instance_pool_makes_a_batch_wait_without_an_attempt() {
     }
     let (runtime, component) = smallest.expect("a pool that holds one instance");
     let dir = TempDir::new().unwrap();
-    let broker: Arc<dyn Broker> =
-        Arc::new(RedbBroker::open(dir.path().join("q.redb"), RedbOptions::default()).unwrap());
+    let broker: Arc<dyn Broker> = engine::open(Storage::redb(
+        dir.path().join("q.redb"),
+        RedbOptions::default(),
+    ))
+    .await
+    .unwrap();
     broker
         .create_queue("jobs", QueueSettings::default())
         .await

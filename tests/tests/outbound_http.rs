@@ -12,7 +12,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use wasmq_host::dispatch::{Delivery, Dispatcher};
-use wasmq_host::engine::{Broker, ConsumerSettings, QueueSettings, RedbBroker, RedbOptions};
+use wasmq_host::engine::{self, Broker, ConsumerSettings, QueueSettings, RedbOptions, Storage};
 use wasmq_host::engine::{LeaseOptions, SendRequest};
 use wasmq_host::manifest::{self, AllowedHost};
 use wasmq_host::runtime::{ComponentLimits, ComponentOptions, ConsumerComponent, Failure, Runtime};
@@ -135,8 +135,12 @@ struct Setup {
 
 async fn setup(allowed_outbound_hosts: Vec<AllowedHost>, limits: ComponentLimits) -> Setup {
     let dir = TempDir::new().unwrap();
-    let broker: Arc<dyn Broker> =
-        Arc::new(RedbBroker::open(dir.path().join("q.redb"), RedbOptions::default()).unwrap());
+    let broker: Arc<dyn Broker> = engine::open(Storage::redb(
+        dir.path().join("q.redb"),
+        RedbOptions::default(),
+    ))
+    .await
+    .unwrap();
     broker
         .create_queue("jobs", QueueSettings::default())
         .await

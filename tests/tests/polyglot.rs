@@ -14,8 +14,8 @@ use tempfile::TempDir;
 use tokio::sync::mpsc;
 use wasmq_host::dispatch::{Delivery, Dispatcher};
 use wasmq_host::engine::{
-    Broker, ConsumerSettings, ContentType, LeaseOptions, Message, Outcome, QueueSettings,
-    RedbBroker, RedbOptions, SendRequest,
+    self, Broker, ConsumerSettings, ContentType, LeaseOptions, Message, Outcome, QueueSettings,
+    RedbOptions, SendRequest, Storage,
 };
 use wasmq_host::runtime::{ComponentOptions, ConsumerComponent, Runtime};
 
@@ -89,8 +89,12 @@ async fn setup(lang: Lang) -> Setup {
         .await
         .unwrap();
     let dir = TempDir::new().unwrap();
-    let broker: Arc<dyn Broker> =
-        Arc::new(RedbBroker::open(dir.path().join("q.redb"), RedbOptions::default()).unwrap());
+    let broker: Arc<dyn Broker> = engine::open(Storage::redb(
+        dir.path().join("q.redb"),
+        RedbOptions::default(),
+    ))
+    .await
+    .unwrap();
     let consumer = ConsumerSettings {
         max_batch_size: 100,
         ..ConsumerSettings::default()

@@ -34,7 +34,6 @@ use self::txn::{Tx, TxnError, describe, unavailable};
 use super::Broker;
 use super::clock::{Clock, SystemClock};
 use super::error::{BrokerError, BrokerResult};
-use super::limits;
 use super::types::{
     Backlog, LeaseId, LeaseOptions, LeasedMessage, Message, MessageId, Outcome, QueueInfo,
     QueueMetrics, QueueSettings, Readiness, SendRequest, SettleReport, SweepReport,
@@ -325,14 +324,6 @@ impl PostgresBroker {
         result
     }
 
-    /// Stops the background tasks and closes every connection.
-    pub async fn close(self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-        self.shared.pool.close();
-    }
-
     /// A pooled connection.
     async fn client(&self, op: &str) -> BrokerResult<deadpool_postgres::Client> {
         self.shared.pool.get().await.map_err(|err| {
@@ -475,7 +466,6 @@ impl Broker for PostgresBroker {
     }
 
     async fn send(&self, queue: &str, request: SendRequest) -> BrokerResult<Backlog> {
-        limits::check_message(&request)?;
         let requests = [request];
         in_txn!(self, "send", |tx| tx.send(queue, &requests, None))
     }
@@ -486,7 +476,6 @@ impl Broker for PostgresBroker {
         requests: Vec<SendRequest>,
         delay_seconds: Option<u32>,
     ) -> BrokerResult<Backlog> {
-        limits::check_batch(&requests, delay_seconds)?;
         in_txn!(self, "send_batch", |tx| tx.send(
             queue,
             &requests,
@@ -634,5 +623,16 @@ impl Broker for PostgresBroker {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.shared.changes.subscribe()
+    }
+
+    /// Stops the background tasks and closes every connection.
+    async fn close(self: Arc<Self>) -> BrokerResult<()> {
+        if let Ok(broker) = Arc::try_unwrap(self) {
+            for task in &broker.tasks {
+                task.abort();
+            }
+            broker.shared.pool.close();
+        }
+        Ok(())
     }
 }

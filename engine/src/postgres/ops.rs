@@ -22,7 +22,6 @@ use tokio_postgres::types::Json;
 use super::txn::{During, Tx, TxnError};
 use super::{ms, ums};
 use crate::error::BrokerError;
-use crate::limits;
 use crate::precedence;
 use crate::types::{
     Backlog, ContentType, LeaseId, LeaseOptions, LeasedMessage, Message, MessageId, Outcome,
@@ -231,7 +230,6 @@ impl Tx<'_> {
 
     async fn check_dead_letter(&self, name: &str, settings: &QueueSettings) -> Res<()> {
         match &settings.consumer.dead_letter_queue {
-            Some(dlq) if dlq == name => Err(BrokerError::SelfDeadLetter(name.to_owned()).into()),
             Some(dlq) => match self.find_queue(dlq, Hold::Shared).await? {
                 Some(_) => Ok(()),
                 None => Err(BrokerError::UnknownDeadLetterQueue {
@@ -245,8 +243,6 @@ impl Tx<'_> {
     }
 
     pub async fn create_queue(&mut self, name: &str, settings: &QueueSettings) -> Res<QueueInfo> {
-        limits::check_queue_name(name)?;
-        settings.validate()?;
         if self.find_queue(name, Hold::Exclusive).await?.is_some() {
             return Err(BrokerError::QueueExists(name.to_owned()).into());
         }
@@ -270,7 +266,6 @@ impl Tx<'_> {
         name: &str,
         settings: &QueueSettings,
     ) -> Res<QueueInfo> {
-        settings.validate()?;
         let queue = self.queue(name, Hold::Shared).await?;
         self.check_dead_letter(name, settings).await?;
         self.execute(
@@ -458,7 +453,6 @@ impl Tx<'_> {
     }
 
     pub async fn lease(&mut self, name: &str, options: LeaseOptions) -> Res<Vec<LeasedMessage>> {
-        options.validate()?;
         let queue = self.queue(name, Hold::Shared).await?;
         if queue.paused {
             return Err(BrokerError::Paused(name.to_owned()).into());
@@ -562,9 +556,6 @@ impl Tx<'_> {
         outcomes: &[(LeaseId, Outcome)],
     ) -> Res<SettleReport> {
         let queue = self.queue(name, Hold::Shared).await?;
-        for (_, outcome) in outcomes {
-            outcome.validate()?;
-        }
         let mut seqs: Vec<i64> = outcomes
             .iter()
             .filter_map(|(lease, _)| i64::try_from(lease.seq).ok())
@@ -857,12 +848,6 @@ impl Tx<'_> {
     }
 
     pub async fn replay(&mut self, from: &str, to: &str, limit: u64) -> Res<u64> {
-        if from == to {
-            return Err(BrokerError::InvalidRequest(format!(
-                "cannot replay queue `{from}` into itself"
-            ))
-            .into());
-        }
         let source = self.queue(from, Hold::Shared).await?;
         let target = self.queue(to, Hold::Shared).await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

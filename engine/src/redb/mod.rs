@@ -25,7 +25,6 @@ use self::writer::{Txn, Writer, WriterState};
 use super::Broker;
 use super::clock::{Clock, SystemClock};
 use super::error::{BrokerError, BrokerResult};
-use super::limits;
 use super::types::{
     Backlog, LeaseId, LeaseOptions, LeasedMessage, Message, Outcome, QueueInfo, QueueMetrics,
     QueueSettings, Readiness, SendRequest, SettleReport, SweepReport,
@@ -110,17 +109,6 @@ impl RedbBroker {
             clock: options.clock,
             changes,
         })
-    }
-
-    /// Finishes queued writes and releases the database file.
-    pub async fn close(self) -> anyhow::Result<()> {
-        let Self { db, mut writer, .. } = self;
-        tokio::task::spawn_blocking(move || {
-            writer.stop();
-            drop(db);
-        })
-        .await
-        .context("closing the queue database")
     }
 
     /// Runs `read` in a read transaction off the async reactor.
@@ -271,7 +259,6 @@ impl Broker for RedbBroker {
     }
 
     async fn send(&self, queue: &str, request: SendRequest) -> BrokerResult<Backlog> {
-        limits::check_message(&request)?;
         let queue = queue.to_owned();
         self.writer
             .submit(move |txn| txn.send(&queue, vec![request], None))
@@ -284,7 +271,6 @@ impl Broker for RedbBroker {
         requests: Vec<SendRequest>,
         delay_seconds: Option<u32>,
     ) -> BrokerResult<Backlog> {
-        limits::check_batch(&requests, delay_seconds)?;
         let queue = queue.to_owned();
         self.writer
             .submit(move |txn| txn.send(&queue, requests, delay_seconds))
@@ -407,6 +393,18 @@ impl Broker for RedbBroker {
         let queue = queue.to_owned();
         self.read(move |txn, now| read_metrics(txn, queue_record(txn, &queue)?.id, now))
             .await
+    }
+
+    async fn close(self: Arc<Self>) -> BrokerResult<()> {
+        let Ok(Self { db, mut writer, .. }) = Arc::try_unwrap(self) else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || {
+            writer.stop();
+            drop(db);
+        })
+        .await
+        .map_err(|e| BrokerError::Unavailable(format!("closing the queue database: {e}")))
     }
 }
 

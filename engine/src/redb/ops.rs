@@ -10,7 +10,6 @@ use super::records::{
 };
 use super::writer::Txn;
 use crate::error::{BrokerError, BrokerResult};
-use crate::limits;
 use crate::precedence;
 use crate::types::{
     Backlog, LeaseId, LeaseOptions, LeasedMessage, Message, MessageId, Outcome, QueueMetrics,
@@ -42,7 +41,6 @@ impl Txn<'_> {
 
     fn check_dead_letter(&self, name: &str, settings: &QueueSettings) -> BrokerResult<()> {
         match &settings.consumer.dead_letter_queue {
-            Some(dlq) if dlq == name => Err(BrokerError::SelfDeadLetter(name.to_owned())),
             Some(dlq) if !self.state.queues.contains_key(dlq) => {
                 Err(BrokerError::UnknownDeadLetterQueue {
                     queue: name.to_owned(),
@@ -62,8 +60,6 @@ impl Txn<'_> {
     }
 
     pub fn create_queue(&mut self, name: &str, settings: QueueSettings) -> BrokerResult<()> {
-        limits::check_queue_name(name)?;
-        settings.validate()?;
         if self.state.queues.contains_key(name) {
             return Err(BrokerError::QueueExists(name.to_owned()));
         }
@@ -81,7 +77,6 @@ impl Txn<'_> {
     }
 
     pub fn configure_queue(&mut self, name: &str, settings: QueueSettings) -> BrokerResult<()> {
-        settings.validate()?;
         let mut record = self.queue(name)?.clone();
         self.check_dead_letter(name, &settings)?;
         record.settings = settings;
@@ -184,7 +179,6 @@ impl Txn<'_> {
         queue: &str,
         options: LeaseOptions,
     ) -> BrokerResult<Vec<LeasedMessage>> {
-        options.validate()?;
         let record = self.queue(queue)?;
         if record.paused {
             return Err(BrokerError::Paused(queue.to_owned()));
@@ -243,9 +237,6 @@ impl Txn<'_> {
         outcomes: Vec<(LeaseId, Outcome)>,
     ) -> BrokerResult<SettleReport> {
         let id = self.queue(queue)?.id;
-        for (_, outcome) in &outcomes {
-            outcome.validate()?;
-        }
         // A lease past its deadline is a failed attempt even if no sweep has run yet: it is
         // expired first, so a late decision below always meets the message as the expiry left
         // it (waiting again, held by a newer lease, or gone to the dead-letter queue).
@@ -395,11 +386,6 @@ impl Txn<'_> {
     }
 
     pub fn replay(&mut self, from: &str, to: &str, limit: u64) -> BrokerResult<u64> {
-        if from == to {
-            return Err(BrokerError::InvalidRequest(format!(
-                "cannot replay queue `{from}` into itself"
-            )));
-        }
         let from_id = self.queue(from)?.id;
         let to_id = self.queue(to)?.id;
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);

@@ -17,8 +17,7 @@ use tokio::sync::{mpsc, watch};
 use super::{body, histogram, print_latency, tempdir};
 use crate::dispatch::Dispatcher;
 use crate::engine::{
-    Broker, ConsumerSettings, PostgresBroker, PostgresOptions, QueueSettings, RedbBroker,
-    RedbOptions, SendRequest,
+    self, Broker, ConsumerSettings, PostgresOptions, QueueSettings, RedbOptions, SendRequest,
 };
 use crate::manifest::Storage;
 use crate::runtime::{ComponentOptions, ConsumerComponent, Runtime, RuntimeConfig};
@@ -89,10 +88,11 @@ impl Opened {
                 ensure!(hosts == 1, "a redb file belongs to one host");
                 let path = dir.join(format!("{name}.redb"));
                 let _ = std::fs::remove_file(&path);
-                let broker = RedbBroker::open(&path, RedbOptions::default())?;
+                let broker =
+                    engine::open(engine::Storage::redb(path, RedbOptions::default())).await?;
                 broker.create_queue("bench", settings).await?;
                 Ok(Self {
-                    brokers: vec![Arc::new(broker)],
+                    brokers: vec![broker],
                     schema: None,
                 })
             }
@@ -102,8 +102,7 @@ impl Opened {
                 let mut brokers: Vec<Arc<dyn Broker>> = Vec::with_capacity(hosts);
                 for _ in 0..hosts {
                     let options = PostgresOptions::default().schema(schema.clone());
-                    let broker = PostgresBroker::connect(url, options).await?;
-                    brokers.push(Arc::new(broker));
+                    brokers.push(engine::open(engine::Storage::postgres(url, options)).await?);
                 }
                 brokers[0].create_queue("bench", settings).await?;
                 Ok(Self {
@@ -116,7 +115,9 @@ impl Opened {
 
     /// Disconnects and drops the run's schema.
     async fn close(self) -> Result<()> {
-        drop(self.brokers);
+        for broker in self.brokers {
+            broker.close().await?;
+        }
         if let Some((url, schema)) = self.schema {
             drop_schema(&url, &schema).await?;
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 
 use super::{body, histogram, print_latency, tempdir};
-use crate::engine::{Broker, LeaseOptions, Outcome, QueueSettings, RedbBroker, RedbOptions};
+use crate::engine::{self, Broker, LeaseOptions, Outcome, QueueSettings, RedbOptions, Storage};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -55,14 +55,14 @@ pub async fn run_engine(bench: &EngineBench) -> Result<()> {
     Ok(())
 }
 
-async fn fresh_broker(dir: &Path, name: &str) -> Result<Arc<RedbBroker>> {
+async fn fresh_broker(dir: &Path, name: &str) -> Result<Arc<dyn Broker>> {
     let path = dir.join(name);
     let _ = std::fs::remove_file(&path);
-    let broker = RedbBroker::open(&path, RedbOptions::default())?;
+    let broker = engine::open(Storage::redb(path, RedbOptions::default())).await?;
     broker
         .create_queue("bench", QueueSettings::default())
         .await?;
-    Ok(Arc::new(broker))
+    Ok(broker)
 }
 
 /// `pipelines` tasks each loop: send a batch of 100, lease 100, ack them all.
@@ -113,7 +113,7 @@ async fn full_cycle(dir: &Path, bench: &EngineBench, pipelines: u64) -> Result<(
         elapsed.as_secs_f64()
     );
     print_latency("cycle", &h);
-    close(broker).await
+    Ok(broker.close().await?)
 }
 
 /// `senders` tasks each send single messages as fast as they are acknowledged.
@@ -154,7 +154,7 @@ async fn concurrent_senders(dir: &Path, bench: &EngineBench, senders: u64) -> Re
         elapsed.as_secs_f64()
     );
     print_latency("send", &h);
-    close(broker).await
+    Ok(broker.close().await?)
 }
 
 /// Fills a backlog, then measures in a fresh process how long opening it and serving the
@@ -188,7 +188,7 @@ async fn backlog(dir: &Path, bench: &EngineBench) -> Result<()> {
         count as f64 / started.elapsed().as_secs_f64(),
         std::fs::metadata(&path).map_or(0, |m| m.len()) / 1_000_000
     );
-    close(broker).await?;
+    broker.close().await?;
 
     let exe = std::env::current_exe().context("finding the host binary")?;
     let output = tokio::process::Command::new(exe)
@@ -210,7 +210,7 @@ async fn backlog(dir: &Path, bench: &EngineBench) -> Result<()> {
 /// timings and the process's peak memory.
 pub async fn open_backlog(path: &Path) -> Result<()> {
     let started = Instant::now();
-    let broker = RedbBroker::open(path, RedbOptions::default())?;
+    let broker = engine::open(Storage::redb(path, RedbOptions::default())).await?;
     let opened = started.elapsed();
     let leased = broker
         .lease("bench", LeaseOptions::new(100, 30_000))
@@ -228,7 +228,7 @@ pub async fn open_backlog(path: &Path) -> Result<()> {
         ms(first_lease),
         peak_rss_kb().map_or("?".into(), |kb| (kb / 1024).to_string())
     );
-    broker.close().await
+    Ok(broker.close().await?)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -240,11 +240,4 @@ fn peak_rss_kb() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-async fn close(broker: Arc<RedbBroker>) -> Result<()> {
-    match Arc::try_unwrap(broker) {
-        Ok(broker) => broker.close().await,
-        Err(_) => Ok(()),
-    }
 }

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
 use super::{histogram, print_latency, tempdir};
-use crate::engine::{Broker, QueueSettings, RedbBroker, RedbOptions};
+use crate::engine::{self, Broker, QueueSettings, RedbOptions, Storage};
 use crate::http::{self, ProducerRoute, ProducerRoutes};
 use crate::manifest::PullConsumerConfig;
 use crate::runtime::{ComponentOptions, ProducerComponent, Runtime, SendTarget};
@@ -27,7 +27,7 @@ fn webhook_route(bench: &HttpBench, broker: &Arc<dyn Broker>) -> Result<Producer
     };
     let options = ComponentOptions {
         send_target: Some(SendTarget {
-            broker: broker.clone(),
+            publisher: Arc::new(broker.clone()),
             bindings: Arc::new(BTreeMap::from([("JOBS".to_owned(), "hooks".to_owned())])),
         }),
         ..ComponentOptions::default()
@@ -110,7 +110,7 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
     let dir = tempdir()?;
     let path = dir.join("http.redb");
     let _ = std::fs::remove_file(&path);
-    let broker: Arc<dyn Broker> = Arc::new(RedbBroker::open(&path, RedbOptions::default())?);
+    let broker = engine::open(Storage::redb(&path, RedbOptions::default())).await?;
     for queue in ["bench", "hooks"] {
         broker.create_queue(queue, QueueSettings::default()).await?;
     }

@@ -448,7 +448,7 @@ impl Harness {
             limits: setup.limits,
             env: setup.env.clone().into_iter().collect(),
             send_target: Some(SendTarget {
-                broker: recorder.clone(),
+                publisher: recorder.clone(),
                 bindings: Arc::new(
                     key.bindings
                         .iter()

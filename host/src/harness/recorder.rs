@@ -1,5 +1,5 @@
-//! Where a guest's sends go under test: a [`Broker`] that hands every call to the real redb
-//! engine of the running case (in memory, on a manual clock) and records the sends it
+//! Where a guest's sends go under test: a [`Publish`] that hands every send to the real
+//! engine of the running case (redb in memory, on a manual clock) and records the sends it
 //! accepted, in order, with the binding they went through.
 //!
 //! The engine decides what is accepted (sizes, JSON and UTF-8 checks, delays, empty batches)
@@ -11,14 +11,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tokio::sync::watch;
 
 use super::SentMessage;
 use crate::engine::{
-    Backlog, Broker, BrokerError, BrokerResult, LeaseId, LeaseOptions, LeasedMessage, ManualClock,
-    Message, Outcome, QueueInfo, QueueMetrics, QueueSettings, Readiness, RedbBroker, RedbOptions,
-    SendRequest, SettleReport, SweepReport,
+    self, Backlog, Broker, BrokerError, BrokerResult, ManualClock, QueueSettings, RedbOptions,
+    SendRequest, Storage,
 };
+use crate::runtime::Publish;
 
 /// The queue behind binding number `index` (bindings sorted by name). Guests never see it.
 pub(super) fn binding_queue(index: usize) -> String {
@@ -31,12 +30,11 @@ pub(super) struct Recorder {
     /// One case at a time per loaded component.
     pub(super) running: tokio::sync::Mutex<()>,
     case: Mutex<Option<Arc<CaseQueues>>>,
-    idle: watch::Sender<u64>,
 }
 
 /// The queues of one running case.
 pub(super) struct CaseQueues {
-    broker: RedbBroker,
+    broker: Arc<dyn Broker>,
     /// Internal queue → (binding, the queue the fixture binds it to).
     bindings: BTreeMap<String, (String, String)>,
     dedup_window: u32,
@@ -57,10 +55,7 @@ impl CaseQueues {
         now_ms: u64,
     ) -> anyhow::Result<Arc<Self>> {
         let clock = ManualClock::new(now_ms);
-        let broker = RedbBroker::open_with_backend(
-            redb::backends::InMemoryBackend::new(),
-            RedbOptions::with_clock(clock),
-        )?;
+        let broker = engine::open(Storage::in_memory(RedbOptions::with_clock(clock))).await?;
         let settings = QueueSettings::default();
         let mut internal = BTreeMap::new();
         for (i, (binding, queue)) in bindings.iter().enumerate() {
@@ -112,7 +107,6 @@ impl Recorder {
         Self {
             running: tokio::sync::Mutex::new(()),
             case: Mutex::new(None),
-            idle: watch::Sender::new(0),
         }
     }
 
@@ -135,35 +129,7 @@ impl Recorder {
 }
 
 #[async_trait]
-impl Broker for Recorder {
-    async fn create_queue(&self, name: &str, settings: QueueSettings) -> BrokerResult<QueueInfo> {
-        self.current()?.broker.create_queue(name, settings).await
-    }
-
-    async fn configure_queue(
-        &self,
-        name: &str,
-        settings: QueueSettings,
-    ) -> BrokerResult<QueueInfo> {
-        self.current()?.broker.configure_queue(name, settings).await
-    }
-
-    async fn delete_queue(&self, name: &str) -> BrokerResult<u64> {
-        self.current()?.broker.delete_queue(name).await
-    }
-
-    async fn list_queues(&self) -> BrokerResult<Vec<QueueInfo>> {
-        self.current()?.broker.list_queues().await
-    }
-
-    async fn queue_info(&self, name: &str) -> BrokerResult<QueueInfo> {
-        self.current()?.broker.queue_info(name).await
-    }
-
-    async fn send(&self, queue: &str, request: SendRequest) -> BrokerResult<Backlog> {
-        self.send_batch(queue, vec![request], None).await
-    }
-
+impl Publish for Recorder {
     async fn send_batch(
         &self,
         queue: &str,
@@ -177,52 +143,5 @@ impl Broker for Recorder {
             .await?;
         case.record(queue, &requests, delay_seconds);
         Ok(backlog)
-    }
-
-    async fn lease(&self, queue: &str, options: LeaseOptions) -> BrokerResult<Vec<LeasedMessage>> {
-        self.current()?.broker.lease(queue, options).await
-    }
-
-    async fn settle(
-        &self,
-        queue: &str,
-        outcomes: Vec<(LeaseId, Outcome)>,
-    ) -> BrokerResult<SettleReport> {
-        self.current()?.broker.settle(queue, outcomes).await
-    }
-
-    async fn set_paused(&self, queue: &str, paused: bool) -> BrokerResult<()> {
-        self.current()?.broker.set_paused(queue, paused).await
-    }
-
-    async fn purge(&self, queue: &str) -> BrokerResult<u64> {
-        self.current()?.broker.purge(queue).await
-    }
-
-    async fn peek(&self, queue: &str, limit: u32) -> BrokerResult<Vec<Message>> {
-        self.current()?.broker.peek(queue, limit).await
-    }
-
-    async fn replay(&self, from: &str, to: &str, limit: u64) -> BrokerResult<u64> {
-        self.current()?.broker.replay(from, to, limit).await
-    }
-
-    async fn sweep(&self) -> BrokerResult<SweepReport> {
-        self.current()?.broker.sweep().await
-    }
-
-    async fn metrics(&self, queue: &str) -> BrokerResult<QueueMetrics> {
-        self.current()?.broker.metrics(queue).await
-    }
-
-    async fn readiness(&self, queue: &str, max: u32) -> BrokerResult<Readiness> {
-        self.current()?.broker.readiness(queue, max).await
-    }
-
-    fn changes(&self) -> watch::Receiver<u64> {
-        match self.current() {
-            Ok(case) => case.broker.changes(),
-            Err(_) => self.idle.subscribe(),
-        }
     }
 }

@@ -52,7 +52,7 @@ pub(super) fn options(component: &ComponentConfig, broker: Arc<dyn Broker>) -> C
         },
         env: component.env.clone().into_iter().collect(),
         send_target: Some(SendTarget {
-            broker,
+            publisher: Arc::new(broker),
             bindings: Arc::new(component.bindings.clone()),
         }),
         allowed_outbound_hosts: component.allowed_outbound_hosts.clone(),

@@ -18,7 +18,7 @@ use self::components::{ComponentFile, Runtimes};
 use self::supervisor::Supervisor;
 pub use self::supervisor::{FailedComponent, ReloadReport};
 use crate::dispatch::ConsumerStats;
-use crate::engine::{Broker, PostgresBroker, PostgresOptions, RedbBroker, RedbOptions};
+use crate::engine::{self, Broker, PostgresOptions, RedbOptions};
 use crate::http;
 use crate::manifest::{Manifest, Storage};
 use crate::runtime::{Runtime, RuntimeConfig};
@@ -26,59 +26,22 @@ use crate::runtime::{Runtime, RuntimeConfig};
 /// How often expired leases, retention and dedup windows are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The queues of a running host, by backend (each closes differently).
-enum Queues {
-    Redb(Arc<RedbBroker>),
-    Postgres(Arc<PostgresBroker>),
-}
-
-impl Queues {
-    async fn open(manifest: &Manifest) -> Result<Self> {
-        match &manifest.host.storage {
-            Storage::Redb => {
-                let data_dir = &manifest.host.data_dir;
-                let broker =
-                    RedbBroker::open(data_dir.join("queues.redb"), RedbOptions::default())?;
-                Ok(Queues::Redb(Arc::new(broker)))
-            }
-            Storage::Postgres(url) => {
-                let broker = PostgresBroker::connect(url, PostgresOptions::default())
-                    .await
-                    .context("opening the queues on PostgreSQL")?;
-                Ok(Queues::Postgres(Arc::new(broker)))
-            }
-        }
-    }
-
-    fn broker(&self) -> Arc<dyn Broker> {
-        match self {
-            Queues::Redb(b) => b.clone(),
-            Queues::Postgres(b) => b.clone(),
-        }
-    }
-
-    /// Closes the backend once nothing else holds it. A guest thread past the shutdown
-    /// deadline may still hold it; every commit it had acknowledged is durable anyway.
-    async fn close(self) -> Result<()> {
-        match self {
-            Queues::Redb(b) => match Arc::try_unwrap(b) {
-                Ok(broker) => broker.close().await,
-                Err(_) => Ok(()),
-            },
-            Queues::Postgres(b) => {
-                if let Ok(broker) = Arc::try_unwrap(b) {
-                    broker.close().await;
-                }
-                Ok(())
-            }
-        }
-    }
+/// Opens the manifest's queues.
+async fn open_queues(manifest: &Manifest) -> Result<Arc<dyn Broker>> {
+    let storage = match &manifest.host.storage {
+        Storage::Redb => engine::Storage::redb(
+            manifest.host.data_dir.join("queues.redb"),
+            RedbOptions::default(),
+        ),
+        Storage::Postgres(url) => engine::Storage::postgres(url, PostgresOptions::default()),
+    };
+    engine::open(storage).await.context("opening the queues")
 }
 
 /// A host started from a manifest.
 pub struct RunningHost {
     addr: SocketAddr,
-    queues: Queues,
+    broker: Arc<dyn Broker>,
     supervisor: Arc<Supervisor>,
     runtimes: Runtimes,
     shutdown_timeout: Duration,
@@ -94,7 +57,7 @@ impl RunningHost {
 
     /// The queues.
     pub fn broker(&self) -> Arc<dyn Broker> {
-        self.queues.broker()
+        self.broker.clone()
     }
 
     /// The runtime (engine, cache) the consumer components run in.
@@ -128,7 +91,9 @@ impl RunningHost {
         let _ = self.stop_tasks.send(true);
         while self.tasks.join_next().await.is_some() {}
         drop(self.supervisor);
-        self.queues.close().await
+        // A guest thread past the shutdown deadline may still hold the queues; then they
+        // close when it lets go, and every commit it had acknowledged is durable anyway.
+        Ok(self.broker.close().await?)
     }
 }
 
@@ -164,8 +129,7 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
 
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating data_dir {}", data_dir.display()))?;
-    let queues = Queues::open(manifest).await?;
-    let broker = queues.broker();
+    let broker = open_queues(manifest).await?;
     let stats = ConsumerStats::default();
     let supervisor = Arc::new(Supervisor::new(
         runtimes.clone(),
@@ -215,7 +179,7 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
     tracing::info!(%addr, storage = ?manifest.host.storage, queues = manifest.queues.len(), components = manifest.components.len(), pooling = runtimes.consumers.pooling(), "wasmq host running");
     Ok(RunningHost {
         addr,
-        queues,
+        broker,
         supervisor,
         runtimes,
         shutdown_timeout: manifest.host.shutdown_timeout,

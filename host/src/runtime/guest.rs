@@ -23,11 +23,36 @@ use crate::engine::precedence::BatchCall;
 use crate::engine::{self, Backlog, Broker, BrokerError};
 use crate::manifest::AllowedHost;
 
-/// Where a guest's sends go: its bindings (name → queue) on a broker.
+/// The one queue operation a guest can cause: storing messages. `host run` hands guests its
+/// broker; the fixture harness hands them a recorder that keeps what they sent.
+#[async_trait::async_trait]
+pub trait Publish: Send + Sync + 'static {
+    /// Stores `requests` in `queue`, all or none, as [`Broker::send_batch`] does.
+    async fn send_batch(
+        &self,
+        queue: &str,
+        requests: Vec<engine::SendRequest>,
+        delay_seconds: Option<u32>,
+    ) -> engine::BrokerResult<Backlog>;
+}
+
+#[async_trait::async_trait]
+impl Publish for Arc<dyn Broker> {
+    async fn send_batch(
+        &self,
+        queue: &str,
+        requests: Vec<engine::SendRequest>,
+        delay_seconds: Option<u32>,
+    ) -> engine::BrokerResult<Backlog> {
+        Broker::send_batch(self.as_ref(), queue, requests, delay_seconds).await
+    }
+}
+
+/// Where a guest's sends go: its bindings (name → queue) on a publisher.
 #[derive(Clone)]
 pub struct SendTarget {
-    /// The broker holding the queues.
-    pub broker: Arc<dyn Broker>,
+    /// Stores the messages (usually the host's broker).
+    pub publisher: Arc<dyn Publish>,
     /// Binding name → queue name.
     pub bindings: Arc<BTreeMap<String, String>>,
 }
@@ -286,7 +311,7 @@ impl GuestState {
         let Some(queue) = target.bindings.get(binding) else {
             return Err(wit::SendError::UnknownBinding(binding.to_owned()));
         };
-        let result = target.broker.send_batch(queue, requests, delay).await;
+        let result = target.publisher.send_batch(queue, requests, delay).await;
         result.map(to_wit_metrics).map_err(|err| {
             tracing::debug!(component = %self.component, binding, error = %err, "guest send refused");
             to_send_error(err)

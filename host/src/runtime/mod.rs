@@ -23,7 +23,7 @@ pub use self::cache::{CacheOutcome, ComponentCache, digest, user_cache_dir};
 pub use self::consumer::{
     BatchInput, BatchRun, ConsumerComponent, Failure, HostBusy, Instance, MAX_CALLS_PER_BATCH,
 };
-pub use self::guest::{ComponentOptions, SendTarget};
+pub use self::guest::{ComponentOptions, Publish, SendTarget};
 pub use self::guest_log::{GuestLog, Stream};
 pub use self::producer::ProducerComponent;
 
