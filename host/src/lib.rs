@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod dispatch;
 pub use wasmq_engine as engine;
 pub mod harness;

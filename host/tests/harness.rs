@@ -428,7 +428,8 @@ async fn the_library_runs_fixture_files() {
     );
     assert_eq!(harness.compilations(), 1);
 
-    let error = fixture::load(&fixtures().join("malformed/unknown_key.toml")).unwrap_err();
+    let errors = fixture::load(&fixtures().join("malformed/unknown_key.toml")).unwrap_err();
+    let error = errors.first();
     assert_eq!(error.key.as_deref(), Some("case[0].expect.acks"));
     assert_eq!(error.position.map(|p| (p.line, p.column)), Some((7, 8)));
 }

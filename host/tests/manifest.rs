@@ -5,17 +5,20 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use wasmq_host::config::{ConfigError, Position};
 use wasmq_host::engine::{ConsumerSettings, QueueSettings};
-use wasmq_host::manifest::{self, AllowedHost, Limits, Manifest, ManifestError, Position, Storage};
+use wasmq_host::manifest::{self, AllowedHost, Manifest, Storage};
+use wasmq_host::runtime::ComponentLimits;
 
-/// Parses `text` as if read from `manifest.toml` in the current folder.
-fn parse(text: &str) -> Result<Manifest, ManifestError> {
-    manifest::parse(text, Path::new("manifest.toml"))
+/// Parses `text` as if read from `manifest.toml` in the current folder; an error is the
+/// first of the file's problems.
+fn parse(text: &str) -> Result<Manifest, ConfigError> {
+    manifest::parse(text, Path::new("manifest.toml")).map_err(|e| e.first().clone())
 }
 
 /// The error for `text`, checked to be about `key` at `line`.
 #[track_caller]
-fn error_at(text: &str, key: &str, line: usize) -> ManifestError {
+fn error_at(text: &str, key: &str, line: usize) -> ConfigError {
     let error = match parse(text) {
         Ok(_) => panic!("the manifest was accepted:\n{text}"),
         Err(error) => error,
@@ -29,7 +32,7 @@ fn error_at(text: &str, key: &str, line: usize) -> ManifestError {
 
 /// Checks that the error's message contains `part`.
 #[track_caller]
-fn assert_says(error: &ManifestError, part: &str) {
+fn assert_says(error: &ConfigError, part: &str) {
     assert!(
         error.message.contains(part),
         "`{error}` does not say `{part}`"
@@ -129,7 +132,7 @@ limits = { timeout = "2m", memory = "128MiB" }
         [("AUDIT", "audit"), ("JOBS", "jobs")]
     );
     assert_eq!(webhook.consumer, None);
-    assert_eq!(webhook.limits, Limits::default());
+    assert_eq!(webhook.limits, ComponentLimits::default());
     assert_eq!(webhook.limits.timeout, Duration::from_secs(30));
     assert_eq!(webhook.limits.memory_bytes, 64 * 1024 * 1024);
     assert_eq!(
@@ -161,10 +164,10 @@ limits = { timeout = "2m", memory = "128MiB" }
     assert_eq!(consumer.max_concurrency, Some(4));
     assert_eq!(
         worker.limits,
-        Limits {
+        ComponentLimits {
             timeout: Duration::from_secs(120),
             memory_bytes: 128 * 1024 * 1024,
-            ..Limits::default()
+            ..ComponentLimits::default()
         }
     );
     assert!(worker.allowed_outbound_hosts.is_empty());
@@ -198,7 +201,7 @@ consumer = { queue = "jobs" }
         worker.consumer.as_ref().unwrap().settings,
         ConsumerSettings::default()
     );
-    assert_eq!(worker.limits, Limits::default());
+    assert_eq!(worker.limits, ComponentLimits::default());
     assert!(worker.allowed_outbound_hosts.is_empty());
     assert!(worker.env.is_empty());
 }
@@ -470,6 +473,49 @@ consumer = { max_retries = 1 }
     assert_says(&e, "missing field `queue`");
 }
 
+/// Every problem of a file is reported in one run, in file order, one per line.
+#[test]
+fn every_error_of_a_manifest_is_reported_at_once() {
+    let text = r#"
+[queues.jobs]
+delivery_delay = 86401
+dedup_window = 86401
+
+[components.worker]
+source = "worker.wasm"
+build = "make"
+consumer = { queue = "jobs", max_batch_size = 0, max_retries = 101, dead_letter_queue = "nope" }
+limits = { timeout = "20m", memory = "lots" }
+env = { "1BAD" = "x" }
+"#;
+    let errors = manifest::parse(text, Path::new("manifest.toml")).unwrap_err();
+    let found: Vec<(usize, &str)> = errors
+        .iter()
+        .map(|e| (e.line().unwrap(), e.key()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (3, "queues.jobs.delivery_delay"),
+            (4, "queues.jobs.dedup_window"),
+            (9, "components.worker.consumer.max_batch_size"),
+            (9, "components.worker.consumer.max_retries"),
+            (9, "components.worker.consumer.dead_letter_queue"),
+            (10, "components.worker.limits.timeout"),
+            (10, "components.worker.limits.memory"),
+            (11, "components.worker.env.1BAD"),
+        ]
+    );
+    let shown = errors.to_string();
+    assert_eq!(shown.lines().count(), 8, "{shown}");
+    assert!(
+        shown.starts_with(
+            "manifest.toml:3:18: queues.jobs.delivery_delay: 86401 is out of range (0..=86400)"
+        ),
+        "{shown}"
+    );
+}
+
 // ---- ranges ----
 
 #[test]
@@ -606,10 +652,10 @@ fn limits_out_of_range_or_malformed_are_refused() {
     let m = parse(&with_limits(r#"{ timeout = "15m", memory = "4GiB" }"#)).unwrap();
     assert_eq!(
         m.components["worker"].limits,
-        Limits {
+        ComponentLimits {
             timeout: Duration::from_secs(900),
             memory_bytes: 4 << 30,
-            ..Limits::default()
+            ..ComponentLimits::default()
         }
     );
     let m = parse(&with_limits(
@@ -987,7 +1033,7 @@ fn a_missing_source_without_build_is_refused() {
         "[queues.jobs]\n[components.worker]\nsource = \"worker.wasm\"\nconsumer = { queue = \"jobs\" }\n",
     )
     .unwrap();
-    let e = manifest::load(&path).unwrap_err();
+    let e = manifest::load(&path).unwrap_err().first().clone();
     assert_eq!(e.key(), "components.worker.source");
     assert_eq!(
         e.position,
@@ -1006,7 +1052,7 @@ fn a_missing_source_without_build_is_refused() {
     // A folder is not a source.
     fs::remove_file(dir.path().join("worker.wasm")).unwrap();
     fs::create_dir(dir.path().join("worker.wasm")).unwrap();
-    let e = manifest::load(&path).unwrap_err();
+    let e = manifest::load(&path).unwrap_err().first().clone();
     assert_says(&e, "is not a file");
 }
 
@@ -1020,7 +1066,7 @@ fn a_source_with_build_is_checked_after_building() {
     )
     .unwrap();
     let m = manifest::load(&path).unwrap();
-    let e = m.check_sources().unwrap_err();
+    let e = m.check_sources().unwrap_err().first().clone();
     assert_eq!(e.key(), "components.worker.source");
     assert_eq!(e.line(), Some(4));
     assert_says(&e, "does not exist after running the build command");
@@ -1034,7 +1080,7 @@ fn a_source_with_build_is_checked_after_building() {
 fn an_unreadable_manifest_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nope.toml");
-    let e = manifest::load(&path).unwrap_err();
+    let e = manifest::load(&path).unwrap_err().first().clone();
     assert_eq!(e.position, None);
     assert_eq!(e.key, None);
     assert!(

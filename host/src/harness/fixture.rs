@@ -51,13 +51,14 @@
 //! in order. `docs/fixtures.md` is the full reference.
 //!
 //! Reading is strict: unknown keys, wrong types, out-of-range values, a message index that is
-//! not in the batch… each is a [`FixtureError`] naming the file, line, column and key.
+//! not in the batch… every one is reported at once, each [`ConfigError`] naming the file,
+//! line, column and key. The `[consumer]` and `[limits]` tables are the manifest's, read and
+//! checked by the same code ([`crate::config`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use base64::Engine as _;
 use serde::Deserialize;
@@ -65,64 +66,12 @@ use serde::de::{self, MapAccess, Visitor};
 use toml::Spanned;
 
 use super::{DEFAULT_NOW_MS, DEFAULT_QUEUE, Setup, TestMessage, message_id};
+use crate::config::check::{Checker as Base, file_problem};
+use crate::config::raw::{RawConsumer, RawLimits};
+use crate::config::{ConfigError, ConfigErrors, KeyPath as Key, Position};
 use crate::engine::limits::{MAX_DELAY_SECONDS, MAX_MESSAGE_BYTES, check_queue_name};
-use crate::engine::{BrokerError, ConsumerSettings, ContentType, MessageId};
-use crate::manifest::{
-    KeyPath as Key, Limits, MAX_CONCURRENCY, ManifestError, Position, is_binding_name, is_env_name,
-    parse_size,
-};
+use crate::engine::{ConsumerSettings, ContentType, MessageId};
 use crate::runtime::ComponentLimits;
-
-/// A problem with a fixture file, located in it.
-///
-/// Displayed like manifest errors, `FILE:LINE:COLUMN: KEY: MESSAGE`, for example
-/// `fixtures/scripted.toml:12:17: case[1].expect.acked[0]: message 4 is not in the batch (it has 2 messages)`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct FixtureError {
-    /// The fixture file.
-    pub file: PathBuf,
-    /// Where the offending key or value is.
-    pub position: Option<Position>,
-    /// The dotted path of the offending key, such as `case[0].messages[2].json`.
-    pub key: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for FixtureError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(position) = self.position {
-            write!(f, ":{position}")?;
-        }
-        if let Some(key) = &self.key {
-            write!(f, ": {key}")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl From<ManifestError> for FixtureError {
-    fn from(e: ManifestError) -> Self {
-        Self {
-            file: e.file,
-            position: e.position,
-            key: e.key,
-            message: e.message,
-        }
-    }
-}
-
-impl FixtureError {
-    fn whole_file(file: &Path, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            position: None,
-            key: None,
-            message: message.into(),
-        }
-    }
-}
 
 /// A checked fixture file.
 #[derive(Debug, Clone)]
@@ -205,25 +154,19 @@ pub struct ExpectedSend {
 }
 
 /// Reads and checks the fixture file at `path`. The component must exist; it is not loaded.
-pub fn load(path: &Path) -> Result<Fixture, FixtureError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        FixtureError::whole_file(path, format!("cannot read the fixture file: {e}"))
-    })?;
+pub fn load(path: &Path) -> Result<Fixture, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::whole_file(path, format!("cannot read the fixture file: {e}")))?;
     parse(&text, path)
 }
 
 /// Checks the fixture `text`, read from `path` (relative paths in it are resolved against
 /// `path`'s folder; errors name `path`).
-pub fn parse(text: &str, path: &Path) -> Result<Fixture, FixtureError> {
-    let document = toml::de::DeTable::parse(text)
-        .map_err(|e| FixtureError::from(ManifestError::from_toml(path, text, None, &e)))?;
+pub fn parse(text: &str, path: &Path) -> Result<Fixture, ConfigErrors> {
+    let document =
+        toml::de::DeTable::parse(text).map_err(|e| ConfigError::from_toml(path, text, None, &e))?;
     let raw = RawFixture::deserialize(toml::Deserializer::from(document.clone())).map_err(|e| {
-        let mut error = FixtureError::from(ManifestError::from_toml(
-            path,
-            text,
-            Some(document.get_ref()),
-            &e,
-        ));
+        let mut error = ConfigError::from_toml(path, text, Some(document.get_ref()), &e);
         // A required top-level key is missing: toml points at the start of the file, which
         // may be inside some other table; name the missing key instead.
         if e.span()
@@ -241,19 +184,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Fixture, FixtureError> {
     let dir = std::path::absolute(path)
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
-        .ok_or_else(|| {
-            FixtureError::whole_file(path, "cannot tell which folder this file is in")
-        })?;
+        .ok_or_else(|| ConfigError::whole_file(path, "cannot tell which folder this file is in"))?;
     let mut checker = Checker {
-        text,
-        file: path,
-        errors: Vec::new(),
+        base: Base::new(text, path),
     };
     let fixture = checker.fixture(raw, &dir);
-    match checker.errors.into_iter().min_by_key(|e| e.position) {
-        Some(first) => Err(first),
-        None => Ok(fixture),
-    }
+    checker.base.finish()?;
+    Ok(fixture)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -273,25 +210,6 @@ struct RawFixture {
     bindings: BTreeMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     case: Vec<Spanned<RawCase>>,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConsumer {
-    queue: Option<Spanned<String>>,
-    max_batch_size: Option<Spanned<u32>>,
-    max_batch_timeout: Option<Spanned<u32>>,
-    max_retries: Option<Spanned<u32>>,
-    retry_delay: Option<Spanned<u32>>,
-    dead_letter_queue: Option<Spanned<String>>,
-    max_concurrency: Option<Spanned<u32>>,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    timeout: Option<Spanned<String>>,
-    memory: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -480,98 +398,51 @@ impl<'de> Deserialize<'de> for RawResult {
 // Checking.
 
 struct Checker<'a> {
-    text: &'a str,
-    file: &'a Path,
-    errors: Vec<FixtureError>,
+    /// The errors, and the checks fixture files share with manifests.
+    base: Base<'a>,
 }
 
 /// A consumer or limits value with where it was written.
 type Located<T> = Option<(T, Key, Range<usize>)>;
 
-/// The `[consumer]` and `[limits]` values of the file, then of a case, each with its origin so
-/// that a problem of the merged settings is blamed on the line that caused it.
+/// The `[consumer]` and `[limits]` values of the file, then of a case. The queue and the
+/// dead-letter queue keep their origin, so that a queue that is its own dead-letter queue is
+/// blamed on the line that made it so.
 #[derive(Clone, Default)]
 struct Settings {
     queue: Located<String>,
-    max_batch_size: Located<u32>,
-    max_batch_timeout: Located<u32>,
-    max_retries: Located<u32>,
-    retry_delay: Located<u32>,
     dead_letter_queue: Located<String>,
-    timeout: Option<Duration>,
-    memory_bytes: Option<u64>,
+    /// Where `max_batch_size` was written last, if anywhere.
+    max_batch_size_key: Option<Key>,
+    consumer: ConsumerSettings,
+    limits: ComponentLimits,
 }
 
 impl Checker<'_> {
-    fn report(&mut self, key: &Key, span: Range<usize>, message: impl Into<String>) {
-        self.errors.push(FixtureError {
-            file: self.file.to_path_buf(),
-            position: Some(Position::of(self.text, span.start)),
-            key: Some(key.to_string()),
-            message: message.into(),
-        });
-    }
-
     fn fixture(&mut self, raw: RawFixture, dir: &Path) -> Fixture {
         let component_key = Key::root("component");
         let component = dir.join(raw.component.get_ref());
         if raw.component.get_ref().trim().is_empty() {
-            self.report(&component_key, raw.component.span(), "it is empty");
-        } else {
-            match std::fs::metadata(&component) {
-                Ok(m) if m.is_file() => {}
-                Ok(_) => self.report(
-                    &component_key,
-                    raw.component.span(),
-                    format!("`{}` is not a file", component.display()),
-                ),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.report(
-                    &component_key,
-                    raw.component.span(),
-                    format!(
-                        "`{}` does not exist (build it first, e.g. with scripts/build-guests.sh)",
-                        component.display()
-                    ),
-                ),
-                Err(e) => self.report(
-                    &component_key,
-                    raw.component.span(),
-                    format!("cannot read `{}`: {e}", component.display()),
-                ),
-            }
+            self.base
+                .report(&component_key, raw.component.span(), "it is empty");
+        } else if let Err(message) = file_problem(&component, " (build it first)") {
+            self.base
+                .report(&component_key, raw.component.span(), message);
         }
 
         let mut env = BTreeMap::new();
         for (name, value) in &raw.env {
-            if !is_env_name(name.get_ref()) {
-                self.report(
-                    &Key::root("env").child(name.get_ref()),
-                    name.span(),
-                    format!(
-                        "`{}` is not an environment variable name: use letters, digits and `_`, \
-                         not starting with a digit",
-                        name.get_ref()
-                    ),
-                );
-            }
+            self.base
+                .env_name(&Key::root("env").child(name.get_ref()), name);
             env.insert(name.get_ref().clone(), value.clone());
         }
 
         let mut bindings = BTreeMap::new();
         for (binding, queue) in &raw.bindings {
             let key = Key::root("bindings").child(binding.get_ref());
-            if !is_binding_name(binding.get_ref()) {
-                self.report(
-                    &key,
-                    binding.span(),
-                    format!(
-                        "`{}` is not a binding name: use letters, digits and `_` only",
-                        binding.get_ref()
-                    ),
-                );
-            }
+            self.base.binding_name(&key, binding);
             if let Err(e) = check_queue_name(queue.get_ref()) {
-                self.report(&key, queue.span(), e.to_string());
+                self.base.report(&key, queue.span(), e.to_string());
             }
             bindings.insert(binding.get_ref().clone(), queue.get_ref().clone());
         }
@@ -588,12 +459,8 @@ impl Checker<'_> {
         let mut cases = Vec::new();
         let mut names: BTreeMap<String, Position> = BTreeMap::new();
         if raw.case.is_empty() {
-            self.errors.push(FixtureError {
-                file: self.file.to_path_buf(),
-                position: None,
-                key: Some("case".into()),
-                message: "the file has no `[[case]]`".into(),
-            });
+            self.base
+                .report_unplaced("case", "the file has no `[[case]]`");
         }
         for (i, case) in raw.case.iter().enumerate() {
             let key = Key::root("case").index(i);
@@ -601,18 +468,17 @@ impl Checker<'_> {
             let case = case.get_ref();
             let name = case.name.get_ref().trim().to_owned();
             if name.is_empty() {
-                self.report(&key.child("name"), case.name.span(), "it is empty");
+                self.base
+                    .report(&key.child("name"), case.name.span(), "it is empty");
             } else if let Some(first) = names.get(&name) {
                 let message = format!(
                     "another case (line {}) already has the name `{name}`",
                     first.line
                 );
-                self.report(&key.child("name"), case.name.span(), message);
+                self.base
+                    .report(&key.child("name"), case.name.span(), message);
             } else {
-                names.insert(
-                    name.clone(),
-                    Position::of(self.text, case.name.span().start),
-                );
+                names.insert(name.clone(), self.base.position(case.name.span()));
             }
             let settings = self.settings(
                 base.clone(),
@@ -626,7 +492,7 @@ impl Checker<'_> {
             let expect = match &case.expect {
                 Some(expect) => self.expect(&key.child("expect"), expect, &messages, &bindings),
                 None => {
-                    self.report(
+                    self.base.report(
                         &key,
                         span,
                         "the case has no `expect`: say what should come of it (e.g. \
@@ -644,7 +510,7 @@ impl Checker<'_> {
         }
 
         Fixture {
-            path: self.file.to_path_buf(),
+            path: self.base.file().to_path_buf(),
             component,
             setup,
             cases,
@@ -663,106 +529,25 @@ impl Checker<'_> {
         if let Some(queue) = &consumer.queue {
             let key = consumer_key.child("queue");
             if let Err(e) = check_queue_name(queue.get_ref()) {
-                self.report(&key, queue.span(), e.to_string());
+                self.base.report(&key, queue.span(), e.to_string());
             }
             base.queue = Some((queue.get_ref().clone(), key, queue.span()));
         }
         if let Some(dlq) = &consumer.dead_letter_queue {
             let key = consumer_key.child("dead_letter_queue");
             if let Err(e) = check_queue_name(dlq.get_ref()) {
-                self.report(&key, dlq.span(), e.to_string());
+                self.base.report(&key, dlq.span(), e.to_string());
             }
             base.dead_letter_queue = Some((dlq.get_ref().clone(), key, dlq.span()));
         }
-        type Setter = fn(&mut ConsumerSettings, u32);
-        let numbers = [
-            (
-                "max_batch_size",
-                &consumer.max_batch_size,
-                &mut base.max_batch_size,
-                (|s, n| s.max_batch_size = n) as Setter,
-            ),
-            (
-                "max_batch_timeout",
-                &consumer.max_batch_timeout,
-                &mut base.max_batch_timeout,
-                |s, n| s.max_batch_timeout = n,
-            ),
-            (
-                "max_retries",
-                &consumer.max_retries,
-                &mut base.max_retries,
-                |s, n| s.max_retries = n,
-            ),
-            (
-                "retry_delay",
-                &consumer.retry_delay,
-                &mut base.retry_delay,
-                |s, n| s.retry_delay = n,
-            ),
-        ];
-        for (name, value, slot, set) in numbers {
-            let Some(value) = value else { continue };
-            let key = consumer_key.child(name);
-            let n = *value.get_ref();
-            // The engine's own ranges, one setting at a time.
-            let mut probe = ConsumerSettings::default();
-            set(&mut probe, n);
-            if let Err(BrokerError::InvalidSetting { min, max, .. }) = probe.validate() {
-                self.report(
-                    &key,
-                    value.span(),
-                    format!("{n} is out of range ({min}..={max})"),
-                );
-            }
-            *slot = Some((n, key, value.span()));
+        base.consumer = self
+            .base
+            .consumer_settings(consumer_key, consumer, base.consumer);
+        if consumer.max_batch_size.is_some() {
+            base.max_batch_size_key = Some(consumer_key.child("max_batch_size"));
         }
-        if let Some(value) = &consumer.max_concurrency {
-            let n = *value.get_ref();
-            if !(1..=MAX_CONCURRENCY).contains(&n) {
-                self.report(
-                    &consumer_key.child("max_concurrency"),
-                    value.span(),
-                    format!("{n} is out of range (1..={MAX_CONCURRENCY})"),
-                );
-            }
-        }
-        if let Some(timeout) = &limits.timeout {
-            let key = limits_key.child("timeout");
-            let text = timeout.get_ref();
-            match humantime::parse_duration(text) {
-                Ok(d) if (Limits::MIN_TIMEOUT..=Limits::MAX_TIMEOUT).contains(&d) => {
-                    base.timeout = Some(d)
-                }
-                Ok(_) => self.report(
-                    &key,
-                    timeout.span(),
-                    format!("`{text}` is out of range (1ms..=15m)"),
-                ),
-                Err(e) => self.report(
-                    &key,
-                    timeout.span(),
-                    format!("`{text}` is not a duration like \"30s\" or \"500ms\" ({e})"),
-                ),
-            }
-        }
-        if let Some(memory) = &limits.memory {
-            let key = limits_key.child("memory");
-            let text = memory.get_ref();
-            match parse_size(text) {
-                Ok(bytes)
-                    if (Limits::MIN_MEMORY_BYTES..=Limits::MAX_MEMORY_BYTES).contains(&bytes) =>
-                {
-                    base.memory_bytes = Some(bytes)
-                }
-                Ok(_) => self.report(
-                    &key,
-                    memory.span(),
-                    format!("`{text}` is out of range (1MiB..=4GiB)"),
-                ),
-                Err(message) => self.report(&key, memory.span(), message),
-            }
-        }
+        self.base.max_concurrency(consumer_key, consumer);
+        base.limits = self.base.limits(limits_key, limits, base.limits);
         base
     }
 
@@ -776,8 +561,6 @@ impl Checker<'_> {
         bindings: &BTreeMap<String, String>,
         case: Option<&Key>,
     ) -> Setup {
-        let defaults = ConsumerSettings::default();
-        let get = |v: &Located<u32>, default: u32| v.as_ref().map_or(default, |v| v.0);
         let queue = settings
             .queue
             .as_ref()
@@ -797,31 +580,21 @@ impl Checker<'_> {
                 None => true,
             };
             if blamed_here {
-                self.report(
+                self.base.report(
                     key,
                     span.clone(),
                     format!("queue `{queue}` cannot be its own dead_letter_queue"),
                 );
             }
         }
-        let limits = ComponentLimits::default();
         Setup {
             queue,
             consumer: ConsumerSettings {
-                max_batch_size: get(&settings.max_batch_size, defaults.max_batch_size),
-                max_batch_timeout: get(&settings.max_batch_timeout, defaults.max_batch_timeout),
-                max_retries: get(&settings.max_retries, defaults.max_retries),
-                retry_delay: get(&settings.retry_delay, defaults.retry_delay),
                 dead_letter_queue: settings.dead_letter_queue.as_ref().map(|d| d.0.clone()),
+                ..settings.consumer.clone()
             },
             bindings: bindings.clone(),
-            limits: ComponentLimits {
-                timeout: settings.timeout.unwrap_or(limits.timeout),
-                memory_bytes: settings.memory_bytes.map_or(limits.memory_bytes, |b| {
-                    usize::try_from(b).unwrap_or(usize::MAX)
-                }),
-                ..limits
-            },
+            limits: settings.limits,
             env: env.clone(),
         }
     }
@@ -837,7 +610,7 @@ impl Checker<'_> {
         let key = case_key.child("messages");
         let raw = case.messages.get_ref();
         if raw.is_empty() {
-            self.report(
+            self.base.report(
                 &key,
                 case.messages.span(),
                 "the batch is empty (the host never delivers an empty batch)",
@@ -845,11 +618,11 @@ impl Checker<'_> {
         }
         let max = setup.consumer.max_batch_size as usize;
         if raw.len() > max {
-            let from = match &settings.max_batch_size {
-                Some((_, key, _)) => format!("`{key}`"),
+            let from = match &settings.max_batch_size_key {
+                Some(key) => format!("`{key}`"),
                 None => "the default max_batch_size".into(),
             };
-            self.report(
+            self.base.report(
                 &key,
                 case.messages.span(),
                 format!(
@@ -876,7 +649,7 @@ impl Checker<'_> {
                 Some(id) => match id.get_ref().parse::<MessageId>() {
                     Ok(parsed) => parsed,
                     Err(e) => {
-                        self.report(&key.child("id"), id.span(), e);
+                        self.base.report(&key.child("id"), id.span(), e);
                         message_id(case_name, i)
                     }
                 },
@@ -884,7 +657,7 @@ impl Checker<'_> {
             };
             if let Some(first) = ids.insert(id, i) {
                 let span = message.id.as_ref().map_or(span.clone(), |id| id.span());
-                self.report(
+                self.base.report(
                     &key.child("id"),
                     span,
                     format!("message {first} already has the id {id}"),
@@ -892,7 +665,7 @@ impl Checker<'_> {
             }
             let attempts = match &message.attempts {
                 Some(a) if *a.get_ref() == 0 => {
-                    self.report(
+                    self.base.report(
                         &key.child("attempts"),
                         a.span(),
                         "attempts counts this delivery: it is at least 1",
@@ -937,7 +710,7 @@ impl Checker<'_> {
             } else {
                 "give only one of `body`, `json` and `base64`"
             };
-            self.report(key, span.clone(), message);
+            self.base.report(key, span.clone(), message);
         }
         let (implied, bytes, body_span, body_key) = if let Some(json) = json {
             let bytes = serde_json::to_vec(json.get_ref()).expect("JSON values serialize");
@@ -946,7 +719,7 @@ impl Checker<'_> {
             let bytes = match base64::engine::general_purpose::STANDARD.decode(b64.get_ref()) {
                 Ok(bytes) => bytes,
                 Err(e) => {
-                    self.report(
+                    self.base.report(
                         &key.child("base64"),
                         b64.span(),
                         format!("not valid base64: {e}"),
@@ -968,7 +741,7 @@ impl Checker<'_> {
         let content_type = match content_type {
             Some(ct) => match ct.get_ref().parse::<ContentType>() {
                 Ok(parsed) if json.is_some() && parsed != ContentType::Json => {
-                    self.report(
+                    self.base.report(
                         &key.child("content_type"),
                         ct.span(),
                         "a `json` body is always content type json (use `body` or `base64` \
@@ -978,7 +751,7 @@ impl Checker<'_> {
                 }
                 Ok(parsed) => parsed,
                 Err(e) => {
-                    self.report(&key.child("content_type"), ct.span(), e);
+                    self.base.report(&key.child("content_type"), ct.span(), e);
                     implied
                 }
             },
@@ -987,14 +760,14 @@ impl Checker<'_> {
         let body_key = key.child(body_key);
         match content_type {
             ContentType::Json if serde_json::from_slice::<serde_json::Value>(&bytes).is_err() => {
-                self.report(
+                self.base.report(
                     &body_key,
                     body_span.clone(),
                     "content type json, but the body is not valid JSON",
                 );
             }
             ContentType::Text if std::str::from_utf8(&bytes).is_err() => {
-                self.report(
+                self.base.report(
                     &body_key,
                     body_span.clone(),
                     "content type text, but the body is not UTF-8",
@@ -1003,7 +776,7 @@ impl Checker<'_> {
             _ => {}
         }
         if bytes.len() as u64 > MAX_MESSAGE_BYTES {
-            self.report(
+            self.base.report(
                 &body_key,
                 body_span,
                 format!(
@@ -1036,7 +809,7 @@ impl Checker<'_> {
                     "trap" => Some(ExpectedResult::Trap),
                     "timeout" => Some(ExpectedResult::Timeout),
                     other => {
-                        self.report(
+                        self.base.report(
                             &key.child("result"),
                             result.span(),
                             format!(
@@ -1080,7 +853,7 @@ impl Checker<'_> {
                 if let Some(delay) = r.delay
                     && delay > MAX_DELAY_SECONDS
                 {
-                    self.report(
+                    self.base.report(
                         &item_key.child("delay"),
                         entry.span(),
                         format!("{delay} is out of range (0..={MAX_DELAY_SECONDS})"),
@@ -1110,7 +883,7 @@ impl Checker<'_> {
                             bindings.keys().cloned().collect::<Vec<_>>().join(", ")
                         )
                     };
-                    self.report(
+                    self.base.report(
                         &item_key.child("binding"),
                         s.binding.span(),
                         format!(
@@ -1130,7 +903,7 @@ impl Checker<'_> {
                 if let Some(delay) = &s.delay
                     && *delay.get_ref() > MAX_DELAY_SECONDS
                 {
-                    self.report(
+                    self.base.report(
                         &item_key.child("delay"),
                         delay.span(),
                         format!(
@@ -1162,7 +935,7 @@ impl Checker<'_> {
             || raw.output_contains.as_ref().is_some_and(|o| !o.is_empty())
             || raw.output.is_some();
         if !states_something {
-            self.report(
+            self.base.report(
                 key,
                 span,
                 "it states nothing: give at least one of result, acked, retried, dead_lettered, \
@@ -1184,7 +957,7 @@ impl Checker<'_> {
             MessageRef::Index(i) => match usize::try_from(*i) {
                 Ok(i) if i < messages.len() => Some(i),
                 _ => {
-                    self.report(
+                    self.base.report(
                         key,
                         span,
                         format!(
@@ -1202,7 +975,7 @@ impl Checker<'_> {
                     .iter()
                     .position(|m| m.id.is_some_and(|m| m.to_string() == *id));
                 if found.is_none() {
-                    self.report(
+                    self.base.report(
                         key,
                         span,
                         format!(
@@ -1231,16 +1004,18 @@ impl Checker<'_> {
             } else {
                 format!("message {index} is already listed in `{first}`: a message has one fate")
             };
-            self.report(key, span, message);
+            self.base.report(key, span, message);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    fn fixture(body: &str) -> Result<Fixture, FixtureError> {
+    fn fixture(body: &str) -> Result<Fixture, ConfigErrors> {
         // Any existing file will do as the component for parsing.
         let component = env!("CARGO_MANIFEST_DIR").to_owned() + "/Cargo.toml";
         let text = format!("component = {component:?}\n{body}");
@@ -1391,6 +1166,7 @@ expect.output_contains = ["[scripted]"]
             Path::new("dir/t.toml"),
         )
         .unwrap_err();
+        let e = e.first();
         assert_eq!(e.key.as_deref(), Some("component"));
         assert_eq!(
             e.position,

@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 pub use self::check::{Mismatch, check};
-pub use self::fixture::{Case, Expectations, ExpectedResult, ExpectedSend, Fixture, FixtureError};
+pub use self::fixture::{Case, Expectations, ExpectedResult, ExpectedSend, Fixture};
 pub use self::report::{CaseReport, FixtureReport, RunReport};
 
 use self::recorder::{CaseQueues, Recorder, binding_queue};

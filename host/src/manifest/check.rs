@@ -1,44 +1,38 @@
 //! From the manifest as written ([`RawManifest`]) to a checked [`Manifest`]: ranges, names,
 //! references between tables, and paths.
 //!
-//! Every check runs and records its error; the one earliest in the file is returned, so that
-//! fixing errors top to bottom works.
+//! Every check runs and records its error in the shared [`config::check::Checker`], so a
+//! manifest's problems are all reported at once, in file order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::KeyPath;
-use super::raw::{
-    RawComponent, RawConsumer, RawHost, RawLimits, RawManifest, RawPullConsumer, RawQueue, value_or,
-};
-use super::units::{format_duration, parse_duration, parse_size};
+use super::raw::{RawComponent, RawHost, RawManifest, RawPullConsumer, RawQueue, value_or};
 use super::{
     AllowedHost, ComponentConfig, ConsumerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
-    DEFAULT_VISIBILITY_TIMEOUT_MS, HostConfig, Limits, MAX_CONCURRENCY, Manifest, ManifestError,
-    Position, PullConsumerConfig, Route, Storage,
+    DEFAULT_VISIBILITY_TIMEOUT_MS, HostConfig, Manifest, Position, PullConsumerConfig, Route,
+    Storage,
 };
+use crate::config::check::file_problem;
+use crate::config::raw::RawConsumer;
+use crate::config::{self, ConfigError, ConfigErrors, KeyPath, parse_duration};
 use crate::engine::limits::{MAX_VISIBILITY_TIMEOUT_MS, check_queue_name};
-use crate::engine::{BrokerError, ConsumerSettings, QueueSettings};
+use crate::engine::{ConsumerSettings, QueueSettings};
+use crate::runtime::ComponentLimits;
 
 /// Checks `raw`, read from `text` in the file `path`.
-pub(super) fn check(raw: RawManifest, text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+pub(super) fn check(raw: RawManifest, text: &str, path: &Path) -> Result<Manifest, ConfigErrors> {
     let dir = std::path::absolute(path)
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
-        .ok_or_else(|| {
-            ManifestError::whole_file(path, "cannot tell which folder this file is in")
-        })?;
+        .ok_or_else(|| ConfigError::whole_file(path, "cannot tell which folder this file is in"))?;
     let mut checker = Checker {
-        text,
-        file: path,
+        base: config::check::Checker::new(text, path),
         dir,
-        errors: Vec::new(),
         queues: raw
             .queues
             .keys()
@@ -75,14 +69,12 @@ pub(super) fn check(raw: RawManifest, text: &str, path: &Path) -> Result<Manifes
         }
         source_positions.insert(
             name.get_ref().clone(),
-            checker.position(component.source.span()),
+            checker.base.position(component.source.span()),
         );
         components.insert(name.get_ref().clone(), config);
     }
 
-    if let Some(first) = checker.errors.into_iter().min_by_key(|e| e.position) {
-        return Err(first);
-    }
+    checker.base.finish()?;
     Ok(Manifest {
         path: path.to_path_buf(),
         dir: checker.dir,
@@ -96,27 +88,20 @@ pub(super) fn check(raw: RawManifest, text: &str, path: &Path) -> Result<Manifes
 
 /// Checks that `source` is a file; `built` says whether a build command ran before.
 pub(super) fn source_file(source: &Path, built: bool) -> Result<(), String> {
-    let source_name = source.display();
-    match std::fs::metadata(source) {
-        Ok(metadata) if metadata.is_file() => Ok(()),
-        Ok(_) => Err(format!("`{source_name}` is not a file")),
-        Err(e) if e.kind() == ErrorKind::NotFound && built => Err(format!(
-            "`{source_name}` does not exist after running the build command"
-        )),
-        Err(e) if e.kind() == ErrorKind::NotFound => Err(format!(
-            "`{source_name}` does not exist (build it first, or give a `build` command)"
-        )),
-        Err(e) => Err(format!("cannot read `{source_name}`: {e}")),
-    }
+    let when_missing = if built {
+        " after running the build command"
+    } else {
+        " (build it first, or give a `build` command)"
+    };
+    file_problem(source, when_missing)
 }
 
 /// The state of one check: what was found so far.
 struct Checker<'a> {
-    text: &'a str,
-    file: &'a Path,
+    /// The errors, and the checks manifests share with fixture files.
+    base: config::check::Checker<'a>,
     /// The manifest's folder.
     dir: PathBuf,
-    errors: Vec<ManifestError>,
     /// Every declared queue.
     queues: BTreeSet<String>,
     /// Each route, with the component that took it first and where.
@@ -126,49 +111,12 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn position(&self, span: Range<usize>) -> Position {
-        Position::of(self.text, span.start)
-    }
-
-    /// Records an error about `key`, whose key or value is at `span`.
-    fn report(&mut self, key: &KeyPath, span: Range<usize>, message: impl Into<String>) {
-        self.errors.push(ManifestError {
-            file: self.file.to_path_buf(),
-            position: Some(self.position(span)),
-            key: Some(key.to_string()),
-            message: message.into(),
-        });
-    }
-
-    /// Records an error from a settings `validate()`, blaming the setting it names.
-    fn report_setting(
-        &mut self,
-        table: &KeyPath,
-        error: BrokerError,
-        span_of: impl Fn(&str) -> Option<Range<usize>>,
-        table_span: Range<usize>,
-    ) {
-        match error {
-            BrokerError::InvalidSetting {
-                key,
-                value,
-                min,
-                max,
-            } => self.report(
-                &table.child(key),
-                span_of(key).unwrap_or(table_span),
-                format!("{value} is out of range ({min}..={max})"),
-            ),
-            other => self.report(table, table_span, other.to_string()),
-        }
-    }
-
     /// Checks that `queue` is declared; records an error about `key` if not.
     fn check_declared(&mut self, key: &KeyPath, queue: &Spanned<String>) -> bool {
         let name = queue.get_ref();
         let declared = self.queues.contains(name);
         if !declared {
-            self.report(
+            self.base.report(
                 key,
                 queue.span(),
                 format!("queue `{name}` is not declared (add a `[queues.{name}]` table)"),
@@ -177,11 +125,32 @@ impl Checker<'_> {
         declared
     }
 
+    /// Records `component` as the consumer of `queue`, written at `key`; refuses an
+    /// undeclared queue or one that already has a consumer.
+    fn take_queue(&mut self, key: &KeyPath, queue: &Spanned<String>, component: &str) {
+        if !self.check_declared(key, queue) {
+            return;
+        }
+        let name = queue.get_ref();
+        if let Some((other, at)) = self.consumers.get(name) {
+            let message = format!(
+                "queue `{name}` is already consumed by {other} (line {}); a queue has one consumer",
+                at.line
+            );
+            self.base.report(key, queue.span(), message);
+        } else {
+            let at = self.base.position(queue.span());
+            self.consumers
+                .insert(name.clone(), (format!("component `{component}`"), at));
+        }
+    }
+
     fn host(&mut self, raw: &RawHost) -> HostConfig {
         let key = KeyPath::root("host");
         let data_dir = match &raw.data_dir {
             Some(dir) if dir.get_ref().trim().is_empty() => {
-                self.report(&key.child("data_dir"), dir.span(), "it is empty");
+                self.base
+                    .report(&key.child("data_dir"), dir.span(), "it is empty");
                 PathBuf::new()
             }
             Some(dir) => self.dir.join(dir.get_ref()),
@@ -194,14 +163,15 @@ impl Checker<'_> {
                     "`{}` is not an address like \"{DEFAULT_LISTEN}\" ({e})",
                     listen.get_ref()
                 );
-                self.report(&key.child("listen"), listen.span(), message);
+                self.base
+                    .report(&key.child("listen"), listen.span(), message);
                 default_listen
             }),
             None => default_listen,
         };
         let api_token = raw.api_token.as_ref().map(|token| {
             if token.get_ref().is_empty() {
-                self.report(
+                self.base.report(
                     &key.child("api_token"),
                     token.span(),
                     "it is empty (leave it out to run the API without a token)",
@@ -216,7 +186,8 @@ impl Checker<'_> {
                     n.get_ref(),
                     HostConfig::MAX_BATCHES_IN_FLIGHT
                 );
-                self.report(&key.child("max_batches_in_flight"), n.span(), message);
+                self.base
+                    .report(&key.child("max_batches_in_flight"), n.span(), message);
                 HostConfig::DEFAULT_MAX_BATCHES_IN_FLIGHT
             }
             Some(n) => *n.get_ref(),
@@ -229,7 +200,8 @@ impl Checker<'_> {
                     n.get_ref(),
                     HostConfig::MAX_CONNECTIONS
                 );
-                self.report(&key.child("max_connections"), n.span(), message);
+                self.base
+                    .report(&key.child("max_connections"), n.span(), message);
                 HostConfig::DEFAULT_MAX_CONNECTIONS
             }
             Some(n) => *n.get_ref(),
@@ -240,11 +212,13 @@ impl Checker<'_> {
                 Ok(timeout) if timeout <= Duration::from_secs(3600) => timeout,
                 Ok(_) => {
                     let message = format!("`{}` is out of range (0s..=1h)", text.get_ref());
-                    self.report(&key.child("shutdown_timeout"), text.span(), message);
+                    self.base
+                        .report(&key.child("shutdown_timeout"), text.span(), message);
                     HostConfig::DEFAULT_SHUTDOWN_TIMEOUT
                 }
                 Err(message) => {
-                    self.report(&key.child("shutdown_timeout"), text.span(), message);
+                    self.base
+                        .report(&key.child("shutdown_timeout"), text.span(), message);
                     HostConfig::DEFAULT_SHUTDOWN_TIMEOUT
                 }
             },
@@ -266,14 +240,9 @@ impl Checker<'_> {
                 Ok(storage) => storage,
                 Err(message) => {
                     match span {
-                        Some(span) => self.report(&key.child("storage"), span, message),
+                        Some(span) => self.base.report(&key.child("storage"), span, message),
                         // From the environment: no line to point at.
-                        None => self.errors.push(ManifestError {
-                            file: self.file.to_path_buf(),
-                            position: None,
-                            key: Some("WASMQ_STORAGE".into()),
-                            message,
-                        }),
+                        None => self.base.report_unplaced("WASMQ_STORAGE", message),
                     }
                     Storage::Redb
                 }
@@ -296,20 +265,30 @@ impl Checker<'_> {
     fn queue(&mut self, name: &Spanned<String>, raw: &RawQueue) -> QueueSettings {
         let key = KeyPath::root("queues").child(name.get_ref());
         if let Err(e) = check_queue_name(name.get_ref()) {
-            self.report(&key, name.span(), e.to_string());
+            self.base.report(&key, name.span(), e.to_string());
         }
-        let defaults = QueueSettings::default();
-        let settings = QueueSettings {
-            delivery_delay: value_or(&raw.delivery_delay, defaults.delivery_delay),
-            message_retention_period: value_or(
+        let mut settings = QueueSettings::default();
+        type Set = fn(&mut QueueSettings, u32);
+        let numbers: [(&str, &Option<Spanned<u32>>, Set); 3] = [
+            ("delivery_delay", &raw.delivery_delay, |s, n| {
+                s.delivery_delay = n
+            }),
+            (
+                "message_retention_period",
                 &raw.message_retention_period,
-                defaults.message_retention_period,
+                |s, n| s.message_retention_period = n,
             ),
-            dedup_window: value_or(&raw.dedup_window, defaults.dedup_window),
-            consumer: defaults.consumer,
-        };
-        if let Err(e) = settings.validate() {
-            self.report_setting(&key, e, |k| raw.span_of(k), name.span());
+            ("dedup_window", &raw.dedup_window, |s, n| s.dedup_window = n),
+        ];
+        for (setting, value, set) in numbers {
+            self.base.setting(
+                &key,
+                setting,
+                value,
+                &mut settings,
+                set,
+                QueueSettings::validate,
+            );
         }
         settings
     }
@@ -324,19 +303,28 @@ impl Checker<'_> {
             .child(queue.get_ref())
             .child("pull_consumer");
         let pull = raw.get_ref();
-        let at = self.position(raw.span());
+        let at = self.base.position(raw.span());
         self.consumers
             .insert(queue.get_ref().clone(), ("a pull_consumer".to_owned(), at));
 
-        let defaults = ConsumerSettings::default();
-        let settings = ConsumerSettings {
-            max_retries: value_or(&pull.max_retries, defaults.max_retries),
-            retry_delay: value_or(&pull.retry_delay, defaults.retry_delay),
+        let mut settings = ConsumerSettings {
             dead_letter_queue: pull.dead_letter_queue.as_ref().map(|d| d.get_ref().clone()),
-            ..defaults
+            ..ConsumerSettings::default()
         };
-        if let Err(e) = settings.validate() {
-            self.report_setting(&key, e, |k| pull.span_of(k), raw.span());
+        type Set = fn(&mut ConsumerSettings, u32);
+        let numbers: [(&str, &Option<Spanned<u32>>, Set); 2] = [
+            ("max_retries", &pull.max_retries, |s, n| s.max_retries = n),
+            ("retry_delay", &pull.retry_delay, |s, n| s.retry_delay = n),
+        ];
+        for (setting, value, set) in numbers {
+            self.base.setting(
+                &key,
+                setting,
+                value,
+                &mut settings,
+                set,
+                ConsumerSettings::validate,
+            );
         }
         if let Some(dlq) = &pull.dead_letter_queue {
             let dlq_key = key.child("dead_letter_queue");
@@ -345,22 +333,21 @@ impl Checker<'_> {
                     "queue `{}` cannot be its own dead_letter_queue",
                     dlq.get_ref()
                 );
-                self.report(&dlq_key, dlq.span(), message);
+                self.base.report(&dlq_key, dlq.span(), message);
             } else {
                 self.check_declared(&dlq_key, dlq);
             }
         }
-        let visibility_timeout_ms =
-            value_or(&pull.visibility_timeout_ms, DEFAULT_VISIBILITY_TIMEOUT_MS);
-        if !(1..=MAX_VISIBILITY_TIMEOUT_MS).contains(&visibility_timeout_ms) {
-            self.report(
-                &key.child("visibility_timeout_ms"),
-                pull.span_of("visibility_timeout_ms").unwrap_or(raw.span()),
-                format!(
-                    "{visibility_timeout_ms} is out of range (1..={MAX_VISIBILITY_TIMEOUT_MS})"
-                ),
+        if let Some(value) = &pull.visibility_timeout_ms {
+            self.base.in_range(
+                &key,
+                "visibility_timeout_ms",
+                value,
+                1..=MAX_VISIBILITY_TIMEOUT_MS,
             );
         }
+        let visibility_timeout_ms =
+            value_or(&pull.visibility_timeout_ms, DEFAULT_VISIBILITY_TIMEOUT_MS);
         (
             settings,
             PullConsumerConfig {
@@ -374,18 +361,21 @@ impl Checker<'_> {
 
         let build = raw.build.as_ref().map(|build| {
             if build.get_ref().trim().is_empty() {
-                self.report(&key.child("build"), build.span(), "the command is empty");
+                self.base
+                    .report(&key.child("build"), build.span(), "the command is empty");
             }
             build.get_ref().clone()
         });
 
         let source = self.dir.join(raw.source.get_ref());
         if raw.source.get_ref().trim().is_empty() {
-            self.report(&key.child("source"), raw.source.span(), "it is empty");
+            self.base
+                .report(&key.child("source"), raw.source.span(), "it is empty");
         } else if build.is_none()
             && let Err(message) = source_file(&source, false)
         {
-            self.report(&key.child("source"), raw.source.span(), message);
+            self.base
+                .report(&key.child("source"), raw.source.span(), message);
         }
 
         let route = raw
@@ -395,7 +385,7 @@ impl Checker<'_> {
         if let Some(flag) = &raw.route_requires_token
             && raw.route.is_none()
         {
-            self.report(
+            self.base.report(
                 &key.child("route_requires_token"),
                 flag.span(),
                 "only a component with a `route` can require the API token on it",
@@ -403,7 +393,7 @@ impl Checker<'_> {
         }
         let route_max_concurrency = match &raw.route_max_concurrency {
             Some(n) if raw.route.is_none() => {
-                self.report(
+                self.base.report(
                     &key.child("route_max_concurrency"),
                     n.span(),
                     "only a component with a `route` has requests to limit",
@@ -416,7 +406,8 @@ impl Checker<'_> {
                     n.get_ref(),
                     ComponentConfig::MAX_ROUTE_CONCURRENCY
                 );
-                self.report(&key.child("route_max_concurrency"), n.span(), message);
+                self.base
+                    .report(&key.child("route_max_concurrency"), n.span(), message);
                 ComponentConfig::DEFAULT_ROUTE_MAX_CONCURRENCY
             }
             Some(n) => *n.get_ref(),
@@ -426,16 +417,7 @@ impl Checker<'_> {
         let mut bindings = BTreeMap::new();
         for (binding, queue) in &raw.producers {
             let binding_key = key.child("producers").child(binding.get_ref());
-            if !is_binding_name(binding.get_ref()) {
-                self.report(
-                    &binding_key,
-                    binding.span(),
-                    format!(
-                        "`{}` is not a binding name: use letters, digits and `_` only",
-                        binding.get_ref()
-                    ),
-                );
-            }
+            self.base.binding_name(&binding_key, binding);
             self.check_declared(&binding_key, queue);
             bindings.insert(binding.get_ref().clone(), queue.get_ref().clone());
         }
@@ -446,7 +428,7 @@ impl Checker<'_> {
             .map(|consumer| self.consumer(&key, name.get_ref(), consumer));
 
         if let (Some(consumer), Some(_)) = (&raw.consumer, &raw.route) {
-            self.report(
+            self.base.report(
                 &key.child("consumer"),
                 consumer.span(),
                 format!(
@@ -457,7 +439,7 @@ impl Checker<'_> {
             );
         }
         if raw.consumer.is_none() && raw.route.is_none() {
-            self.report(
+            self.base.report(
                 &key,
                 name.span(),
                 format!(
@@ -467,30 +449,25 @@ impl Checker<'_> {
             );
         }
 
-        let limits = self.limits(&key.child("limits"), &raw.limits);
+        let limits = self.base.limits(
+            &key.child("limits"),
+            &raw.limits,
+            ComponentLimits::default(),
+        );
 
         let hosts_key = key.child("allowed_outbound_hosts");
         let mut allowed_outbound_hosts = Vec::new();
         for (i, host) in raw.allowed_outbound_hosts.iter().enumerate() {
             match host.get_ref().parse::<AllowedHost>() {
                 Ok(host) => allowed_outbound_hosts.push(host),
-                Err(message) => self.report(&hosts_key.index(i), host.span(), message),
+                Err(message) => self.base.report(&hosts_key.index(i), host.span(), message),
             }
         }
 
         let mut env = BTreeMap::new();
         for (variable, value) in &raw.env {
-            if !is_env_name(variable.get_ref()) {
-                self.report(
-                    &key.child("env").child(variable.get_ref()),
-                    variable.span(),
-                    format!(
-                        "`{}` is not an environment variable name: use letters, digits and `_`, \
-                         not starting with a digit",
-                        variable.get_ref()
-                    ),
-                );
-            }
+            self.base
+                .env_name(&key.child("env").child(variable.get_ref()), variable);
             env.insert(variable.get_ref().clone(), value.get_ref().clone());
         }
 
@@ -522,7 +499,7 @@ impl Checker<'_> {
         let route = match raw.get_ref().parse::<Route>() {
             Ok(route) => route,
             Err(message) => {
-                self.report(&key, raw.span(), message);
+                self.base.report(&key, raw.span(), message);
                 return None;
             }
         };
@@ -531,9 +508,9 @@ impl Checker<'_> {
                 "route `{route}` is already taken by component `{other}` (line {})",
                 at.line
             );
-            self.report(&key, raw.span(), message);
+            self.base.report(&key, raw.span(), message);
         } else {
-            let at = self.position(raw.span());
+            let at = self.base.position(raw.span());
             self.routes
                 .insert(route.clone(), (component.to_owned(), at));
         }
@@ -548,142 +525,45 @@ impl Checker<'_> {
     ) -> ConsumerConfig {
         let key = component_key.child("consumer");
         let consumer = raw.get_ref();
-        let queue = consumer.queue.get_ref();
-
-        let queue_key = key.child("queue");
-        if self.check_declared(&queue_key, &consumer.queue) {
-            if let Some((other, at)) = self.consumers.get(queue) {
-                let message = format!(
-                    "queue `{queue}` is already consumed by {other} (line {}); \
-                     a queue has one consumer",
-                    at.line
-                );
-                self.report(&queue_key, consumer.queue.span(), message);
-            } else {
-                let at = self.position(consumer.queue.span());
-                self.consumers
-                    .insert(queue.clone(), (format!("component `{component}`"), at));
+        let queue = match &consumer.queue {
+            Some(queue) => {
+                self.take_queue(&key.child("queue"), queue, component);
+                queue.get_ref().clone()
             }
-        }
-
-        let defaults = ConsumerSettings::default();
-        let settings = ConsumerSettings {
-            max_batch_size: value_or(&consumer.max_batch_size, defaults.max_batch_size),
-            max_batch_timeout: value_or(&consumer.max_batch_timeout, defaults.max_batch_timeout),
-            max_retries: value_or(&consumer.max_retries, defaults.max_retries),
-            retry_delay: value_or(&consumer.retry_delay, defaults.retry_delay),
-            dead_letter_queue: consumer
-                .dead_letter_queue
-                .as_ref()
-                .map(|dlq| dlq.get_ref().clone()),
+            None => {
+                self.base.report(
+                    &key,
+                    raw.span(),
+                    "missing field `queue`: the queue it consumes",
+                );
+                String::new()
+            }
         };
-        if let Err(e) = settings.validate() {
-            self.report_setting(&key, e, |k| consumer.span_of(k), raw.span());
-        }
+
+        let mut settings = self
+            .base
+            .consumer_settings(&key, consumer, ConsumerSettings::default());
+        settings.dead_letter_queue = consumer
+            .dead_letter_queue
+            .as_ref()
+            .map(|dlq| dlq.get_ref().clone());
 
         if let Some(dlq) = &consumer.dead_letter_queue {
             let dlq_key = key.child("dead_letter_queue");
-            if dlq.get_ref() == queue {
+            if *dlq.get_ref() == queue {
                 let message = format!("queue `{queue}` cannot be its own dead_letter_queue");
-                self.report(&dlq_key, dlq.span(), message);
+                self.base.report(&dlq_key, dlq.span(), message);
             } else {
                 self.check_declared(&dlq_key, dlq);
             }
         }
 
-        let max_concurrency = consumer.max_concurrency.as_ref().map(|value| {
-            let n = *value.get_ref();
-            if !(1..=MAX_CONCURRENCY).contains(&n) {
-                self.report(
-                    &key.child("max_concurrency"),
-                    value.span(),
-                    format!("{n} is out of range (1..={MAX_CONCURRENCY})"),
-                );
-            }
-            n
-        });
+        let max_concurrency = self.base.max_concurrency(&key, consumer);
 
         ConsumerConfig {
-            queue: queue.clone(),
+            queue,
             settings,
             max_concurrency,
         }
     }
-
-    fn limits(&mut self, key: &KeyPath, raw: &RawLimits) -> Limits {
-        let mut limits = Limits::default();
-        if let Some(timeout) = &raw.timeout {
-            let text = timeout.get_ref();
-            let range = Limits::MIN_TIMEOUT..=Limits::MAX_TIMEOUT;
-            match parse_duration(text) {
-                Ok(duration) if range.contains(&duration) => limits.timeout = duration,
-                Ok(_) => {
-                    let message = format!(
-                        "`{text}` is out of range ({}..={})",
-                        format_duration(Limits::MIN_TIMEOUT),
-                        format_duration(Limits::MAX_TIMEOUT)
-                    );
-                    self.report(&key.child("timeout"), timeout.span(), message);
-                }
-                Err(message) => self.report(&key.child("timeout"), timeout.span(), message),
-            }
-        }
-        if let Some(memory) = &raw.memory {
-            let text = memory.get_ref();
-            let range = Limits::MIN_MEMORY_BYTES..=Limits::MAX_MEMORY_BYTES;
-            match parse_size(text) {
-                Ok(bytes) if range.contains(&bytes) => limits.memory_bytes = bytes,
-                Ok(_) => {
-                    let message = format!("`{text}` is out of range (1MiB..=4GiB)");
-                    self.report(&key.child("memory"), memory.span(), message);
-                }
-                Err(message) => self.report(&key.child("memory"), memory.span(), message),
-            }
-        }
-        let counts = [
-            (
-                "table_elements",
-                &raw.table_elements,
-                &mut limits.table_elements,
-                Limits::MAX_TABLE_ELEMENTS,
-            ),
-            (
-                "instances",
-                &raw.instances,
-                &mut limits.instances,
-                Limits::MAX_COUNT,
-            ),
-            ("tables", &raw.tables, &mut limits.tables, Limits::MAX_COUNT),
-            (
-                "memories",
-                &raw.memories,
-                &mut limits.memories,
-                Limits::MAX_COUNT,
-            ),
-        ];
-        for (name, value, limit, max) in counts {
-            match value {
-                Some(n) if (1..=max).contains(n.get_ref()) => *limit = *n.get_ref(),
-                Some(n) => {
-                    let message = format!("{} is out of range (1..={max})", n.get_ref());
-                    self.report(&key.child(name), n.span(), message);
-                }
-                None => {}
-            }
-        }
-        limits
-    }
-}
-
-/// Binding names (`producers = { JOBS = "jobs" }`): letters, digits and `_`.
-pub(crate) fn is_binding_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-/// Environment variable names: letters, digits and `_`, not starting with a digit.
-pub(crate) fn is_env_name(name: &str) -> bool {
-    name.bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }

@@ -25,15 +25,13 @@
 //! ```
 //!
 //! [`load`] reads and checks the whole file: unknown keys, wrong types, out-of-range values,
-//! invalid names and references to undeclared queues are all refused with a
-//! [`ManifestError`] that names the file, the line and column, and the dotted key.
+//! invalid names and references to undeclared queues are all refused, every one of them at
+//! once, each [`ConfigError`] naming the file, the line and column, and the dotted key.
 
 mod check;
-mod error;
 mod hosts;
 mod raw;
 mod route;
-mod units;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -43,12 +41,10 @@ use std::time::Duration;
 
 use crate::engine::{ConsumerSettings, QueueSettings};
 
-pub(crate) use self::check::{is_binding_name, is_env_name};
-pub(crate) use self::error::KeyPath;
-pub use self::error::{ManifestError, Position};
 pub use self::hosts::AllowedHost;
 pub use self::route::Route;
-pub(crate) use self::units::parse_size;
+use crate::config::{ConfigError, ConfigErrors, KeyPath, Position};
+use crate::runtime::ComponentLimits;
 
 /// `host.data_dir` when the manifest gives none.
 pub const DEFAULT_DATA_DIR: &str = ".wasmq";
@@ -206,7 +202,7 @@ pub struct ComponentConfig {
     /// The queue this component consumes, if any.
     pub consumer: Option<ConsumerConfig>,
     /// Time and memory limits of one invocation.
-    pub limits: Limits,
+    pub limits: ComponentLimits,
     /// Origins the component may send HTTP requests to; empty denies all outbound requests.
     pub allowed_outbound_hosts: Vec<AllowedHost>,
     /// Environment variables the component sees (none unless listed).
@@ -242,101 +238,52 @@ pub struct ConsumerConfig {
     pub max_concurrency: Option<u32>,
 }
 
-/// Largest `max_concurrency` of a consumer.
-pub const MAX_CONCURRENCY: u32 = 250;
-
-/// A component's `limits` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Wall-clock time one invocation (a batch, an HTTP request) may take (default 30 s,
-    /// 1 ms..=15 min).
-    pub timeout: Duration,
-    /// Most linear memory the component may use, in bytes, all its memories together
-    /// (default 64 MiB, 1 MiB..=4 GiB).
-    pub memory_bytes: u64,
-    /// Most table elements, all its tables together (default 1 000 000).
-    pub table_elements: u32,
-    /// Most instances it may create (default 100).
-    pub instances: u32,
-    /// Most tables it may create (default 100).
-    pub tables: u32,
-    /// Most linear memories it may create (default 16).
-    pub memories: u32,
-}
-
-impl Limits {
-    /// Shortest allowed `timeout`.
-    pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
-    /// Longest allowed `timeout`.
-    pub const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-    /// Smallest allowed `memory`.
-    pub const MIN_MEMORY_BYTES: u64 = 1 << 20;
-    /// Largest allowed `memory`.
-    pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
-    /// Largest allowed `table_elements`.
-    pub const MAX_TABLE_ELEMENTS: u32 = 10_000_000;
-    /// Largest allowed `instances`, `tables` and `memories`.
-    pub const MAX_COUNT: u32 = 10_000;
-}
-
-/// The runtime's defaults: the runtime enforces the limits, the manifest only sets them.
-impl Default for Limits {
-    fn default() -> Self {
-        let runtime = crate::runtime::ComponentLimits::default();
-        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        Self {
-            timeout: runtime.timeout,
-            memory_bytes: runtime.memory_bytes as u64,
-            table_elements: count(runtime.table_elements),
-            instances: count(runtime.instances),
-            tables: count(runtime.tables),
-            memories: count(runtime.memories),
-        }
-    }
-}
-
 /// Reads and checks the manifest at `path`.
 ///
 /// The `source` of every component without a `build` command must exist; call
 /// [`Manifest::check_sources`] after running the build commands for the others.
-pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+pub fn load(path: &Path) -> Result<Manifest, ConfigErrors> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ManifestError::whole_file(path, format!("cannot read the manifest: {e}")))?;
+        .map_err(|e| ConfigError::whole_file(path, format!("cannot read the manifest: {e}")))?;
     parse(&text, path)
 }
 
 /// Checks the manifest `text`, read from `path` (used to resolve relative paths and to name
 /// the file in errors).
-pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
-    let document = toml::de::DeTable::parse(text)
-        .map_err(|e| ManifestError::from_toml(path, text, None, &e))?;
+pub fn parse(text: &str, path: &Path) -> Result<Manifest, ConfigErrors> {
+    let document =
+        toml::de::DeTable::parse(text).map_err(|e| ConfigError::from_toml(path, text, None, &e))?;
     let raw = <raw::RawManifest as serde::Deserialize>::deserialize(toml::Deserializer::from(
         document.clone(),
     ))
-    .map_err(|e| ManifestError::from_toml(path, text, Some(document.get_ref()), &e))?;
+    .map_err(|e| ConfigError::from_toml(path, text, Some(document.get_ref()), &e))?;
     check::check(raw, text, path)
 }
 
 impl Manifest {
     /// Checks that the `source` of every component is a file; meant for after the `build`
     /// commands have run.
-    pub fn check_sources(&self) -> Result<(), ManifestError> {
-        for component in self.components.values() {
-            if let Err(message) = check::source_file(&component.source, component.build.is_some()) {
-                return Err(self.source_error(&component.name, message));
-            }
-        }
-        Ok(())
+    pub fn check_sources(&self) -> Result<(), ConfigErrors> {
+        let errors = self
+            .components
+            .values()
+            .filter_map(|component| {
+                check::source_file(&component.source, component.build.is_some())
+                    .err()
+                    .map(|message| self.source_error(&component.name, message))
+            })
+            .collect();
+        ConfigErrors::new(errors).map_or(Ok(()), Err)
     }
 
     /// An error about what component `name`'s `source` holds (it is not a component, not of
     /// its world…), placed at its `source` key.
-    pub fn source_error(&self, name: &str, message: impl Into<String>) -> ManifestError {
-        ManifestError {
+    pub fn source_error(&self, name: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
             file: self.path.clone(),
             position: self.source_positions.get(name).copied(),
             key: Some(
-                error::KeyPath::root("components")
+                KeyPath::root("components")
                     .child(name)
                     .child("source")
                     .to_string(),

@@ -2,13 +2,15 @@
 //! value that is checked afterwards.
 //!
 //! Unknown keys and wrong types are refused here (`deny_unknown_fields`, typed fields); ranges,
-//! names and references are checked in [`super::check`].
+//! names and references are checked in [`super::check`]. The consumer and limits tables are
+//! the ones fixture files use too ([`crate::config::raw`]).
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::config::raw::{RawConsumer, RawLimits};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -58,31 +60,6 @@ pub(super) struct RawPullConsumer {
     pub dead_letter_queue: Option<Spanned<String>>,
 }
 
-impl RawPullConsumer {
-    /// The span of the value of `key`, if it is written.
-    pub fn span_of(&self, key: &str) -> Option<Range<usize>> {
-        match key {
-            "visibility_timeout_ms" => self.visibility_timeout_ms.as_ref().map(Spanned::span),
-            "max_retries" => self.max_retries.as_ref().map(Spanned::span),
-            "retry_delay" => self.retry_delay.as_ref().map(Spanned::span),
-            _ => None,
-        }
-    }
-}
-
-impl RawQueue {
-    /// The span of the value of `key`, if it is written.
-    pub fn span_of(&self, key: &str) -> Option<Range<usize>> {
-        let value = match key {
-            "delivery_delay" => &self.delivery_delay,
-            "message_retention_period" => &self.message_retention_period,
-            "dedup_window" => &self.dedup_window,
-            _ => return None,
-        };
-        value.as_ref().map(Spanned::span)
-    }
-}
-
 /// `[components.NAME]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,46 +78,6 @@ pub(super) struct RawComponent {
     pub allowed_outbound_hosts: Vec<Spanned<String>>,
     #[serde(default)]
     pub env: BTreeMap<Spanned<String>, Spanned<String>>,
-}
-
-/// `components.NAME.consumer`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawConsumer {
-    pub queue: Spanned<String>,
-    pub max_batch_size: Option<Spanned<u32>>,
-    pub max_batch_timeout: Option<Spanned<u32>>,
-    pub max_retries: Option<Spanned<u32>>,
-    pub retry_delay: Option<Spanned<u32>>,
-    pub dead_letter_queue: Option<Spanned<String>>,
-    pub max_concurrency: Option<Spanned<u32>>,
-}
-
-impl RawConsumer {
-    /// The span of the value of `key`, if it is written.
-    pub fn span_of(&self, key: &str) -> Option<Range<usize>> {
-        let value = match key {
-            "max_batch_size" => &self.max_batch_size,
-            "max_batch_timeout" => &self.max_batch_timeout,
-            "max_retries" => &self.max_retries,
-            "retry_delay" => &self.retry_delay,
-            "max_concurrency" => &self.max_concurrency,
-            _ => return None,
-        };
-        value.as_ref().map(Spanned::span)
-    }
-}
-
-/// `components.NAME.limits`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawLimits {
-    pub timeout: Option<Spanned<String>>,
-    pub memory: Option<Spanned<String>>,
-    pub table_elements: Option<Spanned<u32>>,
-    pub instances: Option<Spanned<u32>>,
-    pub tables: Option<Spanned<u32>>,
-    pub memories: Option<Spanned<u32>>,
 }
 
 /// The value of an optional setting, or its default.

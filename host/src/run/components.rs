@@ -9,8 +9,8 @@ use wasmtime::component::Component;
 use crate::engine::Broker;
 use crate::manifest::ComponentConfig;
 use crate::runtime::{
-    CacheOutcome, ComponentLimits, ComponentOptions, ConsumerComponent, ProducerComponent, Runtime,
-    SendTarget, digest,
+    CacheOutcome, ComponentOptions, ConsumerComponent, ProducerComponent, Runtime, SendTarget,
+    digest,
 };
 
 /// A component file read from disk, with its digest.
@@ -42,14 +42,7 @@ pub(super) fn short(digest: &str) -> &str {
 /// What the manifest grants `component`: its limits, environment, bindings and outbound hosts.
 pub(super) fn options(component: &ComponentConfig, broker: Arc<dyn Broker>) -> ComponentOptions {
     ComponentOptions {
-        limits: ComponentLimits {
-            timeout: component.limits.timeout,
-            memory_bytes: usize::try_from(component.limits.memory_bytes).unwrap_or(usize::MAX),
-            table_elements: component.limits.table_elements as usize,
-            instances: component.limits.instances as usize,
-            tables: component.limits.tables as usize,
-            memories: component.limits.memories as usize,
-        },
+        limits: component.limits,
         env: component.env.clone().into_iter().collect(),
         send_target: Some(SendTarget {
             publisher: Arc::new(broker),

@@ -49,6 +49,21 @@ pub struct ComponentLimits {
     pub memories: usize,
 }
 
+impl ComponentLimits {
+    /// Shortest allowed `timeout`.
+    pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+    /// Longest allowed `timeout`.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+    /// Smallest allowed `memory_bytes`.
+    pub const MIN_MEMORY_BYTES: usize = 1 << 20;
+    /// Largest allowed `memory_bytes`.
+    pub const MAX_MEMORY_BYTES: usize = 4 << 30;
+    /// Largest allowed `table_elements`.
+    pub const MAX_TABLE_ELEMENTS: u32 = 10_000_000;
+    /// Largest allowed `instances`, `tables` and `memories`.
+    pub const MAX_COUNT: u32 = 10_000;
+}
+
 impl Default for ComponentLimits {
     fn default() -> Self {
         Self {

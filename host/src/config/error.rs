@@ -1,4 +1,5 @@
-//! [`ManifestError`]: what is wrong with a manifest, and where.
+//! [`ConfigError`]: what is wrong with a manifest or a fixture file, and where;
+//! [`ConfigErrors`]: every such problem of one file.
 
 use std::fmt;
 use std::ops::Range;
@@ -6,15 +7,15 @@ use std::path::PathBuf;
 
 use toml::de::{DeTable, DeValue};
 
-/// A problem with a manifest, located in its file.
+/// One problem with a manifest or a fixture file, located in it.
 ///
 /// Displayed as `FILE:LINE:COLUMN: KEY: MESSAGE`, for example
 /// `manifest.toml:14:18: components.worker.consumer.max_batch_size: 101 is out of range (1..=100)`.
 /// The position and the key are left out when they are not known (an unreadable file has
 /// neither; a TOML syntax error has a position but no key).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ManifestError {
-    /// The manifest file, as it was given to [`load`](super::load) or [`parse`](super::parse).
+pub struct ConfigError {
+    /// The file, as it was given to the function that read it.
     pub file: PathBuf,
     /// Where in the file the offending key or value is.
     pub position: Option<Position>,
@@ -24,7 +25,7 @@ pub struct ManifestError {
     pub message: String,
 }
 
-impl ManifestError {
+impl ConfigError {
     /// The 1-based line of the offending key or value, if the error has a place in the file.
     pub fn line(&self) -> Option<usize> {
         self.position.map(|p| p.line)
@@ -75,7 +76,7 @@ impl ManifestError {
     }
 }
 
-impl fmt::Display for ManifestError {
+impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
         if let Some(Position { line, column }) = self.position {
@@ -88,7 +89,50 @@ impl fmt::Display for ManifestError {
     }
 }
 
-/// A place in a manifest, both numbers starting at 1.
+/// Every problem found in one file, in the order they appear in it (never empty).
+///
+/// Displayed one problem per line, so a user fixes them all in one pass.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The problems, sorted by position (whole-file problems first); `None` if there are
+    /// none.
+    pub(crate) fn new(mut errors: Vec<ConfigError>) -> Option<Self> {
+        errors.sort_by_key(|e| e.position);
+        (!errors.is_empty()).then_some(Self(errors))
+    }
+
+    /// The problem earliest in the file.
+    pub fn first(&self) -> &ConfigError {
+        &self.0[0]
+    }
+
+    /// Every problem, in file order.
+    pub fn iter(&self) -> impl Iterator<Item = &ConfigError> {
+        self.0.iter()
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(error: ConfigError) -> Self {
+        Self(vec![error])
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A place in a file, both numbers starting at 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position {
     /// The line.

@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 /// Parses a duration such as `"30s"`, `"500ms"` or `"1m 30s"`.
-pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("`{text}` is not a duration like \"30s\" or \"500ms\" ({e})"))
 }
 
 /// Writes a duration the way [`parse_duration`] reads it.
-pub(super) fn format_duration(duration: Duration) -> String {
+pub(crate) fn format_duration(duration: Duration) -> String {
     humantime::format_duration(duration)
         .to_string()
         .replace(' ', "")
