@@ -9,13 +9,7 @@ use wasmq_host::cli::{Cli, LogFormat};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if !cli.serves() {
-        // SAFETY: restoring the default disposition of SIGPIPE, before any thread is started
-        // by this program, touches no memory.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
+    cli.prepare_process();
     // `WASMQ_LOG` takes tracing's filter syntax, e.g. `debug` or `info,wasmq_engine=debug`.
     let filter = EnvFilter::try_from_env("WASMQ_LOG")
         .unwrap_or_else(|_| EnvFilter::new(cli.default_log_level()));

@@ -1,18 +1,17 @@
-//! Running fixture files and reporting on them: the text `host test` prints (`PASS name` /
-//! `FAIL name` with a diff, then `N passed, N failed`) and JUnit XML for CI systems.
+//! Running fixture files and what they came to: a report value per case, file and run, the
+//! text of a failed case (its diffs, then what happened) and JUnit XML for CI systems. Which
+//! files to run, and how a run is shown on the terminal, is `host test`'s business
+//! (`cli/test.rs`).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-
 use super::check::{actual_result, actual_send, body_text, check};
-use super::fixture::{self, Fixture};
+use super::fixture::Fixture;
 use super::{BatchReport, Harness, MessageFate, Mismatch, component_name};
 use crate::engine::precedence::BatchCall;
-use crate::runtime::{Runtime, RuntimeConfig, user_cache_dir};
 
 /// Most guest output lines shown under a failed case (JUnit gets them all).
 const OUTPUT_LINES_SHOWN: usize = 40;
@@ -38,7 +37,8 @@ impl CaseReport {
         self.error.is_none() && self.mismatches.is_empty()
     }
 
-    /// The lines printed under `FAIL name`: the diffs, then what happened.
+    /// What went wrong, in lines: the diffs, then what happened (`host test` prints them
+    /// under `FAIL name`, JUnit XML holds them in the case's failure).
     pub fn failure_text(&self) -> String {
         let mut out = String::new();
         if let Some(error) = &self.error {
@@ -107,11 +107,6 @@ impl RunReport {
     /// Cases that failed, broken files included.
     pub fn failed(&self) -> usize {
         self.fixtures.iter().map(FixtureReport::failed).sum()
-    }
-
-    /// The summary line, `N passed, N failed`.
-    pub fn summary(&self) -> String {
-        format!("{} passed, {} failed", self.passed(), self.failed())
     }
 
     /// The run as JUnit XML: one `testsuite` per file, one `testcase` per case; a broken
@@ -275,114 +270,6 @@ impl Harness {
     }
 }
 
-/// The fixture files `paths` name: files as given; folders searched (recursively, skipping
-/// hidden folders, `target` and `node_modules`) for fixture files, each folder's files sorted
-/// by name. A fixture file is a `.toml` file with a `[[case]]` table, so `host test .` in a
-/// project does not take its `Cargo.toml` or its manifest for fixtures.
-pub fn discover(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for path in paths {
-        let metadata =
-            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-        if metadata.is_dir() {
-            let before = files.len();
-            walk(path, &mut files)?;
-            if files.len() == before {
-                bail!(
-                    "no fixture files (*.toml with a [[case]] table) in {}",
-                    path.display()
-                );
-            }
-        } else {
-            files.push(path.clone());
-        }
-    }
-    Ok(files)
-}
-
-fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let mut entries = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("cannot list {}", dir.display()))?;
-    entries.sort();
-    for path in entries {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if path.is_dir() {
-            if !(name.starts_with('.') || name == "target" || name == "node_modules") {
-                walk(&path, files)?;
-            }
-        } else if path.extension().is_some_and(|e| e == "toml") && has_cases(&path) {
-            files.push(path);
-        }
-    }
-    Ok(())
-}
-
-/// Whether the file has a `[[case]]` table header. A text search, not a parse: a fixture with
-/// a syntax error must still be found, to be reported.
-fn has_cases(path: &Path) -> bool {
-    std::fs::read_to_string(path).is_ok_and(|text| {
-        text.lines()
-            .any(|line| line.trim_start().starts_with("[[case]]"))
-    })
-}
-
-/// `host test`: runs the fixtures under `paths`, printing as it goes, writes JUnit XML to
-/// `junit` if asked, and fails if any case failed.
-pub async fn run_cli(paths: &[PathBuf], junit: Option<&Path>) -> anyhow::Result<()> {
-    let files = discover(paths)?;
-    // Fixtures run often on the same components: keep their compiled code between runs.
-    let harness = Harness::with_runtime(Runtime::with_config(&RuntimeConfig {
-        cache_dir: user_cache_dir(),
-        pooling_allocator: false,
-        ..RuntimeConfig::default()
-    })?);
-    let start = Instant::now();
-    let mut run = RunReport::default();
-    for file in files {
-        println!("{}", file.display());
-        let report = match fixture::load(&file) {
-            Ok(fixture) => {
-                harness
-                    .run_fixture_with(&fixture, |case| print!("{}", case_text(case)))
-                    .await
-            }
-            Err(e) => FixtureReport::broken(file, e.to_string()),
-        };
-        if let Some(error) = &report.error {
-            println!("  ERROR {}", indent_rest(error, "    "));
-        }
-        run.fixtures.push(report);
-    }
-    run.duration = start.elapsed();
-    println!("{}", run.summary());
-    if let Some(path) = junit {
-        std::fs::write(path, run.junit())
-            .with_context(|| format!("writing the JUnit report to {}", path.display()))?;
-    }
-    let failed = run.failed();
-    if failed > 0 {
-        bail!("{failed} of {} fixture cases failed", run.passed() + failed);
-    }
-    Ok(())
-}
-
-/// `  PASS name (3 ms)`, or `  FAIL name (3 ms)` and what went wrong, indented.
-pub fn case_text(case: &CaseReport) -> String {
-    let millis = case.duration.as_millis();
-    if case.passed() {
-        format!("  PASS {} ({millis} ms)\n", case.name)
-    } else {
-        let mut out = format!("  FAIL {} ({millis} ms)\n", case.name);
-        for line in case.failure_text().lines() {
-            let _ = writeln!(out, "      {line}");
-        }
-        out
-    }
-}
-
 /// The context printed under a failed case: the result, each message with its fate, the
 /// calls, the sends and the guest's output.
 fn what_happened(batch: &BatchReport) -> String {
@@ -472,12 +359,6 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 
-fn indent_rest(text: &str, indent: &str) -> String {
-    text.lines()
-        .collect::<Vec<_>>()
-        .join(&format!("\n{indent}"))
-}
-
 /// Escapes text for XML attributes and content, dropping characters XML 1.0 cannot hold.
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -537,7 +418,7 @@ mod tests {
             ],
             duration: Duration::from_millis(9),
         };
-        assert_eq!(run.summary(), "1 passed, 2 failed");
+        assert_eq!((run.passed(), run.failed()), (1, 2));
         let xml = run.junit();
         assert!(
             xml.contains(r#"<testsuites name="wasmq fixtures" tests="3" failures="1" errors="1""#),

@@ -1,0 +1,78 @@
+//! `host run`: starts the queues, consumer components and HTTP API of a manifest and serves
+//! until SIGINT or SIGTERM (Ctrl-C). The first signal finishes the running batches; a second
+//! one stops at once, with an error.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::{manifest, run};
+
+/// `host run [MANIFEST] [--watch]`.
+#[derive(Debug, Args)]
+pub(super) struct RunCommand {
+    /// The manifest.
+    #[arg(default_value = "manifest.toml")]
+    manifest: PathBuf,
+    /// Reload when the manifest or a component file changes (also: SIGHUP, POST /reload).
+    #[arg(long)]
+    watch: bool,
+}
+
+impl RunCommand {
+    /// Starts the host and serves until stopped.
+    pub(super) async fn run(self) -> Result<()> {
+        let manifest = manifest::load(&self.manifest)?;
+        // Listen for signals before announcing the host, so a signal right after the
+        // announcement is a clean stop rather than the default (immediate) death.
+        let mut signals = StopSignals::install()?;
+        let mut host = run::start(&manifest).await?;
+        if self.watch {
+            host.watch()?;
+        }
+        println!(
+            "wasmq host listening on http://{} (Ctrl-C stops)",
+            host.addr()
+        );
+        signals.next().await;
+        println!("stopping: finishing running batches");
+        tokio::select! {
+            result = host.shutdown() => result,
+            _ = signals.next() => bail!("stopped at once on a second signal"),
+        }
+    }
+}
+
+/// SIGINT and SIGTERM (Ctrl-C elsewhere).
+struct StopSignals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).context("handling SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("handling SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
