@@ -22,6 +22,7 @@ use crate::types::{
 };
 
 /// A backend behind the checks; the backend may assume every input is in range.
+#[derive(Debug)]
 pub(crate) struct Checked<B>(pub(crate) Arc<B>);
 
 /// The checks shared by creating and reconfiguring a queue.

@@ -1,9 +1,10 @@
 //! The queue engine: durable queues with Cloudflare Queues semantics behind the [`Broker`]
-//! trait, so that a shared backend (PostgreSQL) can sit beside the embedded one ([`RedbBroker`])
-//! without callers changing.
+//! trait, so that a shared backend (PostgreSQL) can sit beside the embedded one (redb) without
+//! callers changing. [`open`] is the only way to a backend: callers say where the queues live
+//! ([`Storage`]) and never name a backend type.
 //!
 //! The semantics are those of `docs/semantics.md`; the backend-independent test suite in
-//! `testkit/src/semantics.rs` is their executable form, run on both backends by this crate's
+//! `testkit/src/semantics/` is their executable form, run on both backends by this crate's
 //! `tests/`.
 
 mod checked;
@@ -21,8 +22,8 @@ use async_trait::async_trait;
 pub use self::clock::{Clock, ManualClock, SystemClock};
 pub use self::error::{BrokerError, BrokerResult};
 pub use self::open::{Storage, open};
-pub use self::postgres::{PostgresBroker, PostgresOptions};
-pub use self::redb::{RedbBroker, RedbOptions};
+pub use self::postgres::PostgresOptions;
+pub use self::redb::RedbOptions;
 pub use self::types::{
     Backlog, ConsumerSettings, ContentType, LeaseId, LeaseOptions, LeasedMessage, Message,
     MessageId, Outcome, QueueInfo, QueueMetrics, QueueSettings, Readiness, SendRequest,
@@ -35,7 +36,7 @@ pub use self::types::{
 /// transaction is durable. Methods are safe to call concurrently; implementations do their
 /// disk work off the async reactor.
 #[async_trait]
-pub trait Broker: Send + Sync + 'static {
+pub trait Broker: std::fmt::Debug + Send + Sync + 'static {
     /// Creates a queue. Fails if the name is taken, a setting is out of range, or the
     /// dead-letter queue is the queue itself or does not exist.
     async fn create_queue(&self, name: &str, settings: QueueSettings) -> BrokerResult<QueueInfo>;

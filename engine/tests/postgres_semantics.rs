@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use wasmq_engine::{
     Broker, BrokerError, ConsumerSettings, LeaseOptions, LeasedMessage, ManualClock, MessageId,
-    Outcome, PostgresBroker, PostgresOptions, QueueSettings, SendRequest,
+    Outcome, PostgresOptions, QueueSettings, SendRequest, Storage,
 };
 use wasmq_testkit::postgres::{self, PgCluster, SchemaGuard};
 use wasmq_testkit::{Ctx, START_MS};
 
 /// Connects a broker to `schema` of the test server.
-async fn connect(url: &str, schema: &str, options: PostgresOptions) -> PostgresBroker {
-    PostgresBroker::connect(url, options.schema(schema))
+async fn connect(url: &str, schema: &str, options: PostgresOptions) -> Arc<dyn Broker> {
+    wasmq_engine::open(Storage::postgres(url, options.schema(schema)))
         .await
         .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL server: {e:#}"))
 }
@@ -28,7 +28,7 @@ async fn postgres_ctx() -> Ctx {
     let schema = postgres::fresh_schema();
     let clock = ManualClock::new(START_MS);
     let broker = connect(&url, &schema, PostgresOptions::with_clock(clock.clone())).await;
-    Ctx::new(Arc::new(broker), clock, SchemaGuard::new(url, schema))
+    Ctx::new(broker, clock, SchemaGuard::new(url, schema))
 }
 
 wasmq_testkit::semantic_suite!(postgres_ctx);
@@ -38,7 +38,7 @@ wasmq_testkit::semantic_suite!(postgres_ctx);
 
 /// `n` brokers with their own connections on one fresh schema, sharing `clock`, connected
 /// concurrently (so their migrations race, as several hosts starting together would).
-async fn hosts(n: usize, clock: &ManualClock) -> (Vec<Arc<PostgresBroker>>, SchemaGuard) {
+async fn hosts(n: usize, clock: &ManualClock) -> (Vec<Arc<dyn Broker>>, SchemaGuard) {
     let url = postgres::url();
     let schema = postgres::fresh_schema();
     let guard = SchemaGuard::new(url.clone(), schema.clone());
@@ -52,7 +52,7 @@ async fn hosts(n: usize, clock: &ManualClock) -> (Vec<Arc<PostgresBroker>>, Sche
         .collect();
     let mut brokers = Vec::new();
     for c in connects {
-        brokers.push(Arc::new(c.await.expect("connect task")));
+        brokers.push(c.await.expect("connect task"));
     }
     (brokers, guard)
 }
@@ -63,7 +63,7 @@ const HOUR: u64 = 3_600_000;
 /// pass; acks each batch at once when `ack` is set. Returns every message leased and how many
 /// acks the settles reported.
 async fn drain(
-    broker: Arc<PostgresBroker>,
+    broker: Arc<dyn Broker>,
     batch: u32,
     vis_ms: u64,
     ack: bool,
@@ -99,7 +99,7 @@ async fn drain(
 
 /// Runs [`drain`] on each of `brokers` at once until `target` messages were leased in all.
 async fn drain_all(
-    brokers: &[Arc<PostgresBroker>],
+    brokers: &[Arc<dyn Broker>],
     vis_ms: u64,
     ack: bool,
     target: usize,
@@ -351,7 +351,8 @@ async fn newer_schema_is_refused() {
         ))
         .await
         .unwrap();
-    let err = PostgresBroker::connect(&url, PostgresOptions::with_clock(clock).schema(&schema))
+    let storage = Storage::postgres(&url, PostgresOptions::with_clock(clock).schema(&schema));
+    let err = wasmq_engine::open(storage)
         .await
         .expect_err("a newer schema must be refused");
     let text = format!("{err:#}");
@@ -370,10 +371,10 @@ async fn connect_names_an_unreachable_server() {
         connect_timeout: Duration::from_secs(2),
         ..PostgresOptions::default()
     };
-    let err = PostgresBroker::connect(
-        &format!("postgres://nobody:secret@127.0.0.1:{port}/queues"),
+    let err = wasmq_engine::open(Storage::postgres(
+        format!("postgres://nobody:secret@127.0.0.1:{port}/queues"),
         options,
-    )
+    ))
     .await
     .expect_err("nothing listens there");
     let text = format!("{err:#}");

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tempfile::TempDir;
 use wasmq_engine::{
-    Broker, ConsumerSettings, LeaseOptions, LeasedMessage, ManualClock, QueueSettings, RedbBroker,
-    RedbOptions, SendRequest,
+    Broker, ConsumerSettings, LeaseOptions, LeasedMessage, ManualClock, QueueSettings, RedbOptions,
+    SendRequest, Storage,
 };
 use wasmq_testkit::{Ctx, START_MS};
 
@@ -15,8 +15,8 @@ use wasmq_testkit::{Ctx, START_MS};
 async fn redb_ctx() -> Ctx {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(START_MS);
-    let broker = open(&dir.path().join("queues.redb"), &clock);
-    Ctx::new(Arc::new(broker), clock, dir)
+    let broker = open(&dir.path().join("queues.redb"), &clock).await;
+    Ctx::new(broker, clock, dir)
 }
 
 wasmq_testkit::semantic_suite!(redb_ctx);
@@ -24,8 +24,10 @@ wasmq_testkit::semantic_suite!(redb_ctx);
 // ---------------------------------------------------------------------------------------------
 // Durability across reopen
 
-fn open(path: &Path, clock: &ManualClock) -> RedbBroker {
-    RedbBroker::open(path, RedbOptions::with_clock(clock.clone())).expect("open redb broker")
+async fn open(path: &Path, clock: &ManualClock) -> Arc<dyn Broker> {
+    wasmq_engine::open(Storage::redb(path, RedbOptions::with_clock(clock.clone())))
+        .await
+        .expect("open redb broker")
 }
 
 fn db_path() -> (TempDir, PathBuf) {
@@ -35,7 +37,7 @@ fn db_path() -> (TempDir, PathBuf) {
 }
 
 /// Leases for an hour, longer than any clock step here.
-async fn lease_all(b: &RedbBroker, q: &str) -> Vec<LeasedMessage> {
+async fn lease_all(b: &dyn Broker, q: &str) -> Vec<LeasedMessage> {
     b.lease(q, LeaseOptions::new(100, 3_600_000))
         .await
         .expect("lease")
@@ -56,7 +58,7 @@ async fn reopen_keeps_queues_and_messages() {
         },
     };
 
-    let b = open(&path, &clock);
+    let b = open(&path, &clock).await;
     b.create_queue("q", settings.clone()).await.unwrap();
     b.send("q", SendRequest::text("kept").with_dedup_key("k"))
         .await
@@ -68,7 +70,7 @@ async fn reopen_keeps_queues_and_messages() {
     b.close().await.unwrap();
 
     clock.advance_secs(1);
-    let b = open(&path, &clock);
+    let b = open(&path, &clock).await;
     let info = b.queue_info("q").await.unwrap();
     assert_eq!(info.settings, settings);
     assert!(info.paused);
@@ -81,13 +83,13 @@ async fn reopen_keeps_queues_and_messages() {
     assert_eq!(b.metrics("q").await.unwrap().backlog.count, 2);
 
     b.set_paused("q", false).await.unwrap();
-    let leased = lease_all(&b, "q").await;
+    let leased = lease_all(&*b, "q").await;
     assert_eq!(leased.len(), 1);
     assert_eq!(leased[0].message.body, b"kept");
     assert_eq!(leased[0].message.timestamp_ms, START_MS);
     assert_eq!(leased[0].message.attempts, 1);
     clock.advance_secs(60);
-    let later = lease_all(&b, "q").await;
+    let later = lease_all(&*b, "q").await;
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].message.body, b"later");
     b.close().await.unwrap();
@@ -100,16 +102,16 @@ async fn unsettled_lease_counts_as_failed_attempt_after_reopen() {
     let (_dir, path) = db_path();
     let clock = ManualClock::new(START_MS);
 
-    let b = open(&path, &clock);
+    let b = open(&path, &clock).await;
     b.create_queue("q", QueueSettings::default()).await.unwrap();
     b.send("q", SendRequest::text("m")).await.unwrap();
-    let first = lease_all(&b, "q").await;
+    let first = lease_all(&*b, "q").await;
     assert_eq!(first[0].message.attempts, 1);
     b.close().await.unwrap();
 
     // The clock has not moved: the old lease would still hold, but its process is gone.
-    let b = open(&path, &clock);
-    let again = lease_all(&b, "q").await;
+    let b = open(&path, &clock).await;
+    let again = lease_all(&*b, "q").await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].message.id, first[0].message.id);
     assert_eq!(again[0].message.attempts, 2);
@@ -132,7 +134,7 @@ async fn unsettled_last_attempt_dead_letters_after_reopen() {
     let (_dir, path) = db_path();
     let clock = ManualClock::new(START_MS);
 
-    let b = open(&path, &clock);
+    let b = open(&path, &clock).await;
     b.create_queue("dlq", QueueSettings::default())
         .await
         .unwrap();
@@ -146,13 +148,13 @@ async fn unsettled_last_attempt_dead_letters_after_reopen() {
     };
     b.create_queue("src", src).await.unwrap();
     b.send("src", SendRequest::text("m")).await.unwrap();
-    let leased = lease_all(&b, "src").await;
+    let leased = lease_all(&*b, "src").await;
     b.close().await.unwrap();
 
-    let b = open(&path, &clock);
-    assert!(lease_all(&b, "src").await.is_empty());
+    let b = open(&path, &clock).await;
+    assert!(lease_all(&*b, "src").await.is_empty());
     assert_eq!(b.metrics("src").await.unwrap().dead_lettered, 1);
-    let dead = lease_all(&b, "dlq").await;
+    let dead = lease_all(&*b, "dlq").await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message.id, leased[0].message.id);
     assert_eq!(dead[0].message.attempts, 1);

@@ -22,7 +22,7 @@
 //!
 //! "Rebooting" is opening a fresh disk over the surviving image
 //! ([`SimulatedDisk::reboot`]) and handing its [`SimulatedDisk::backend`] to
-//! `RedbBroker::open_with_backend`.
+//! `wasmq_engine::Storage::redb_on`.
 
 use std::fmt;
 use std::io;

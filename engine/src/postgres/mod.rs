@@ -111,7 +111,7 @@ pub(super) struct Shared {
 
 /// Durable queues in a PostgreSQL database, shared by every host connected to the same
 /// database and schema.
-pub struct PostgresBroker {
+pub(crate) struct PostgresBroker {
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -203,7 +203,7 @@ impl PostgresBroker {
     ///
     /// Leases held by other hosts are left alone: they may be alive. A lease of a host that
     /// died expires at its deadline like any other.
-    pub async fn connect(url: &str, options: PostgresOptions) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(url: &str, options: PostgresOptions) -> anyhow::Result<Self> {
         schema::check_schema_name(&options.schema)?;
         if options.max_connections == 0 {
             bail!("max_connections must be at least 1");

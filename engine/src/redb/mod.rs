@@ -59,7 +59,7 @@ impl RedbOptions {
 }
 
 /// Durable queues in one redb database file.
-pub struct RedbBroker {
+pub(crate) struct RedbBroker {
     db: Arc<Database>,
     writer: Writer,
     clock: Arc<dyn Clock>,
@@ -75,7 +75,7 @@ impl std::fmt::Debug for RedbBroker {
 impl RedbBroker {
     /// Opens the database at `path`, creating it if missing. Leases held when the previous
     /// process stopped are expired at once and count as failed attempts.
-    pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> anyhow::Result<Self> {
+    pub(crate) fn open(path: impl AsRef<Path>, options: RedbOptions) -> anyhow::Result<Self> {
         let path = path.as_ref();
         let db = redb::Builder::new()
             .set_cache_size(options.cache_size_bytes)
@@ -87,7 +87,7 @@ impl RedbBroker {
 
     /// Opens a database on a custom storage backend (the power-loss tests use one that keeps
     /// only synced bytes).
-    pub fn open_with_backend(
+    pub(crate) fn open_with_backend(
         backend: impl StorageBackend,
         options: RedbOptions,
     ) -> anyhow::Result<Self> {

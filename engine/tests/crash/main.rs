@@ -32,7 +32,9 @@ mod power_loss;
 mod sigkill;
 mod workload;
 
-use wasmq_engine::{ManualClock, RedbBroker, RedbOptions};
+use std::sync::Arc;
+
+use wasmq_engine::{Broker, ManualClock, RedbOptions, Storage};
 use wasmq_testkit::power_loss::{SimulatedDisk, Survival};
 
 /// The seeds to run: `WASMQ_CRASH_SEED` alone, else `0..WASMQ_CRASH_SEEDS` (`0..default`).
@@ -57,12 +59,14 @@ fn survival_for(seed: u64) -> Survival {
 }
 
 /// Opens a broker on `disk` with a redb cache of `cache` bytes.
-fn open_sim(disk: &SimulatedDisk, clock: &ManualClock, cache: usize) -> anyhow::Result<RedbBroker> {
-    RedbBroker::open_with_backend(
-        disk.backend(),
-        RedbOptions {
-            cache_size_bytes: cache,
-            ..RedbOptions::with_clock(clock.clone())
-        },
-    )
+async fn open_sim(
+    disk: &SimulatedDisk,
+    clock: &ManualClock,
+    cache: usize,
+) -> anyhow::Result<Arc<dyn Broker>> {
+    let options = RedbOptions {
+        cache_size_bytes: cache,
+        ..RedbOptions::with_clock(clock.clone())
+    };
+    wasmq_engine::open(Storage::redb_on(disk.backend(), options)).await
 }

@@ -10,13 +10,14 @@
 //! delays) the workload never produces.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use anyhow::{Context, bail, ensure};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError};
 use wasmq_engine::{
     Backlog, Broker, BrokerError, ConsumerSettings, LeaseId, LeaseOptions, ManualClock, Outcome,
-    QueueMetrics, QueueSettings, RedbBroker, SendRequest, SettleReport, SweepReport,
+    QueueMetrics, QueueSettings, SendRequest, SettleReport, SweepReport,
 };
 use wasmq_testkit::START_MS;
 use wasmq_testkit::power_loss::SimulatedDisk;
@@ -540,8 +541,8 @@ fn setup() -> impl Strategy<Value = Setup> {
         })
 }
 
-fn open(disk: &SimulatedDisk, clock: &ManualClock) -> anyhow::Result<RedbBroker> {
-    open_sim(disk, clock, 1 << 20)
+async fn open(disk: &SimulatedDisk, clock: &ManualClock) -> anyhow::Result<Arc<dyn Broker>> {
+    open_sim(disk, clock, 1 << 20).await
 }
 
 /// Runs `ops` against a fresh broker and the model, comparing every answer.
@@ -549,7 +550,7 @@ async fn run(setup: Setup, ops: Vec<Op>) -> anyhow::Result<()> {
     let mut model = Model::new(setup);
     let clock = ManualClock::new(START_MS);
     let mut disk = SimulatedDisk::new();
-    let mut broker = open(&disk, &clock)?;
+    let mut broker = open(&disk, &clock).await?;
     broker
         .create_queue("dlq", model.config[0].settings())
         .await?;
@@ -717,7 +718,7 @@ async fn run(setup: Setup, ops: Vec<Op>) -> anyhow::Result<()> {
             }
             Op::Restart => {
                 broker.close().await?;
-                broker = open(&disk, &clock).with_context(context)?;
+                broker = open(&disk, &clock).await.with_context(context)?;
                 model.restart();
             }
             &Op::PowerCut(seed) => {
@@ -728,6 +729,7 @@ async fn run(setup: Setup, ops: Vec<Op>) -> anyhow::Result<()> {
                 let survival = survival_for(seed);
                 disk = disk.reboot(survival);
                 broker = open(&disk, &clock)
+                    .await
                     .with_context(|| format!("{}: reopening ({survival})", context()))?;
                 model.restart();
             }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, bail, ensure};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wasmq_engine::{Broker, BrokerError, ManualClock, SendRequest};
+use wasmq_engine::{BrokerError, ManualClock, SendRequest};
 use wasmq_testkit::START_MS;
 use wasmq_testkit::power_loss::{SimulatedDisk, Survival};
 
@@ -52,7 +52,7 @@ async fn power_loss_run(seed: u64, cut: CutAt) -> anyhow::Result<RunStats> {
     let clock = ManualClock::new(START_MS);
     // Small caches make redb evict and reread pages, and write some before the commit.
     let cache = [64 << 10, 256 << 10, 4 << 20][rng.random_range(0..3)];
-    let broker = Arc::new(open_sim(&disk, &clock, cache)?);
+    let broker = open_sim(&disk, &clock, cache).await?;
     create_queues(&*broker).await?;
 
     let journal = Arc::new(Mutex::new(Journal::default()));
@@ -112,7 +112,10 @@ async fn power_loss_run(seed: u64, cut: CutAt) -> anyhow::Result<RunStats> {
         Err(BrokerError::Unavailable(_)) => {}
         other => bail!("a send after the power cut answered {other:?}"),
     }
-    let broker = Arc::into_inner(broker).expect("tasks are done");
+    ensure!(
+        Arc::strong_count(&broker) == 1,
+        "the workload's tasks are done but still hold the broker"
+    );
     broker.close().await?;
 
     let journal = std::mem::take(&mut *journal.lock().unwrap());
@@ -139,8 +142,9 @@ async fn power_loss_run(seed: u64, cut: CutAt) -> anyhow::Result<RunStats> {
         let rebooted = disk.reboot(survival);
         let clock = ManualClock::new(START_MS + 60_000);
         let broker = open_sim(&rebooted, &clock, cache)
+            .await
             .with_context(|| format!("{survival}: reopening after the power cut"))?;
-        let summary = verify_after_restart(&broker, &journal)
+        let summary = verify_after_restart(&*broker, &journal)
             .await
             .with_context(|| format!("{survival}: after the power cut"))?;
         if debug {
@@ -158,6 +162,7 @@ async fn power_loss_run(seed: u64, cut: CutAt) -> anyhow::Result<RunStats> {
             .with_context(|| format!("{survival}: sending after the reboot"))?;
         broker.close().await?;
         let again = open_sim(&rebooted.reboot(Survival::Strict), &clock, cache)
+            .await
             .with_context(|| format!("{survival}: reopening after a clean close"))?;
         let stored =
             again.metrics(JOBS).await?.backlog.count + again.metrics(DLQ).await?.backlog.count;
@@ -176,7 +181,7 @@ async fn power_loss_run(seed: u64, cut: CutAt) -> anyhow::Result<RunStats> {
     let rebooting = disk.reboot(first);
     rebooting.cut_after_writes(rng.random_range(0..40));
     let clock = ManualClock::new(START_MS + 60_000);
-    let during = open_sim(&rebooting, &clock, cache);
+    let during = open_sim(&rebooting, &clock, cache).await;
     if debug {
         eprintln!(
             "  second cut: {} recovery ({:?})",
@@ -193,11 +198,12 @@ async fn power_loss_run(seed: u64, cut: CutAt) -> anyhow::Result<RunStats> {
     let second = survival_for(rng.random());
     let rebooted = rebooting.reboot(second);
     let broker = open_sim(&rebooted, &clock, cache)
+        .await
         .with_context(|| format!("reopening after cuts in {first} then in {second} mode"))?;
     let mut journal = journal;
     // The message sent between the cuts may be stored.
     journal.sending.insert(MARKER_TAG);
-    verify_after_restart(&broker, &journal)
+    verify_after_restart(&*broker, &journal)
         .await
         .with_context(|| format!("after a cut during recovery ({first}, then {second})"))?;
     broker.close().await?;

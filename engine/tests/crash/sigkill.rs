@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use wasmq_engine::{Broker, RedbBroker, RedbOptions};
+use wasmq_engine::{RedbOptions, Storage};
 
 use crate::check::{Summary, verify_after_restart};
 use crate::seeds;
@@ -42,8 +42,9 @@ fn sigkill_child() {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let broker: Arc<dyn Broker> =
-            Arc::new(RedbBroker::open(&path, RedbOptions::default()).expect("child: open"));
+        let broker = wasmq_engine::open(Storage::redb(&path, RedbOptions::default()))
+            .await
+            .expect("child: open");
         fn record_raw(line: &str) {
             let mut out = std::io::stdout().lock();
             writeln!(out, "{line}").expect("child: stdout");
@@ -133,8 +134,10 @@ fn sigkill_round(seed: u64, kill_after: usize) -> (Journal, Summary) {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let broker = RedbBroker::open(&path, RedbOptions::default()).expect("open");
-        create_queues(&broker).await.expect("create queues");
+        let broker = wasmq_engine::open(Storage::redb(&path, RedbOptions::default()))
+            .await
+            .expect("open");
+        create_queues(&*broker).await.expect("create queues");
         broker.close().await.expect("close");
     });
 
@@ -210,9 +213,10 @@ fn sigkill_round(seed: u64, kill_after: usize) -> (Journal, Summary) {
     );
 
     let summary = runtime.block_on(async {
-        let broker =
-            RedbBroker::open(&path, RedbOptions::default()).expect("reopening after SIGKILL");
-        let summary = verify_after_restart(&broker, &journal).await;
+        let broker = wasmq_engine::open(Storage::redb(&path, RedbOptions::default()))
+            .await
+            .expect("reopening after SIGKILL");
+        let summary = verify_after_restart(&*broker, &journal).await;
         broker.close().await.expect("close");
         summary
     });
