@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use wasmq_host::config::{ConfigError, Position};
 use wasmq_host::engine::{ConsumerSettings, QueueSettings};
-use wasmq_host::manifest::{self, AllowedHost, Manifest, Storage};
-use wasmq_host::runtime::ComponentLimits;
+use wasmq_host::manifest::{self, Manifest, Storage};
+use wasmq_host::runtime::{AllowedHost, ComponentLimits};
 
 /// Parses `text` as if read from `manifest.toml` in the current folder; an error is the
 /// first of the file's problems.

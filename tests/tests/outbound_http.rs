@@ -14,7 +14,8 @@ use tokio::net::TcpListener;
 use wasmq_host::dispatch::{Delivery, Dispatcher};
 use wasmq_host::engine::{self, Broker, ConsumerSettings, QueueSettings, RedbOptions, Storage};
 use wasmq_host::engine::{LeaseOptions, SendRequest};
-use wasmq_host::manifest::{self, AllowedHost};
+use wasmq_host::manifest;
+use wasmq_host::runtime::AllowedHost;
 use wasmq_host::runtime::{ComponentLimits, ComponentOptions, ConsumerComponent, Failure, Runtime};
 
 const BODY: &str = "hello from the test server";

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::body::{InputError, JsonBody};
 use super::consumers::{ConsumerView, QueueConsumers};
 use super::producer::ProducerRoutes;
-use super::wire::{ApiError, Envelope, PublishBatch, PublishMessage, QueueView};
+use super::wire::{ApiError, Envelope, PublishBatch, PublishMessage, QueueView, ReloadReport};
 use crate::dispatch::ConsumerStats;
 use crate::engine::{Backlog, Broker, BrokerError, QueueInfo};
 use crate::metrics::{ComponentStats, HttpStats};
@@ -48,7 +48,7 @@ pub struct ServeConfig {
 pub trait Reloader: Send + Sync + 'static {
     /// Applies the manifest as it is now on disk; returns a report of what changed, or why the
     /// manifest could not be applied at all (nothing changed then).
-    async fn reload(&self) -> anyhow::Result<serde_json::Value>;
+    async fn reload(&self) -> anyhow::Result<ReloadReport>;
 }
 
 /// The API's routes and the producer routes.

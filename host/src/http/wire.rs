@@ -204,3 +204,29 @@ pub struct QueueView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer: Option<ConsumerView>,
 }
+
+/// What one application of a manifest changed: the answer of `POST /reload`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// Queues created.
+    pub queues_created: Vec<String>,
+    /// Components started (new consumers, new producers).
+    pub started: Vec<String>,
+    /// Components replaced by a new version or new settings.
+    pub swapped: Vec<String>,
+    /// Consumers stopped (after their running batches) and producers no longer served.
+    pub stopped: Vec<String>,
+    /// Components left as they were.
+    pub unchanged: Vec<String>,
+    /// Components that failed to load; their previous version (if any) keeps serving.
+    pub failed: Vec<FailedComponent>,
+}
+
+/// A component that could not be loaded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedComponent {
+    /// The component's name.
+    pub component: String,
+    /// Why.
+    pub error: String,
+}

@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use super::raw::{RawComponent, RawHost, RawManifest, RawPullConsumer, RawQueue, value_or};
 use super::{
-    AllowedHost, ComponentConfig, ConsumerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
+    ComponentConfig, ConsumerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
     DEFAULT_VISIBILITY_TIMEOUT_MS, HostConfig, Manifest, Position, PullConsumerConfig, Route,
     Storage,
 };
@@ -22,7 +22,7 @@ use crate::config::raw::RawConsumer;
 use crate::config::{self, ConfigError, ConfigErrors, KeyPath, parse_duration};
 use crate::engine::limits::{MAX_VISIBILITY_TIMEOUT_MS, check_queue_name};
 use crate::engine::{ConsumerSettings, QueueSettings};
-use crate::runtime::ComponentLimits;
+use crate::runtime::{AllowedHost, ComponentLimits};
 
 /// Checks `raw`, read from `text` in the file `path`.
 pub(super) fn check(raw: RawManifest, text: &str, path: &Path) -> Result<Manifest, ConfigErrors> {

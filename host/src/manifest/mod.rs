@@ -29,7 +29,6 @@
 //! once, each [`ConfigError`] naming the file, the line and column, and the dotted key.
 
 mod check;
-mod hosts;
 mod raw;
 mod route;
 
@@ -41,10 +40,9 @@ use std::time::Duration;
 
 use crate::engine::{ConsumerSettings, QueueSettings};
 
-pub use self::hosts::AllowedHost;
 pub use self::route::Route;
 use crate::config::{ConfigError, ConfigErrors, KeyPath, Position};
-use crate::runtime::ComponentLimits;
+use crate::runtime::{AllowedHost, ComponentLimits};
 
 /// `host.data_dir` when the manifest gives none.
 pub const DEFAULT_DATA_DIR: &str = ".wasmq";

@@ -16,10 +16,9 @@ use tokio::task::JoinSet;
 
 use self::components::{ComponentFile, Runtimes};
 use self::supervisor::Supervisor;
-pub use self::supervisor::{FailedComponent, ReloadReport};
 use crate::dispatch::ConsumerStats;
 use crate::engine::{self, Broker, PostgresOptions, RedbOptions};
-use crate::http;
+use crate::http::{self, wire::ReloadReport};
 use crate::manifest::{Manifest, Storage};
 use crate::runtime::{Runtime, RuntimeConfig};
 
@@ -190,9 +189,8 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
 
 #[async_trait::async_trait]
 impl http::Reloader for Supervisor {
-    async fn reload(&self) -> Result<serde_json::Value> {
-        let report = Supervisor::reload(self).await?;
-        Ok(serde_json::to_value(report)?)
+    async fn reload(&self) -> Result<ReloadReport> {
+        Supervisor::reload(self).await
     }
 }
 

@@ -11,42 +11,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use super::components::{self, Compiled, ComponentFile, Loaded, Runtimes, short};
 use crate::dispatch::{ConsumerSlot, ConsumerSpec, ConsumerStats, Dispatcher};
 use crate::engine::{Broker, BrokerError};
+use crate::http::wire::{FailedComponent, ReloadReport};
 use crate::http::{ProducerRoute, ProducerRoutes, QueueConsumers, Wiring};
 use crate::manifest::{self, ComponentConfig, Manifest};
 use crate::metrics::ComponentStats;
-
-/// What one application of a manifest changed.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct ReloadReport {
-    /// Queues created.
-    pub queues_created: Vec<String>,
-    /// Components started (new consumers, new producers).
-    pub started: Vec<String>,
-    /// Components replaced by a new version or new settings.
-    pub swapped: Vec<String>,
-    /// Consumers stopped (after their running batches) and producers no longer served.
-    pub stopped: Vec<String>,
-    /// Components left as they were.
-    pub unchanged: Vec<String>,
-    /// Components that failed to load; their previous version (if any) keeps serving.
-    pub failed: Vec<FailedComponent>,
-}
-
-/// A component that could not be loaded.
-#[derive(Debug, Clone, Serialize)]
-pub struct FailedComponent {
-    /// The component's name.
-    pub component: String,
-    /// Why.
-    pub error: String,
-}
 
 /// One loaded component and what it was loaded from.
 struct Running {

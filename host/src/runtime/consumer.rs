@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use wasmtime::Store;
-use wasmtime::component::{Component, HasSelf, Resource};
+use wasmtime::component::{HasSelf, InstancePre, Linker, Resource};
 
 use super::bindings::{self, wit};
-use super::guest::{self, ComponentOptions, Guest, GuestState};
+use super::guest::{self, GuestState};
 use super::guest_log::GuestLog;
-use super::{ComponentLimits, Runtime};
+use super::world::{LoadedComponent, World, WorldId};
 use crate::engine::precedence::{BatchCall, HandlerResult};
 use crate::engine::{self, Backlog, MessageId};
 
@@ -83,59 +83,28 @@ pub struct BatchResource {
     backlog: Backlog,
 }
 
-/// A consumer component, compiled and linked once, instantiated per batch.
-#[derive(Clone)]
-pub struct ConsumerComponent {
-    guest: Guest,
-    pre: bindings::ConsumerPre<GuestState>,
+/// The `consumer` world.
+pub struct Consumer;
+
+impl World for Consumer {
+    const ID: WorldId = WorldId::Consumer;
+    type Pre = bindings::ConsumerPre<GuestState>;
+
+    fn add_imports(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
+        bindings::wasmq::queues::batch::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
+            .map_err(anyhow::Error::from)
+            .context("linking wasmq:queues/batch")
+    }
+
+    fn bind(instance: InstancePre<GuestState>) -> wasmtime::Result<Self::Pre> {
+        bindings::ConsumerPre::new(instance)
+    }
 }
 
+/// A consumer component, compiled and linked once, instantiated per batch.
+pub type ConsumerComponent = LoadedComponent<Consumer>;
+
 impl ConsumerComponent {
-    /// Compiles `wasm` (a component binary, through the runtime's cache if it has one) and
-    /// checks it against the `consumer` world.
-    pub fn new(
-        runtime: &Runtime,
-        name: &str,
-        wasm: &[u8],
-        options: ComponentOptions,
-    ) -> anyhow::Result<Self> {
-        let (component, _) = runtime.load(name, wasm)?;
-        Self::from_compiled(runtime, name, &component, options)
-    }
-
-    /// Links an already compiled component and checks it against the `consumer` world.
-    pub fn from_compiled(
-        runtime: &Runtime,
-        name: &str,
-        component: &Component,
-        options: ComponentOptions,
-    ) -> anyhow::Result<Self> {
-        let export = "wasmq:queues/handler@0.1.0";
-        let mut linker = guest::linker(runtime)?;
-        bindings::wasmq::queues::batch::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
-            .map_err(anyhow::Error::from)
-            .context("linking wasmq:queues/batch")?;
-        let (guest, instance_pre) = Guest::link(
-            runtime, name, component, options, "consumer", export, &linker,
-        )?;
-        let pre = bindings::ConsumerPre::new(instance_pre)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!("component `{name}` is not a consumer: `{export}` must have `handle`")
-            })?;
-        Ok(Self { guest, pre })
-    }
-
-    /// The component's name.
-    pub fn name(&self) -> &str {
-        &self.guest.name
-    }
-
-    /// Its limits.
-    pub fn limits(&self) -> ComponentLimits {
-        self.guest.options.limits
-    }
-
     /// Instantiates the component in a fresh store, ready for one batch; its time limit runs
     /// from now. [`HostBusy`] means the host has no instance slot free at the moment: take no
     /// messages, wait and try again. A failure of the guest's own (its start traps, it is over

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -16,12 +16,12 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::bindings::{self, wit};
 use super::consumer::Failure;
 use super::guest_log::{GuestLog, Stream};
+use super::hosts::AllowedHost;
 use super::limiter::StoreBudget;
 use super::outbound::OutboundHttp;
 use super::{ComponentLimits, Runtime};
 use crate::engine::precedence::BatchCall;
 use crate::engine::{self, Backlog, Broker, BrokerError};
-use crate::manifest::AllowedHost;
 
 /// The one queue operation a guest can cause: storing messages. `host run` hands guests its
 /// broker; the fixture harness hands them a recorder that keeps what they sent.
@@ -71,8 +71,9 @@ pub struct ComponentOptions {
     pub allowed_outbound_hosts: Vec<AllowedHost>,
 }
 
-/// Everything one store holds.
-pub(super) struct GuestState {
+/// Everything one store holds (opaque outside the runtime: a [`World`](super::World) names it
+/// only to link and bind).
+pub struct GuestState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     pub(super) outbound: OutboundHttp,
@@ -135,39 +136,14 @@ pub(super) struct Guest {
 }
 
 impl Guest {
-    /// Checks that `component` exports an interface whose name starts with `export` (so that a
-    /// component of the wrong world is named as such before any import is looked at), then
-    /// links it with `linker`.
-    pub fn link(
-        runtime: &Runtime,
-        name: &str,
-        component: &Component,
-        options: ComponentOptions,
-        world: &str,
-        export: &str,
-        linker: &Linker<GuestState>,
-    ) -> anyhow::Result<(Self, InstancePre<GuestState>)> {
-        let found = component
-            .component_type()
-            .exports(runtime.engine())
-            .any(|(item, _)| item.starts_with(export));
-        anyhow::ensure!(
-            found,
-            "component `{name}` is not a {world}: it must export `{export}…`"
-        );
-        let instance_pre = linker
-            .instantiate_pre(component)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!("component `{name}` imports something the host does not provide")
-            })?;
-        let guest = Self {
+    /// What `runtime` needs to run component `name` with `options`.
+    pub fn new(runtime: &Runtime, name: &str, options: ComponentOptions) -> Self {
+        Self {
             name: name.into(),
             runtime: runtime.clone(),
             allowed_hosts: options.allowed_outbound_hosts.clone().into(),
             options,
-        };
-        Ok((guest, instance_pre))
+        }
     }
 
     /// A fresh store for one call (a batch, a request) with the limits armed, and the stdout

@@ -7,9 +7,11 @@ mod cache;
 mod consumer;
 mod guest;
 mod guest_log;
+mod hosts;
 mod limiter;
 mod outbound;
 mod producer;
+mod world;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,12 +22,15 @@ use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use self::cache::{CacheOutcome, ComponentCache, digest, user_cache_dir};
+pub use self::consumer::Consumer;
 pub use self::consumer::{
     BatchInput, BatchRun, ConsumerComponent, Failure, HostBusy, Instance, MAX_CALLS_PER_BATCH,
 };
-pub use self::guest::{ComponentOptions, Publish, SendTarget};
+pub use self::guest::{ComponentOptions, GuestState, Publish, SendTarget};
 pub use self::guest_log::{GuestLog, Stream};
-pub use self::producer::ProducerComponent;
+pub use self::hosts::AllowedHost;
+pub use self::producer::{HttpProducer, ProducerComponent};
+pub use self::world::{LoadedComponent, World, WorldId};
 
 /// How often the engine's epoch advances; the granularity of guest time limits.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);

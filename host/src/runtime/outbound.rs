@@ -20,7 +20,7 @@ use ::http::{Request, Response};
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::manifest::AllowedHost;
+use super::hosts::AllowedHost;
 
 /// The boxed future types of [`WasiHttpHooks::send_request`].
 type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;

@@ -2,69 +2,39 @@
 //! is handed to its `wasi:http/incoming-handler` export in a fresh store with the component's
 //! limits; the component sends into its bound queues through the `producer` import.
 
-use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use wasmtime::component::Component;
+use wasmtime::component::{InstancePre, Linker};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::consumer::Failure;
-use super::guest::{self, ComponentOptions, Guest, GuestState};
-use super::{ComponentLimits, Runtime};
+use super::guest::{self, GuestState};
+use super::world::{LoadedComponent, World, WorldId};
 
-/// A producer component, compiled and linked once, instantiated per request.
-#[derive(Clone)]
-pub struct ProducerComponent {
-    guest: Guest,
-    pre: ProxyPre<GuestState>,
+/// The `http-producer` world.
+pub struct HttpProducer;
+
+impl World for HttpProducer {
+    const ID: WorldId = WorldId::HttpProducer;
+    type Pre = ProxyPre<GuestState>;
+
+    fn add_imports(_: &mut Linker<GuestState>) -> anyhow::Result<()> {
+        // Producers import only what every component gets.
+        Ok(())
+    }
+
+    fn bind(instance: InstancePre<GuestState>) -> wasmtime::Result<Self::Pre> {
+        ProxyPre::new(instance)
+    }
 }
 
+/// A producer component, compiled and linked once, instantiated per request.
+pub type ProducerComponent = LoadedComponent<HttpProducer>;
+
 impl ProducerComponent {
-    /// Compiles `wasm` (a component binary, through the runtime's cache if it has one) and
-    /// checks it against the `http-producer` world.
-    pub fn new(
-        runtime: &Runtime,
-        name: &str,
-        wasm: &[u8],
-        options: ComponentOptions,
-    ) -> anyhow::Result<Self> {
-        let (component, _) = runtime.load(name, wasm)?;
-        Self::from_compiled(runtime, name, &component, options)
-    }
-
-    /// Links an already compiled component and checks it against the `http-producer` world.
-    pub fn from_compiled(
-        runtime: &Runtime,
-        name: &str,
-        component: &Component,
-        options: ComponentOptions,
-    ) -> anyhow::Result<Self> {
-        let export = "wasi:http/incoming-handler@0.2.";
-        let linker = guest::linker(runtime)?;
-        let (guest, instance_pre) = Guest::link(
-            runtime, name, component, options, "producer", export, &linker,
-        )?;
-        let pre = ProxyPre::new(instance_pre)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!("component `{name}` is not a producer: `{export}x` must have `handle`")
-            })?;
-        Ok(Self { guest, pre })
-    }
-
-    /// The component's name.
-    pub fn name(&self) -> &str {
-        &self.guest.name
-    }
-
-    /// Its limits.
-    pub fn limits(&self) -> ComponentLimits {
-        self.guest.options.limits
-    }
-
     /// Hands `request` to the component in a fresh store and returns its response as soon as
     /// the component sets it (the body streams while the component writes it). A component
     /// that traps, runs out of time or memory, or returns without answering is a [`Failure`].
