@@ -216,7 +216,7 @@ impl Tx<'_> {
     }
 
     /// The queue's settings, state and metrics as seen inside this transaction.
-    pub async fn info(&mut self, name: &str) -> Res<QueueInfo> {
+    pub(super) async fn info(&mut self, name: &str) -> Res<QueueInfo> {
         self.flush().await?;
         let row = self
             .query_one(
@@ -242,7 +242,11 @@ impl Tx<'_> {
         }
     }
 
-    pub async fn create_queue(&mut self, name: &str, settings: &QueueSettings) -> Res<QueueInfo> {
+    pub(super) async fn create_queue(
+        &mut self,
+        name: &str,
+        settings: &QueueSettings,
+    ) -> Res<QueueInfo> {
         if self.find_queue(name, Hold::Exclusive).await?.is_some() {
             return Err(BrokerError::QueueExists(name.to_owned()).into());
         }
@@ -261,7 +265,7 @@ impl Tx<'_> {
         self.info(name).await
     }
 
-    pub async fn configure_queue(
+    pub(super) async fn configure_queue(
         &mut self,
         name: &str,
         settings: &QueueSettings,
@@ -277,7 +281,7 @@ impl Tx<'_> {
         self.info(name).await
     }
 
-    pub async fn set_paused(&mut self, name: &str, paused: bool) -> Res<()> {
+    pub(super) async fn set_paused(&mut self, name: &str, paused: bool) -> Res<()> {
         let queue = self.queue(name, Hold::Shared).await?;
         self.execute(
             "UPDATE queues SET paused = $2 WHERE id = $1",
@@ -291,7 +295,7 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub async fn delete_queue(&mut self, name: &str) -> Res<u64> {
+    pub(super) async fn delete_queue(&mut self, name: &str) -> Res<u64> {
         let queue = self.queue(name, Hold::Exclusive).await?;
         let used_by = self
             .query_opt(
@@ -334,7 +338,7 @@ impl Tx<'_> {
     }
 
     /// Stores already-validated messages.
-    pub async fn send(
+    pub(super) async fn send(
         &mut self,
         name: &str,
         requests: &[SendRequest],
@@ -452,7 +456,11 @@ impl Tx<'_> {
         })
     }
 
-    pub async fn lease(&mut self, name: &str, options: LeaseOptions) -> Res<Vec<LeasedMessage>> {
+    pub(super) async fn lease(
+        &mut self,
+        name: &str,
+        options: LeaseOptions,
+    ) -> Res<Vec<LeasedMessage>> {
         let queue = self.queue(name, Hold::Shared).await?;
         if queue.paused {
             return Err(BrokerError::Paused(name.to_owned()).into());
@@ -550,7 +558,11 @@ impl Tx<'_> {
         Ok(leased)
     }
 
-    pub async fn settle(
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one transaction's steps in the order they run: lock, expire, apply, report"
+    )]
+    pub(super) async fn settle(
         &mut self,
         name: &str,
         outcomes: &[(LeaseId, Outcome)],
@@ -687,6 +699,10 @@ impl Tx<'_> {
     /// delay, or dead-lettered / dropped once the queue's `max_retries` are used up
     /// ([`precedence::fate`]). Retried and dead-lettered messages take fresh tickets in this
     /// order, so they queue up behind the messages already waiting.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one set-based pass per fate (retry, dead-letter, drop), in the order they must run"
+    )]
     async fn fail_attempts(
         &mut self,
         queue: &QueueRow,
@@ -829,7 +845,7 @@ impl Tx<'_> {
         Ok(count)
     }
 
-    pub async fn purge(&mut self, name: &str) -> Res<u64> {
+    pub(super) async fn purge(&mut self, name: &str) -> Res<u64> {
         let queue = self.queue(name, Hold::Shared).await?;
         let row = self
             .query_one(
@@ -847,7 +863,7 @@ impl Tx<'_> {
         Ok(ums(count))
     }
 
-    pub async fn replay(&mut self, from: &str, to: &str, limit: u64) -> Res<u64> {
+    pub(super) async fn replay(&mut self, from: &str, to: &str, limit: u64) -> Res<u64> {
         let source = self.queue(from, Hold::Shared).await?;
         let target = self.queue(to, Hold::Shared).await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -885,7 +901,7 @@ impl Tx<'_> {
     /// One sweep step for one queue: up to [`EXPIRY_BATCH`] expired leases and as many
     /// messages past retention. Returns (leases expired, messages expired); a queue deleted
     /// (or replaced) since it was listed is skipped.
-    pub async fn sweep_queue(&mut self, name: &str, id: i64) -> Res<(u64, u64)> {
+    pub(super) async fn sweep_queue(&mut self, name: &str, id: i64) -> Res<(u64, u64)> {
         let Some(queue) = self.find_queue(name, Hold::Shared).await? else {
             return Ok((0, 0));
         };
@@ -916,7 +932,7 @@ impl Tx<'_> {
     }
 
     /// Forgets dedup keys whose window has passed; returns how many.
-    pub async fn sweep_dedup(&mut self) -> Res<u64> {
+    pub(super) async fn sweep_dedup(&mut self) -> Res<u64> {
         self.execute(
             "DELETE FROM dedup WHERE until_ms <= $1",
             &[&self.now_ms()],

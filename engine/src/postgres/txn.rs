@@ -118,13 +118,13 @@ pub(super) struct Delta {
 
 impl Delta {
     /// Accounts for messages entering the queue.
-    pub fn add_messages(&mut self, count: usize, bytes: i64) {
+    pub(super) fn add_messages(&mut self, count: usize, bytes: i64) {
         self.backlog_count += count as i64;
         self.backlog_bytes += bytes;
     }
 
     /// Accounts for messages leaving the queue.
-    pub fn remove_messages(&mut self, count: usize, bytes: i64) {
+    pub(super) fn remove_messages(&mut self, count: usize, bytes: i64) {
         self.backlog_count -= count as i64;
         self.backlog_bytes -= bytes;
     }
@@ -141,7 +141,7 @@ pub(super) struct Tx<'a> {
 }
 
 impl<'a> Tx<'a> {
-    pub fn new(txn: Transaction<'a>, now: u64, shared: &'a Shared) -> Self {
+    pub(super) fn new(txn: Transaction<'a>, now: u64, shared: &'a Shared) -> Self {
         Self {
             txn,
             now,
@@ -152,26 +152,26 @@ impl<'a> Tx<'a> {
     }
 
     /// `now` as stored.
-    pub fn now_ms(&self) -> i64 {
+    pub(super) fn now_ms(&self) -> i64 {
         ms(self.now)
     }
 
     /// The counter changes of queue `id` in this transaction.
-    pub fn delta(&mut self, id: i64) -> &mut Delta {
+    pub(super) fn delta(&mut self, id: i64) -> &mut Delta {
         self.deltas.entry(id).or_default()
     }
 
     /// Forgets pending counter changes of a queue being deleted.
-    pub fn forget_delta(&mut self, id: i64) {
+    pub(super) fn forget_delta(&mut self, id: i64) {
         self.deltas.remove(&id);
     }
 
     /// Notifies other hosts once committed that messages of `queue` may have become visible.
-    pub fn notify(&mut self, queue: &str) {
+    pub(super) fn notify(&mut self, queue: &str) {
         self.notify.insert(queue.to_owned());
     }
 
-    pub async fn query(
+    pub(super) async fn query(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
@@ -181,7 +181,7 @@ impl<'a> Tx<'a> {
         self.txn.query(&statement, params).await.during(what)
     }
 
-    pub async fn query_opt(
+    pub(super) async fn query_opt(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
@@ -191,7 +191,7 @@ impl<'a> Tx<'a> {
         self.txn.query_opt(&statement, params).await.during(what)
     }
 
-    pub async fn query_one(
+    pub(super) async fn query_one(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
@@ -201,7 +201,7 @@ impl<'a> Tx<'a> {
         self.txn.query_one(&statement, params).await.during(what)
     }
 
-    pub async fn execute(
+    pub(super) async fn execute(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
@@ -214,7 +214,7 @@ impl<'a> Tx<'a> {
     /// Runs `first`, then `second`, sending `second` without waiting for `first`'s answer
     /// (one round trip instead of two). PostgreSQL still runs them in order: `second` sees
     /// what `first` did, or waited for.
-    pub async fn execute_then_query_opt(
+    pub(super) async fn execute_then_query_opt(
         &self,
         first: (&str, &[&(dyn ToSql + Sync)]),
         second: (&str, &[&(dyn ToSql + Sync)]),
@@ -232,7 +232,7 @@ impl<'a> Tx<'a> {
     }
 
     /// `count` fresh values of the global sequence, ascending.
-    pub async fn tickets(&self, count: usize) -> Result<Vec<i64>, TxnError> {
+    pub(super) async fn tickets(&self, count: usize) -> Result<Vec<i64>, TxnError> {
         if count == 0 {
             return Ok(Vec::new());
         }
@@ -251,7 +251,7 @@ impl<'a> Tx<'a> {
     /// Writes the pending counter changes (to one randomly chosen shard per queue, in queue
     /// order so that concurrent transactions never wait for each other in a cycle). Called
     /// before reading counters back and before commit.
-    pub async fn flush(&mut self) -> Result<(), TxnError> {
+    pub(super) async fn flush(&mut self) -> Result<(), TxnError> {
         let shard: i16 = rand::random_range(0..COUNTER_SHARDS);
         for (id, d) in std::mem::take(&mut self.deltas) {
             if d == Delta::default() {
@@ -295,7 +295,7 @@ impl<'a> Tx<'a> {
     /// Commits. If the connection breaks during the commit (the server's reply is lost), the
     /// transaction may or may not have committed: that is [`TxnError::CommitLost`], with the
     /// transaction's id to ask the server about once it is reachable again.
-    pub async fn commit(mut self) -> Result<BTreeSet<String>, TxnError> {
+    pub(super) async fn commit(mut self) -> Result<BTreeSet<String>, TxnError> {
         self.flush().await?;
         let xid: String = self
             .txn

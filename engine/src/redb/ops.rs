@@ -59,7 +59,7 @@ impl Txn<'_> {
         Ok(())
     }
 
-    pub fn create_queue(&mut self, name: &str, settings: QueueSettings) -> BrokerResult<()> {
+    pub(super) fn create_queue(&mut self, name: &str, settings: QueueSettings) -> BrokerResult<()> {
         if self.state.queues.contains_key(name) {
             return Err(BrokerError::QueueExists(name.to_owned()));
         }
@@ -76,20 +76,24 @@ impl Txn<'_> {
         Ok(())
     }
 
-    pub fn configure_queue(&mut self, name: &str, settings: QueueSettings) -> BrokerResult<()> {
+    pub(super) fn configure_queue(
+        &mut self,
+        name: &str,
+        settings: QueueSettings,
+    ) -> BrokerResult<()> {
         let mut record = self.queue(name)?.clone();
         self.check_dead_letter(name, &settings)?;
         record.settings = settings;
         self.put_queue(name, record)
     }
 
-    pub fn set_paused(&mut self, name: &str, paused: bool) -> BrokerResult<()> {
+    pub(super) fn set_paused(&mut self, name: &str, paused: bool) -> BrokerResult<()> {
         let mut record = self.queue(name)?.clone();
         record.paused = paused;
         self.put_queue(name, record)
     }
 
-    pub fn delete_queue(&mut self, name: &str) -> BrokerResult<u64> {
+    pub(super) fn delete_queue(&mut self, name: &str) -> BrokerResult<u64> {
         let id = self.queue(name)?.id;
         if let Some(used_by) = self.state.queues.iter().find_map(|(other, record)| {
             (other != name && record.settings.consumer.dead_letter_queue.as_deref() == Some(name))
@@ -118,7 +122,7 @@ impl Txn<'_> {
     }
 
     /// Stores already-validated messages.
-    pub fn send(
+    pub(super) fn send(
         &mut self,
         queue: &str,
         requests: Vec<SendRequest>,
@@ -174,7 +178,7 @@ impl Txn<'_> {
         backlog_of(&counters, &self.states, id)
     }
 
-    pub fn lease(
+    pub(super) fn lease(
         &mut self,
         queue: &str,
         options: LeaseOptions,
@@ -231,7 +235,7 @@ impl Txn<'_> {
         Ok(leased)
     }
 
-    pub fn settle(
+    pub(super) fn settle(
         &mut self,
         queue: &str,
         outcomes: Vec<(LeaseId, Outcome)>,
@@ -329,7 +333,7 @@ impl Txn<'_> {
 
     /// Turns leases past their deadline (every lease when `all`, as after a restart) into
     /// failed attempts. Returns how many messages were still held by them.
-    pub fn expire_leases(&mut self, all: bool) -> BrokerResult<u64> {
+    pub(super) fn expire_leases(&mut self, all: bool) -> BrokerResult<u64> {
         let upper = if all { u64::MAX } else { self.now };
         let expired = self
             .leases
@@ -366,7 +370,7 @@ impl Txn<'_> {
         Ok(held)
     }
 
-    pub fn purge(&mut self, queue: &str) -> BrokerResult<u64> {
+    pub(super) fn purge(&mut self, queue: &str) -> BrokerResult<u64> {
         let id = self.queue(queue)?.id;
         self.purge_id(id)
     }
@@ -385,7 +389,7 @@ impl Txn<'_> {
         Ok(all.len() as u64)
     }
 
-    pub fn replay(&mut self, from: &str, to: &str, limit: u64) -> BrokerResult<u64> {
+    pub(super) fn replay(&mut self, from: &str, to: &str, limit: u64) -> BrokerResult<u64> {
         let from_id = self.queue(from)?.id;
         let to_id = self.queue(to)?.id;
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -398,7 +402,7 @@ impl Txn<'_> {
         Ok(waiting.len() as u64)
     }
 
-    pub fn sweep(&mut self) -> BrokerResult<SweepReport> {
+    pub(super) fn sweep(&mut self) -> BrokerResult<SweepReport> {
         let mut report = SweepReport {
             leases_expired: self.expire_leases(false)?,
             ..SweepReport::default()
@@ -566,7 +570,7 @@ impl Txn<'_> {
     }
 
     /// The queue's settings, state and metrics as seen inside this transaction.
-    pub fn info(&self, name: &str) -> BrokerResult<crate::types::QueueInfo> {
+    pub(super) fn info(&self, name: &str) -> BrokerResult<crate::types::QueueInfo> {
         let record = self.queue(name)?;
         let counters = self
             .state

@@ -72,9 +72,9 @@ pub(super) struct MessageState {
 }
 
 impl MessageState {
-    pub const LEN: usize = 8 + 4 + 4 + 1 + 8 + 8;
+    pub(super) const LEN: usize = 8 + 4 + 4 + 1 + 8 + 8;
 
-    pub fn encode(&self) -> [u8; Self::LEN] {
+    pub(super) fn encode(&self) -> [u8; Self::LEN] {
         let (tag, time, ticket) = match self.placement {
             Placement::Ready { visible_at, ticket } => (0u8, visible_at, ticket),
             Placement::Leased { deadline, ticket } => (1u8, deadline, ticket),
@@ -89,7 +89,7 @@ impl MessageState {
         out
     }
 
-    pub fn decode(raw: &[u8; Self::LEN]) -> Self {
+    pub(super) fn decode(raw: &[u8; Self::LEN]) -> Self {
         let u64_at = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().expect("8 bytes"));
         let u32_at = |i: usize| u32::from_le_bytes(raw[i..i + 4].try_into().expect("4 bytes"));
         let (time, ticket) = (u64_at(17), u64_at(25));
@@ -122,7 +122,7 @@ pub(super) struct LeaseRecord {
 }
 
 impl LeaseRecord {
-    pub fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(4 + 8 * self.seqs.len());
         out.extend_from_slice(&self.held.to_le_bytes());
         for seq in &self.seqs {
@@ -131,7 +131,7 @@ impl LeaseRecord {
         out
     }
 
-    pub fn decode(raw: &[u8]) -> Option<Self> {
+    pub(super) fn decode(raw: &[u8]) -> Option<Self> {
         let (held, seqs) = raw.split_first_chunk::<4>()?;
         if seqs.len() % 8 != 0 {
             return None;
@@ -180,7 +180,7 @@ pub(super) struct Counters {
 }
 
 impl Counters {
-    pub const LEN: usize = 9 * 8;
+    pub(super) const LEN: usize = 9 * 8;
 
     fn fields(&self) -> [u64; 9] {
         [
@@ -196,7 +196,7 @@ impl Counters {
         ]
     }
 
-    pub fn encode(&self) -> [u8; Self::LEN] {
+    pub(super) fn encode(&self) -> [u8; Self::LEN] {
         let mut out = [0u8; Self::LEN];
         for (chunk, value) in out.chunks_exact_mut(8).zip(self.fields()) {
             chunk.copy_from_slice(&value.to_le_bytes());
@@ -204,7 +204,7 @@ impl Counters {
         out
     }
 
-    pub fn decode(raw: &[u8; Self::LEN]) -> Self {
+    pub(super) fn decode(raw: &[u8; Self::LEN]) -> Self {
         let f: Vec<u64> = raw
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
@@ -223,13 +223,13 @@ impl Counters {
     }
 
     /// Accounts for a message entering the queue.
-    pub fn add_message(&mut self, size: u32) {
+    pub(super) fn add_message(&mut self, size: u32) {
         self.backlog_count += 1;
         self.backlog_bytes += u64::from(size);
     }
 
     /// Accounts for a message leaving the queue.
-    pub fn remove_message(&mut self, size: u32) {
+    pub(super) fn remove_message(&mut self, size: u32) {
         self.backlog_count = self.backlog_count.saturating_sub(1);
         self.backlog_bytes = self.backlog_bytes.saturating_sub(u64::from(size));
     }

@@ -63,7 +63,7 @@ pub(super) struct Txn<'t> {
 }
 
 impl<'t> Txn<'t> {
-    pub fn open(
+    pub(super) fn open(
         txn: &'t WriteTransaction,
         state: &'t mut WriterState,
         now: u64,
@@ -87,20 +87,20 @@ impl<'t> Txn<'t> {
     }
 
     /// A fresh number from the global sequence (message seqs, ready tickets, lease ids).
-    pub fn next_seq(&mut self) -> u64 {
+    pub(super) fn next_seq(&mut self) -> u64 {
         let seq = self.state.next_seq;
         self.state.next_seq += 1;
         seq
     }
 
     /// The counters of queue `id`, marked to be written at commit.
-    pub fn counters_mut(&mut self, id: u32) -> &mut Counters {
+    pub(super) fn counters_mut(&mut self, id: u32) -> &mut Counters {
         self.dirty_counters.insert(id);
         self.state.counters.entry(id).or_default()
     }
 
     /// Forgets the counters of a deleted queue.
-    pub fn drop_counters(&mut self, id: u32) -> BrokerResult<()> {
+    pub(super) fn drop_counters(&mut self, id: u32) -> BrokerResult<()> {
         self.dirty_counters.remove(&id);
         self.state.counters.remove(&id);
         self.counters.remove(id)?;
@@ -109,7 +109,7 @@ impl<'t> Txn<'t> {
 
     /// Writes the in-memory counters and sequence that this transaction changed, and updates
     /// (or deletes, once nothing is held) the lease records it released messages from.
-    pub fn flush(&mut self) -> BrokerResult<()> {
+    pub(super) fn flush(&mut self) -> BrokerResult<()> {
         for (key, released) in std::mem::take(&mut self.released) {
             let record = self
                 .leases
@@ -147,7 +147,7 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the writer thread on an opened database whose state was loaded into `state`.
     /// `changes` is bumped after every successful commit.
-    pub fn start(
+    pub(super) fn start(
         db: Arc<Database>,
         state: WriterState,
         clock: Arc<dyn Clock>,
@@ -165,7 +165,7 @@ impl Writer {
     }
 
     /// Runs `op` in the next group transaction and answers once that transaction is durable.
-    pub async fn submit<T, F>(&self, op: F) -> BrokerResult<T>
+    pub(super) async fn submit<T, F>(&self, op: F) -> BrokerResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Txn<'_>) -> BrokerResult<T> + Send + 'static,
@@ -199,7 +199,7 @@ impl Writer {
     }
 
     /// Stops accepting jobs, lets the thread finish the ones queued and waits for it.
-    pub fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         self.jobs.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

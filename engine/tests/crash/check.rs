@@ -31,7 +31,7 @@ struct Found {
 
 /// What [`verify_after_restart`] saw.
 #[derive(Debug, Default)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub stored: usize,
     pub in_dlq: usize,
     /// Messages leased from `jobs` before the crash found there again, attempts counted.
@@ -42,7 +42,11 @@ pub struct Summary {
 
 /// Checks the invariants of the module docs on a broker just reopened after a crash, leasing
 /// out every stored message (so call it once per reopened database).
-pub async fn verify_after_restart(
+#[expect(
+    clippy::too_many_lines,
+    reason = "the invariants of the module docs, checked one after another as listed there"
+)]
+pub(crate) async fn verify_after_restart(
     broker: &dyn Broker,
     journal: &Journal,
 ) -> anyhow::Result<Summary> {

@@ -25,7 +25,7 @@ use wasmq_testkit::power_loss::SimulatedDisk;
 use crate::{open_sim, survival_for};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Qn {
+pub(crate) enum Qn {
     /// Created first: queue id 1.
     Dlq,
     /// Queue id 2.
@@ -47,7 +47,7 @@ impl Qn {
 
 /// The settings a case runs with.
 #[derive(Debug, Clone, Copy)]
-pub struct Setup {
+pub(crate) struct Setup {
     max_retries: u32,
     retry_delay: u32,
     delivery_delay: u32,
@@ -83,7 +83,7 @@ impl QueueConfig {
 type Req = (Option<u32>, Option<u8>);
 
 #[derive(Debug, Clone)]
-pub enum Op {
+pub(crate) enum Op {
     Send {
         queue: Qn,
         msgs: Vec<Req>,
@@ -546,6 +546,10 @@ async fn open(disk: &SimulatedDisk, clock: &ManualClock) -> anyhow::Result<Arc<d
 }
 
 /// Runs `ops` against a fresh broker and the model, comparing every answer.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one arm per operation, each comparing the broker's answer with the model's"
+)]
 async fn run(setup: Setup, ops: Vec<Op>) -> anyhow::Result<()> {
     let mut model = Model::new(setup);
     let clock = ManualClock::new(START_MS);

@@ -46,6 +46,10 @@ struct RunStats {
 }
 
 /// One seed: workload, cut, reboot in every survival mode, check.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one seed's whole story: workload, cut, a reboot per survival mode, a second cut"
+)]
 async fn power_loss_run(seed: u64, cut: CutAt) -> anyhow::Result<RunStats> {
     let mut rng = StdRng::seed_from_u64(seed);
     let disk = SimulatedDisk::new();

@@ -18,10 +18,10 @@ use wasmq_engine::{
     SendRequest,
 };
 
-pub const JOBS: &str = "jobs";
-pub const DLQ: &str = "jobs-dlq";
+pub(crate) const JOBS: &str = "jobs";
+pub(crate) const DLQ: &str = "jobs-dlq";
 /// Retries before a message of `jobs` is dead-lettered.
-pub const MAX_RETRIES: u32 = 2;
+pub(crate) const MAX_RETRIES: u32 = 2;
 /// Leases taken by the workload outlive the test (the simulated clock does not move).
 const WORKLOAD_VISIBILITY_MS: u64 = 600_000;
 
@@ -30,7 +30,7 @@ const WORKLOAD_VISIBILITY_MS: u64 = 600_000;
 
 /// The body, content type and dedup key of message `tag`: a pure function of the tag, so the
 /// journal only needs tags, and a body names its tag ([`tag_of`]).
-pub fn request_for(tag: u64) -> SendRequest {
+pub(crate) fn request_for(tag: u64) -> SendRequest {
     let pad = match tag % 10 {
         0 => 3_000 + (tag % 7) as usize * 500,
         _ => (tag * 37 % 600) as usize,
@@ -53,12 +53,12 @@ pub fn request_for(tag: u64) -> SendRequest {
     request
 }
 
-pub fn is_dedup(tag: u64) -> bool {
+pub(crate) fn is_dedup(tag: u64) -> bool {
     tag.is_multiple_of(4)
 }
 
 /// The tag a body was made for: the digits after the first `m` followed by eight digits.
-pub fn tag_of(body: &[u8]) -> Option<u64> {
+pub(crate) fn tag_of(body: &[u8]) -> Option<u64> {
     body.windows(9)
         .find(|w| w[0] == b'm' && w[1..].iter().all(u8::is_ascii_digit))
         .and_then(|w| std::str::from_utf8(&w[1..]).ok()?.parse().ok())
@@ -66,7 +66,7 @@ pub fn tag_of(body: &[u8]) -> Option<u64> {
 
 /// What a caller did or was told. The child process prints these, one a line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// About to send message `tag` (it may be stored from now on).
     Sending(u64),
     /// A send holding message `tag` returned Ok.
@@ -139,7 +139,7 @@ impl FromStr for Event {
 
 /// Everything the callers were told before the crash.
 #[derive(Debug, Default)]
-pub struct Journal {
+pub(crate) struct Journal {
     pub sending: HashSet<u64>,
     pub sent: HashSet<u64>,
     /// Highest attempts seen in a lease of `jobs`, per tag.
@@ -154,7 +154,7 @@ pub struct Journal {
 }
 
 impl Journal {
-    pub fn record(&mut self, event: Event) {
+    pub(crate) fn record(&mut self, event: Event) {
         match event {
             Event::Sending(tag) => {
                 self.sending.insert(tag);
@@ -186,14 +186,14 @@ impl Journal {
         }
     }
 
-    pub fn acked_in(&self, queue: &str) -> u64 {
+    pub(crate) fn acked_in(&self, queue: &str) -> u64 {
         self.acked.values().filter(|q| *q == queue).count() as u64
     }
 
     /// Messages of `jobs` in flight at the crash as far as the callers know: their latest
     /// lease returned Ok and no settle of it was attempted (an attempted one may have
     /// committed without answering), with the attempts of that lease.
-    pub fn in_flight(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+    pub(crate) fn in_flight(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
         self.leased_from_jobs
             .iter()
             .filter(|&(tag, attempts)| {
@@ -204,7 +204,7 @@ impl Journal {
 }
 
 /// Where workload tasks report events.
-pub type Recorder = Arc<dyn Fn(Event) + Send + Sync>;
+pub(crate) type Recorder = Arc<dyn Fn(Event) + Send + Sync>;
 
 // ---------------------------------------------------------------------------------------------
 // The workload
@@ -231,7 +231,7 @@ fn queue_settings() -> (QueueSettings, QueueSettings) {
     (dlq, jobs)
 }
 
-pub async fn create_queues(broker: &dyn Broker) -> anyhow::Result<()> {
+pub(crate) async fn create_queues(broker: &dyn Broker) -> anyhow::Result<()> {
     let (dlq, jobs) = queue_settings();
     broker.create_queue(DLQ, dlq).await?;
     broker.create_queue(JOBS, jobs).await?;
@@ -240,7 +240,7 @@ pub async fn create_queues(broker: &dyn Broker) -> anyhow::Result<()> {
 
 /// Why a workload task stopped early.
 #[derive(Debug)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// The storage failed, as it does after a power cut.
     Unavailable,
     /// Anything else is a bug.
@@ -255,7 +255,7 @@ fn stop(op: &str, err: BrokerError) -> Stop {
 }
 
 /// Sends single messages, batches and repeated dedup sends, `ops` times (forever if `None`).
-pub async fn producer(
+pub(crate) async fn producer(
     broker: Arc<dyn Broker>,
     tags: Arc<AtomicU64>,
     mut rng: StdRng,
@@ -308,7 +308,7 @@ pub async fn producer(
 
 /// Leases from `jobs` (and now and then from the dead-letter queue) and acks, retries or keeps
 /// what it got, `ops` times (forever if `None`).
-pub async fn consumer(
+pub(crate) async fn consumer(
     broker: Arc<dyn Broker>,
     mut rng: StdRng,
     record: Recorder,

@@ -106,6 +106,10 @@ pub struct HttpBench {
 }
 
 /// Serves the API on a loopback port and drives it with `connections` clients.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one benchmark run, set up, measured and printed top to bottom"
+)]
 pub async fn run_http(bench: &HttpBench) -> Result<()> {
     let dir = tempdir()?;
     let path = dir.join("http.redb");

@@ -788,6 +788,10 @@ impl Checker<'_> {
         (content_type, bytes)
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one check per expectation key, in the order the reference lists them"
+    )]
     fn expect(
         &mut self,
         key: &Key,

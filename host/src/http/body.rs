@@ -33,7 +33,7 @@ pub enum InputError {
 }
 
 /// How long a client may take to send an API request's body.
-pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(super) const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl InputError {
     /// What went wrong, for people.
@@ -92,7 +92,7 @@ impl IntoResponse for InputError {
 }
 
 /// Parses `bytes` as a `T`; an empty body is `{}`.
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, InputError> {
+pub(super) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, InputError> {
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -106,7 +106,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, InputError> {
 }
 
 /// An extractor for a JSON body of type `T`, read as described in the module docs.
-pub struct JsonBody<T>(pub T);
+pub(super) struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = InputError;

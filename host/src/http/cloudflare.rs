@@ -42,7 +42,7 @@ const BASE: &str = "/client/v4/accounts/{account_id}/queues";
 
 /// The stable Cloudflare-style id of a queue: 32 lowercase hex characters derived from its
 /// name, the same on every host and across restarts.
-pub fn queue_id(name: &str) -> String {
+pub(super) fn queue_id(name: &str) -> String {
     let mut id = digest(format!("wasmq queue {name}").as_bytes());
     id.truncate(32);
     id

@@ -38,7 +38,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 /// How long a client may take to send a request's headers, and how long an idle keep-alive
 /// connection is kept.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// File descriptors kept free for everything but connections (the store, guests' outbound
 /// requests, compiled-component files, PostgreSQL connections).

@@ -145,6 +145,10 @@ impl Checker<'_> {
         }
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one check per `[host]` key, in the order the README lists them"
+    )]
     fn host(&mut self, raw: &RawHost) -> HostConfig {
         let key = KeyPath::root("host");
         let data_dir = match &raw.data_dir {
@@ -356,6 +360,10 @@ impl Checker<'_> {
         )
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one check per component key, in the order the README lists them"
+    )]
     fn component(&mut self, name: &Spanned<String>, raw: &RawComponent) -> ComponentConfig {
         let key = KeyPath::root("components").child(name.get_ref());
 

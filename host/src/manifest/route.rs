@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Paths the host's own API answers; producer routes may not take them.
-pub const RESERVED_PATHS: &[&str] = &["/queues", "/metrics", "/reload"];
+pub(super) const RESERVED_PATHS: &[&str] = &["/queues", "/metrics", "/reload"];
 
 /// A producer's route: an exact path (`"/webhook"`), or every path under a prefix when it
 /// ends in `/...` (`"/hooks/..."` answers `/hooks`, `/hooks/github`, `/hooks/a/b`…).

@@ -21,7 +21,7 @@ pub(super) struct ComponentFile {
 
 impl ComponentFile {
     /// Reads `component`'s source.
-    pub fn read(component: &ComponentConfig) -> Result<Self> {
+    pub(super) fn read(component: &ComponentConfig) -> Result<Self> {
         let wasm = std::fs::read(&component.source).with_context(|| {
             format!(
                 "reading component `{}` from {}",
@@ -63,7 +63,7 @@ pub(crate) struct Runtimes {
 
 impl Runtimes {
     /// Two runtimes set up as `config` says (they share its compiled-component cache).
-    pub fn new(config: &crate::runtime::RuntimeConfig) -> Result<Self> {
+    pub(super) fn new(config: &crate::runtime::RuntimeConfig) -> Result<Self> {
         Ok(Self {
             consumers: Runtime::with_config(config)?,
             producers: Runtime::with_config(config)?,

@@ -56,7 +56,7 @@ pub(crate) struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(
+    pub(super) fn new(
         runtimes: Runtimes,
         broker: Arc<dyn Broker>,
         manifest: &Manifest,
@@ -78,27 +78,27 @@ impl Supervisor {
 
     /// The files whose changes should trigger a reload: the manifest and every component's
     /// source, as of the last applied manifest.
-    pub fn watched_files(&self) -> Vec<PathBuf> {
+    pub(super) fn watched_files(&self) -> Vec<PathBuf> {
         self.watched.lock().expect("watched files lock").clone()
     }
 
     /// The producer routes being served.
-    pub fn producers(&self) -> ProducerRoutes {
+    pub(super) fn producers(&self) -> ProducerRoutes {
         self.producers.clone()
     }
 
     /// What the applied manifest wires to each queue.
-    pub fn consumers(&self) -> QueueConsumers {
+    pub(super) fn consumers(&self) -> QueueConsumers {
         self.consumers.clone()
     }
 
     /// How long each component's last load took.
-    pub fn component_stats(&self) -> ComponentStats {
+    pub(super) fn component_stats(&self) -> ComponentStats {
         self.components.clone()
     }
 
     /// Reads the manifest file again and applies it. An invalid manifest changes nothing.
-    pub async fn reload(&self) -> Result<ReloadReport> {
+    pub(super) async fn reload(&self) -> Result<ReloadReport> {
         let manifest = manifest::load(&self.manifest_path)?;
         manifest.check_sources()?;
         let report = self.apply(&manifest, None).await?;
@@ -116,7 +116,7 @@ impl Supervisor {
     /// Makes the running set match `manifest`. At the first start every component comes
     /// `compiled` already (checked before anything was stored) and any failure is an error;
     /// on a reload a component that fails to load is reported and its old version kept.
-    pub async fn apply(
+    pub(super) async fn apply(
         &self,
         manifest: &Manifest,
         mut compiled: Option<BTreeMap<String, Compiled>>,
@@ -299,7 +299,7 @@ impl Supervisor {
     }
 
     /// Stops every consumer, letting running batches finish, and stops serving producers.
-    pub async fn stop_all(&self) {
+    pub(super) async fn stop_all(&self) {
         let mut running = self.running.lock().await;
         let mut tasks = Vec::new();
         for (_, r) in std::mem::take(&mut *running) {

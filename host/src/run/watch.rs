@@ -29,7 +29,7 @@ pub(super) struct Watcher {
 }
 
 impl Watcher {
-    pub fn start(supervisor: Arc<Supervisor>) -> Result<Self> {
+    pub(super) fn start(supervisor: Arc<Supervisor>) -> Result<Self> {
         let (sender, events) = mpsc::unbounded_channel();
         let watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
@@ -81,7 +81,7 @@ impl Watcher {
         self.folders = folders;
     }
 
-    pub async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+    pub(super) async fn run(mut self, mut stopped: watch::Receiver<bool>) {
         loop {
             let path = tokio::select! {
                 Some(path) = self.events.recv() => path,

@@ -137,7 +137,7 @@ pub(super) struct Guest {
 
 impl Guest {
     /// What `runtime` needs to run component `name` with `options`.
-    pub fn new(runtime: &Runtime, name: &str, options: ComponentOptions) -> Self {
+    pub(super) fn new(runtime: &Runtime, name: &str, options: ComponentOptions) -> Self {
         Self {
             name: name.into(),
             runtime: runtime.clone(),
@@ -148,7 +148,7 @@ impl Guest {
 
     /// A fresh store for one call (a batch, a request) with the limits armed, and the stdout
     /// and stderr streams its output is captured from.
-    pub fn new_store(&self) -> (Store<GuestState>, GuestLog, GuestLog) {
+    pub(super) fn new_store(&self) -> (Store<GuestState>, GuestLog, GuestLog) {
         new_store(
             &self.runtime,
             &self.name,

@@ -16,7 +16,7 @@ const KEPT_BYTES: usize = 64 * 1024;
 /// How much a guest may write in one call: the stream is always ready.
 const WRITE_BUDGET: usize = 64 * 1024;
 /// Longest line logged as one; a longer one is split into lines of this size.
-pub const MAX_LINE: usize = 64 * 1024;
+pub(super) const MAX_LINE: usize = 64 * 1024;
 
 /// Which stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
