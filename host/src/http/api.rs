@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::body::{InputError, JsonBody};
 use super::consumers::{ConsumerView, QueueConsumers};
@@ -115,15 +116,17 @@ pub fn router(config: ServeConfig) -> Router {
 }
 
 /// Records an API request by the route pattern that served it (producer routes record their
-/// own, by their configured route).
+/// own, by their configured route), and runs it in a span so that what it logs (an operator
+/// action, a refused send) names the request.
 async fn record_request(State(stats): State<HttpStats>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|path| path.as_str().to_owned());
     let method = request.method().to_string();
+    let span = tracing::info_span!("api", %method, route = route.as_deref().unwrap_or("unmatched"));
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    let response = next.run(request).instrument(span).await;
     if let Some(route) = route {
         stats.record(
             &route,

@@ -100,6 +100,7 @@ impl RunningHost {
 /// its world, then opens the queues and starts serving. A problem with a component (a failed
 /// build, a file that is not a component, a component of the wrong world) stops the start
 /// with an error naming the manifest, the line and the key, before anything is stored.
+#[tracing::instrument(name = "start", skip_all, fields(manifest = %manifest.path.display()))]
 pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
     build_components(manifest).await?;
     manifest.check_sources()?;

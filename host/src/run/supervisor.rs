@@ -98,6 +98,7 @@ impl Supervisor {
     }
 
     /// Reads the manifest file again and applies it. An invalid manifest changes nothing.
+    #[tracing::instrument(name = "reload", skip_all, fields(manifest = %self.manifest_path.display()))]
     pub(super) async fn reload(&self) -> Result<ReloadReport> {
         let manifest = manifest::load(&self.manifest_path)?;
         manifest.check_sources()?;
