@@ -37,26 +37,50 @@ impl ApiArgs {
         path: &str,
         body: &impl Serialize,
     ) -> Result<T> {
-        call(self.request(reqwest::Method::POST, path).json(body)).await
+        call(
+            self.request(reqwest::Method::POST, path)
+                .map(|r| r.json(body)),
+        )
+        .await
     }
 
-    /// A request for `path` on the API, with the token if there is one.
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+    /// A request for `path` on the API, with the token if there is one. A `--url` that is not
+    /// an `http://` or `https://` URL is refused here, naming it, before anything is sent.
+    fn request(&self, method: reqwest::Method, path: &str) -> Result<reqwest::RequestBuilder> {
+        let base = self.url.trim_end_matches('/');
+        let url = reqwest::Url::parse(&format!("{base}{path}"))
+            .ok()
+            .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+            .with_context(|| {
+                format!(
+                    "--url `{}` is not a URL like http://127.0.0.1:8787",
+                    self.url
+                )
+            })?;
         let request = reqwest::Client::new().request(method, url);
-        match &self.token {
+        Ok(match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
-        }
+        })
     }
 }
 
 /// Sends an API request and unwraps its envelope; API errors become one readable line.
-async fn call<T: DeserializeOwned>(request: reqwest::RequestBuilder) -> Result<T> {
-    let response = request
-        .send()
-        .await
-        .context("the host's API did not answer (is `host run` running? see --url)")?;
+async fn call<T: DeserializeOwned>(request: Result<reqwest::RequestBuilder>) -> Result<T> {
+    let response = request?.send().await.map_err(|err| {
+        let url = err
+            .url()
+            .map_or_else(String::new, |url| format!(" at {url}"));
+        if err.is_connect() {
+            anyhow::anyhow!(
+                "nothing answers{url}: is `wasmq run` running there? (see --url): {err}"
+            )
+        } else if err.is_timeout() {
+            anyhow::anyhow!("the host{url} did not answer in time: {err}")
+        } else {
+            anyhow::anyhow!("the request to the host{url} failed: {err}")
+        }
+    })?;
     let status = response.status();
     let envelope: Envelope<T> = response
         .json()

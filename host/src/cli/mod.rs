@@ -11,10 +11,12 @@
 
 mod bench;
 mod client;
+mod completions;
 mod dlq;
 mod messages;
 mod queues;
 mod run;
+mod schema;
 mod send;
 mod test;
 
@@ -67,6 +69,10 @@ enum Command {
     Dlq(dlq::DlqCommand),
     /// Measure throughput and latency.
     Bench(bench::BenchCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsCommand),
+    /// Print the JSON Schema of manifest.toml, for editors.
+    Schema(schema::SchemaCommand),
 }
 
 impl Cli {
@@ -101,6 +107,8 @@ impl Cli {
             Command::Messages(command) => command.run().await,
             Command::Dlq(command) => command.run().await,
             Command::Bench(command) => command.run().await,
+            Command::Completions(command) => command.run(),
+            Command::Schema(command) => command.run(),
         }
     }
 }

@@ -236,6 +236,16 @@ pub struct ConsumerConfig {
     pub max_concurrency: Option<u32>,
 }
 
+/// The JSON Schema of a manifest, derived from the types that read it (so it cannot drift from
+/// what the host accepts). Editors that understand a `#:schema` line (Taplo, Even Better TOML)
+/// use it to complete keys and flag unknown ones; ranges and cross-references are checked
+/// only by the host.
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = schemars::schema_for!(raw::RawManifest);
+    schema.insert("title".into(), "wasmq manifest".into());
+    schema.to_value()
+}
+
 /// Reads and checks the manifest at `path`.
 ///
 /// The `source` of every component without a `build` command must exist; call

@@ -170,6 +170,7 @@ impl Runtime {
 
     /// Compiles a component binary for this engine, or loads it from the cache.
     pub fn load(&self, name: &str, wasm: &[u8]) -> anyhow::Result<(Component, CacheOutcome)> {
+        check_component_header(name, wasm)?;
         match &self.cache {
             Some(cache) => cache.load_or_compile(&self.engine, name, wasm),
             None => {
@@ -180,6 +181,27 @@ impl Runtime {
             }
         }
     }
+}
+
+/// Refuses, with a message that says what the file is instead, bytes that are not a
+/// WebAssembly component: not WebAssembly at all, or a core module (built for `wasm32-wasip1`
+/// or `wasm32-unknown-unknown`, or not yet turned into a component).
+fn check_component_header(name: &str, wasm: &[u8]) -> anyhow::Result<()> {
+    const MAGIC: &[u8] = b"\0asm";
+    const MODULE_VERSION: &[u8] = &[1, 0, 0, 0];
+    if !wasm.starts_with(MAGIC) {
+        anyhow::bail!(
+            "component `{name}` is not WebAssembly: the file does not start with `\\0asm` \
+             (is `source` the built `.wasm` file?)"
+        );
+    }
+    if wasm.get(4..8) == Some(MODULE_VERSION) {
+        anyhow::bail!(
+            "component `{name}` is a core WebAssembly module, not a component: build it for \
+             `wasm32-wasip2`, or wrap it with `wasm-tools component new`"
+        );
+    }
+    Ok(())
 }
 
 /// Default instance slots of each pooling allocator (consumers and producers have one each):
@@ -240,5 +262,24 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_not_a_component_is_named() {
+        let text = check_component_header("w", b"#!/bin/sh\necho hi\n").unwrap_err();
+        assert!(text.to_string().contains("is not WebAssembly"), "{text}");
+        let module = wat::parse_str("(module)").unwrap();
+        let text = check_component_header("w", &module).unwrap_err();
+        assert!(
+            text.to_string().contains("core WebAssembly module"),
+            "{text}"
+        );
+        let component = wat::parse_str("(component)").unwrap();
+        check_component_header("w", &component).unwrap();
     }
 }
