@@ -10,6 +10,7 @@
 //! Each command is a clap [`Args`](clap::Args) struct whose `run` method is the command.
 
 mod bench;
+mod build;
 mod client;
 mod completions;
 mod dlq;
@@ -54,6 +55,8 @@ pub enum LogFormat {
 enum Command {
     /// Start the queues, the consumer components and the HTTP API of a manifest.
     Run(run::RunCommand),
+    /// Run the build command of each component of a manifest, output streamed.
+    Build(build::BuildCommand),
     /// Run fixture files (TOML) against their consumer components and report per case.
     ///
     /// Exits non-zero if any case fails or a fixture file is malformed. The format is in
@@ -101,6 +104,7 @@ impl Cli {
     pub async fn execute(self) -> Result<()> {
         match self.command {
             Command::Run(command) => command.run().await,
+            Command::Build(command) => command.run().await,
             Command::Test(command) => command.run().await,
             Command::Send(command) => command.run().await,
             Command::Queues(command) => command.run().await,

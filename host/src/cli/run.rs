@@ -15,7 +15,8 @@ pub(super) struct RunCommand {
     /// The manifest.
     #[arg(default_value = "manifest.toml")]
     manifest: PathBuf,
-    /// Reload when the manifest or a component file changes (also: SIGHUP, POST /reload).
+    /// Rebuild a component when its `watch` sources change, and reload when the manifest or
+    /// a component file changes (also: SIGHUP, POST /reload).
     #[arg(long)]
     watch: bool,
 }

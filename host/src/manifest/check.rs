@@ -374,6 +374,18 @@ impl Checker<'_> {
             }
             build.get_ref().clone()
         });
+        let mut watch = Vec::new();
+        for (i, glob) in raw.watch.iter().enumerate() {
+            let glob_key = key.child("watch").index(i);
+            if let Err(e) = globset::Glob::new(glob.get_ref()) {
+                self.base
+                    .report(&glob_key, glob.span(), format!("not a glob: {e}"));
+            } else if build.is_none() {
+                let message = "only a component with a `build` command can be rebuilt";
+                self.base.report(&glob_key, glob.span(), message);
+            }
+            watch.push(glob.get_ref().clone());
+        }
 
         let source = self.dir.join(raw.source.get_ref());
         if raw.source.get_ref().trim().is_empty() {
@@ -483,6 +495,7 @@ impl Checker<'_> {
             name: name.get_ref().clone(),
             source,
             build,
+            watch,
             route,
             route_requires_token: raw
                 .route_requires_token

@@ -187,6 +187,9 @@ pub struct ComponentConfig {
     pub source: PathBuf,
     /// A shell command that builds `source`, run by the host before loading it.
     pub build: Option<String>,
+    /// Files whose changes make `run --watch` run `build` again, as globs relative to the
+    /// manifest's folder (`["src/**/*.rs", "Cargo.toml"]`); empty: no rebuilds.
+    pub watch: Vec<String>,
     /// The HTTP path this component answers (producers).
     pub route: Option<Route>,
     /// Whether requests on `route` need the API token, like the API (default: public).

@@ -117,6 +117,11 @@ pub(super) struct RawComponent {
     /// Shell command that builds `source`, run in this folder before loading it.
     #[schemars(with = "Option<String>")]
     pub build: Option<Spanned<String>>,
+    /// Globs (relative to this file) whose changes make `run --watch` rebuild the component:
+    /// `["src/**/*.rs", "Cargo.toml"]`.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub watch: Vec<Spanned<String>>,
     /// HTTP path this producer answers: exact (`/hook`) or a prefix (`/hooks/...`).
     #[schemars(with = "Option<String>")]
     pub route: Option<Spanned<String>>,

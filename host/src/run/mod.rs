@@ -2,6 +2,7 @@
 //! producer routes and the HTTP API, all from one manifest — and applies the manifest again
 //! while running (`--watch`, `POST /reload`, SIGHUP).
 
+pub mod build;
 mod components;
 mod supervisor;
 mod watch;
@@ -11,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tokio::task::JoinSet;
 
 use self::components::{ComponentFile, Runtimes};
@@ -224,30 +225,7 @@ async fn reload_on_sighup(
 /// Runs each component's `build` command in the manifest's folder.
 async fn build_components(manifest: &Manifest) -> Result<()> {
     for component in manifest.components.values() {
-        let Some(command) = &component.build else {
-            continue;
-        };
-        tracing::info!(component = %component.name, %command, "building");
-        let output = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .current_dir(&manifest.dir)
-            .output()
-            .await
-            .with_context(|| {
-                format!(
-                    "running the build command of component `{}`",
-                    component.name
-                )
-            })?;
-        if !output.status.success() {
-            bail!(
-                "the build command of component `{}` failed ({}): {command}\n{}",
-                component.name,
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim_end()
-            );
-        }
+        build::build(&manifest.dir, component).await?;
     }
     Ok(())
 }

@@ -51,8 +51,8 @@ pub(crate) struct Supervisor {
     manifest_path: PathBuf,
     /// Serialises applications; holds what runs now.
     running: Mutex<BTreeMap<String, Running>>,
-    /// The manifest file and the component files of the last applied manifest.
-    watched: std::sync::Mutex<Vec<PathBuf>>,
+    /// The last applied manifest (what `--watch` watches).
+    applied: std::sync::Mutex<Arc<Manifest>>,
 }
 
 impl Supervisor {
@@ -72,14 +72,13 @@ impl Supervisor {
             components: ComponentStats::default(),
             manifest_path: manifest.path.clone(),
             running: Mutex::new(BTreeMap::new()),
-            watched: std::sync::Mutex::new(Vec::new()),
+            applied: std::sync::Mutex::new(Arc::new(manifest.clone())),
         }
     }
 
-    /// The files whose changes should trigger a reload: the manifest and every component's
-    /// source, as of the last applied manifest.
-    pub(super) fn watched_files(&self) -> Vec<PathBuf> {
-        self.watched.lock().expect("watched files lock").clone()
+    /// The manifest applied last.
+    pub(super) fn applied(&self) -> Arc<Manifest> {
+        self.applied.lock().expect("applied manifest lock").clone()
     }
 
     /// The producer routes being served.
@@ -129,10 +128,7 @@ impl Supervisor {
             ..ReloadReport::default()
         };
         self.consumers.replace(Wiring::of(manifest));
-        *self.watched.lock().expect("watched files lock") =
-            std::iter::once(self.manifest_path.clone())
-                .chain(manifest.components.values().map(|c| c.source.clone()))
-                .collect();
+        *self.applied.lock().expect("applied manifest lock") = Arc::new(manifest.clone());
 
         for config in manifest.components.values() {
             let name = &config.name;
