@@ -18,6 +18,9 @@ pub(super) struct ApiArgs {
     /// The API token, when the host requires one.
     #[arg(long, env = "WASMQ_API_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Print the result as JSON (the API's `result`), for scripts.
+    #[arg(long)]
+    pub(super) json: bool,
 }
 
 impl ApiArgs {
@@ -103,7 +106,7 @@ async fn call<T: DeserializeOwned>(request: Result<reqwest::RequestBuilder>) -> 
 pub(super) fn print_json_or<T: Serialize + ?Sized>(
     value: &T,
     json: bool,
-    text: fn(&T),
+    text: impl FnOnce(&T),
 ) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use super::client::ApiArgs;
+use super::client::{ApiArgs, print_json_or};
 use crate::http::MAX_REPLAY;
 use crate::http::wire::ReplayRequest;
 
@@ -79,7 +79,8 @@ impl ReplayCommand {
             }
         }
         eprintln!();
-        println!("replayed {moved} message(s) from {dlq} to {to}");
-        Ok(())
+        print_json_or(&serde_json::json!({ "moved": moved }), api.json, |_| {
+            println!("replayed {moved} message(s) from {dlq} to {to}");
+        })
     }
 }

@@ -39,9 +39,6 @@ struct PeekCommand {
     limit: u32,
     #[command(flatten)]
     api: ApiArgs,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 impl PeekCommand {
@@ -53,7 +50,7 @@ impl PeekCommand {
                 self.queue, self.limit
             ))
             .await?;
-        print_json_or(messages.as_slice(), self.json, print_messages)
+        print_json_or(messages.as_slice(), self.api.json, print_messages)
     }
 }
 

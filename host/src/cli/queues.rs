@@ -46,15 +46,12 @@ impl QueuesCommand {
 struct ListCommand {
     #[command(flatten)]
     api: ApiArgs,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
 }
 
 impl ListCommand {
     async fn run(self) -> Result<()> {
         let queues: Vec<QueueInfo> = self.api.get("/queues").await?;
-        print_json_or(queues.as_slice(), self.json, print_table)
+        print_json_or(queues.as_slice(), self.api.json, print_table)
     }
 }
 
@@ -65,15 +62,12 @@ struct InfoCommand {
     queue: String,
     #[command(flatten)]
     api: ApiArgs,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 impl InfoCommand {
     async fn run(self) -> Result<()> {
         let info: QueueInfo = self.api.get(&format!("/queues/{}", self.queue)).await?;
-        print_json_or(&info, self.json, print_info)
+        print_json_or(&info, self.api.json, print_info)
     }
 }
 
@@ -93,8 +87,9 @@ impl QueueArgs {
             .api
             .post(&format!("/queues/{}/{action}", self.queue))
             .await?;
-        println!("queue {} {done}", info.name);
-        Ok(())
+        print_json_or(&info, self.api.json, |info| {
+            println!("queue {} {done}", info.name);
+        })
     }
 }
 
@@ -117,8 +112,9 @@ impl PurgeCommand {
             bail!("not purged (pass --force to purge without asking)");
         }
         let result: serde_json::Value = self.api.post(&format!("/queues/{queue}/purge")).await?;
-        println!("purged {} message(s) from {queue}", result["purged"]);
-        Ok(())
+        print_json_or(&result, self.api.json, |result| {
+            println!("purged {} message(s) from {queue}", result["purged"]);
+        })
     }
 }
 
@@ -135,25 +131,38 @@ fn confirm(question: &str) -> Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-/// The queues as a table, a row each.
+/// The queues as a table, a row each, columns as wide as their content.
 fn print_table(queues: &[QueueInfo]) {
-    println!(
-        "{:<24} {:>10} {:>12} {:>10} {:>9} {:>10} {:>8}",
-        "QUEUE", "BACKLOG", "BYTES", "IN FLIGHT", "DELAYED", "ACKED", "PAUSED"
-    );
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header([
+            "QUEUE",
+            "BACKLOG",
+            "BYTES",
+            "IN FLIGHT",
+            "DELAYED",
+            "ACKED",
+            "PAUSED",
+        ]);
     for q in queues {
         let m = &q.metrics;
-        println!(
-            "{:<24} {:>10} {:>12} {:>10} {:>9} {:>10} {:>8}",
-            q.name,
-            m.backlog.count,
-            m.backlog.bytes,
-            m.in_flight,
-            m.delayed,
-            m.acked,
-            if q.paused { "yes" } else { "no" }
-        );
+        table.add_row([
+            q.name.clone(),
+            m.backlog.count.to_string(),
+            m.backlog.bytes.to_string(),
+            m.in_flight.to_string(),
+            m.delayed.to_string(),
+            m.acked.to_string(),
+            if q.paused { "yes" } else { "no" }.to_owned(),
+        ]);
     }
+    for column in 1..6 {
+        if let Some(column) = table.column_mut(column) {
+            column.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    println!("{table}");
 }
 
 /// One queue's settings and metrics, a line a group.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use super::client::ApiArgs;
+use super::client::{ApiArgs, print_json_or};
 use crate::engine::{Backlog, ContentType};
 use crate::http::wire::PublishMessage;
 
@@ -58,10 +58,12 @@ impl SendCommand {
             .api
             .post_json(&format!("/queues/{queue}/messages"), &message)
             .await?;
-        println!(
-            "sent to {queue}; backlog {} message(s), {} bytes",
-            backlog.count, backlog.bytes
-        );
-        Ok(())
+        let json = self.api.json;
+        print_json_or(&backlog, json, |backlog| {
+            println!(
+                "sent to {queue}; backlog {} message(s), {} bytes",
+                backlog.count, backlog.bytes
+            );
+        })
     }
 }
