@@ -2,103 +2,67 @@
 //! components, `host send` and `host queues` against it over loopback HTTP, raw HTTP calls for
 //! the API's error cases, and Ctrl-C.
 
-mod common;
+pub mod common;
 
 use std::io::Read;
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{HOST, HostProcess, guest, host_run, write_manifest};
+use common::{Component, Consumer, HOST, HostProcess, HostRun, Manifest, Queue, Table, guest_path};
 
-/// A `host run` child process on a temporary manifest.
-struct RunningHost {
-    process: HostProcess,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl RunningHost {
-    fn start() -> Self {
-        Self::start_with("")
-    }
-
-    /// Starts a host whose `[host]` table also has `host_lines`.
-    fn start_with(host_lines: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let manifest = dir.path().join("manifest.toml");
-        std::fs::write(
-            &manifest,
-            format!(
-                r#"
-[host]
-data_dir = "data"
-listen = "127.0.0.1:0"
-{host_lines}
-
-[queues.incoming]
-[queues.jobs]
-[queues.jobs-dlq]
-[queues.pulled]
-pull_consumer = {{ visibility_timeout_ms = 400, max_retries = 1, dead_letter_queue = "jobs-dlq" }}
-
-[components.fanout]
-source = "{fanout}"
-producers = {{ OUT = "jobs" }}
-consumer = {{ queue = "incoming", max_batch_timeout = 0 }}
-
-[components.worker]
-source = "{worker}"
-consumer = {{ queue = "jobs", max_batch_timeout = 0, dead_letter_queue = "jobs-dlq" }}
-"#,
-                fanout = guest("fanout").display(),
-                host_lines = host_lines,
-                worker = guest("worker").display(),
+/// Queues `incoming`, `jobs`, `jobs-dlq` and the pull queue `pulled`; `fanout` forwards
+/// `incoming` to `jobs`, which `worker` consumes.
+fn manifest() -> Manifest {
+    let pulled = Table::new()
+        .set("visibility_timeout_ms", 400u32)
+        .set("max_retries", 1u32)
+        .set("dead_letter_queue", "jobs-dlq");
+    Manifest::new()
+        .queue("incoming")
+        .queue("jobs")
+        .queue("jobs-dlq")
+        .queue(Queue::new("pulled").pull_consumer(pulled))
+        .component(
+            Component::new("fanout", guest_path("fanout"))
+                .producer("OUT", "jobs")
+                .consumer(Consumer::on("incoming").max_batch_timeout(0)),
+        )
+        .component(
+            Component::new("worker", guest_path("worker")).consumer(
+                Consumer::on("jobs")
+                    .max_batch_timeout(0)
+                    .dead_letter_queue("jobs-dlq"),
             ),
         )
-        .unwrap();
-        let process = HostProcess::start(host_run(&manifest));
-        Self {
-            url: process.url.clone(),
-            process,
-            _dir: dir,
-        }
-    }
+}
 
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(HOST)
-            .args(args)
-            .env("WASMQ_URL", &self.url)
-            .env_remove("WASMQ_API_TOKEN")
-            .output()
-            .unwrap()
-    }
+/// A `host run` child on [`manifest`].
+fn start() -> HostProcess {
+    HostRun::manifest(&manifest()).start()
+}
 
-    /// Waits until a log line contains `needle`.
-    fn wait_for_log(&self, needle: &str) -> String {
-        self.process.wait_log(needle)
-    }
+/// Queue `name` as `host queues info NAME --json` shows it.
+fn queue_info(host: &HostProcess, name: &str) -> Value {
+    let out = host.cli(&["queues", "info", name, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
 
-    fn queue(&self, name: &str) -> Value {
-        let out = self.cli(&["queues", "info", name, "--json"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        self.process.signal("-INT");
-        self.process.wait_exit(Duration::from_secs(30))
-    }
+/// Ctrl-C; the exit status (within 30 s).
+fn interrupt(mut host: HostProcess) -> ExitStatus {
+    host.signal("-INT");
+    host.wait_exit(Duration::from_secs(30))
 }
 
 #[test]
 fn a_message_goes_from_host_send_through_fanout_to_the_worker() {
-    let host = RunningHost::start();
+    let host = start();
     let out = host.cli(&["send", "incoming", "hello wasmq"]);
     assert!(
         out.status.success(),
@@ -107,31 +71,34 @@ fn a_message_goes_from_host_send_through_fanout_to_the_worker() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("sent to incoming"));
 
-    let line = host.wait_for_log("hello wasmq");
+    let line = host.wait_log("hello wasmq");
     assert!(line.contains("worker"), "{line}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while host.queue("jobs")["metrics"]["acked"] != 1 {
+    while queue_info(&host, "jobs")["metrics"]["acked"] != 1 {
         assert!(
             Instant::now() < deadline,
             "jobs never acked: {}",
-            host.queue("jobs")
+            queue_info(&host, "jobs")
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(host.queue("incoming")["metrics"]["acked"], 1);
-    assert_eq!(host.queue("jobs")["metrics"]["backlog"]["count"], 0);
+    assert_eq!(queue_info(&host, "incoming")["metrics"]["acked"], 1);
+    assert_eq!(queue_info(&host, "jobs")["metrics"]["backlog"]["count"], 0);
 
     let list = host.cli(&["queues", "list"]);
     let table = String::from_utf8_lossy(&list.stdout);
     for queue in ["incoming", "jobs", "jobs-dlq"] {
         assert!(table.contains(queue), "{table}");
     }
-    assert!(host.stop().success(), "Ctrl-C must stop the host cleanly");
+    assert!(
+        interrupt(host).success(),
+        "Ctrl-C must stop the host cleanly"
+    );
 }
 
 #[test]
 fn cli_errors_are_one_clear_line_and_a_non_zero_exit() {
-    let host = RunningHost::start();
+    let host = start();
     let out = host.cli(&["send", "nope", "x"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -147,16 +114,20 @@ fn cli_errors_are_one_clear_line_and_a_non_zero_exit() {
     let out = host.cli(&["send", "jobs", "x", "--delay", "86401"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_delay"));
     assert_eq!(
-        host.queue("jobs")["metrics"]["sent"],
+        queue_info(&host, "jobs")["metrics"]["sent"],
         0,
         "refused sends store nothing"
     );
-    host.stop();
+    interrupt(host);
 }
 
 #[tokio::test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one request and its expected code per kind of bad input"
+)]
 async fn http_api_publishes_and_refuses_bad_input_with_stable_codes() {
-    let host = RunningHost::start();
+    let host = start();
     let client = reqwest::Client::new();
     let post = |path: &str, body: Value| {
         client
@@ -285,7 +256,7 @@ async fn http_api_publishes_and_refuses_bad_input_with_stable_codes() {
         "only good sends are stored"
     );
     assert_eq!(info["result"]["metrics"]["delayed"], 3);
-    host.stop();
+    interrupt(host);
 }
 
 #[test]
@@ -298,11 +269,7 @@ fn a_bad_manifest_names_the_file_the_key_and_the_line() {
     )
     .unwrap();
     std::fs::write(dir.path().join("w.wasm"), b"\0asm").unwrap();
-    let out = Command::new(HOST)
-        .arg("run")
-        .arg(&manifest)
-        .output()
-        .unwrap();
+    let out = HostRun::new(&manifest).command().output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("manifest.toml:5:"), "{stderr}");
@@ -317,7 +284,7 @@ fn a_bad_manifest_names_the_file_the_key_and_the_line() {
 /// no panic, no exit status 101.
 #[test]
 fn a_closed_pipe_stops_a_read_command_quietly() {
-    let host = RunningHost::start();
+    let host = start();
     for command in [
         "queues list",
         "queues list --json",
@@ -347,30 +314,18 @@ fn a_closed_pipe_stops_a_read_command_quietly() {
 /// naming the message, groups guest output under its batch, and can be JSON for machines.
 #[test]
 fn the_log_tells_each_batch_and_each_dead_letter_move_in_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = write_manifest(
-        dir.path(),
-        &format!(
-            r#"
-[queues.jobs]
-[queues.jobs-dlq]
-
-[components.scripted]
-source = "{}"
-consumer = {{ queue = "jobs", max_batch_timeout = 0, max_retries = 0, dead_letter_queue = "jobs-dlq" }}
-"#,
-            guest("scripted").display()
-        ),
-    );
-    let mut command = host_run(&manifest);
-    command.env("WASMQ_LOG_FORMAT", "json");
-    let host = HostProcess::start(command);
-    let out = Command::new(HOST)
-        .args(["send", "jobs", "print:hello;fail"])
-        .args(["--content-type", "text"])
-        .env("WASMQ_URL", &host.url)
-        .output()
-        .unwrap();
+    let scripted = Consumer::on("jobs")
+        .max_batch_timeout(0)
+        .max_retries(0)
+        .dead_letter_queue("jobs-dlq");
+    let manifest = Manifest::new()
+        .queue("jobs")
+        .queue("jobs-dlq")
+        .component(Component::new("scripted", guest_path("scripted")).consumer(scripted));
+    let host = HostRun::manifest(&manifest)
+        .env("WASMQ_LOG_FORMAT", "json")
+        .start();
+    let out = host.cli(&["send", "jobs", "print:hello;fail", "--content-type", "text"]);
     assert!(out.status.success(), "{out:?}");
     host.wait_log("moved to the dead-letter queue");
     host.wait_log("\"message\":\"batch\"");
@@ -413,7 +368,7 @@ consumer = {{ queue = "jobs", max_batch_timeout = 0, max_retries = 0, dead_lette
 #[test]
 fn a_bad_component_stops_the_start_before_anything_is_stored() {
     for (source, says) in [
-        (guest("webhook"), "is not a consumer"),
+        (guest_path("webhook"), "is not a consumer"),
         (std::path::PathBuf::from("not-wasm.txt"), "not-wasm.txt"),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -427,7 +382,7 @@ fn a_bad_component_stops_the_start_before_anything_is_stored() {
             ),
         )
         .unwrap();
-        let out = host_run(&manifest).output().unwrap();
+        let out = HostRun::new(&manifest).command().output().unwrap();
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -467,8 +422,12 @@ fn raw_post_head(url: &str, path: &str, length: usize) -> (u16, String) {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one operator session told in order, each step checked through the CLI"
+)]
 fn operators_pause_purge_peek_replay_and_read_metrics() {
-    let host = RunningHost::start();
+    let host = start();
     let ok = |args: &[&str]| {
         let out = host.cli(args);
         assert!(
@@ -480,8 +439,12 @@ fn operators_pause_purge_peek_replay_and_read_metrics() {
     };
     let wait_for = |queue: &str, what: &dyn Fn(&Value) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !what(&host.queue(queue)) {
-            assert!(Instant::now() < deadline, "{queue}: {}", host.queue(queue));
+        while !what(&queue_info(&host, queue)) {
+            assert!(
+                Instant::now() < deadline,
+                "{queue}: {}",
+                queue_info(&host, queue)
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
@@ -496,7 +459,7 @@ fn operators_pause_purge_peek_replay_and_read_metrics() {
     assert_eq!(bodies, ["dead 0", "dead 1", "dead 2"]);
     assert!(peeked.iter().all(|m| m["attempts"] == 0));
     assert_eq!(
-        host.queue("jobs-dlq")["metrics"]["backlog"]["count"],
+        queue_info(&host, "jobs-dlq")["metrics"]["backlog"]["count"],
         3,
         "peek leases nothing"
     );
@@ -504,16 +467,19 @@ fn operators_pause_purge_peek_replay_and_read_metrics() {
     // Replay moves them to `incoming`, visible at once: fanout forwards them, worker acks them.
     assert!(ok(&["dlq", "replay", "jobs-dlq", "--to", "incoming"]).contains("replayed 3"));
     wait_for("jobs", &|q| q["metrics"]["acked"] == 3);
-    assert_eq!(host.queue("jobs-dlq")["metrics"]["backlog"]["count"], 0);
+    assert_eq!(
+        queue_info(&host, "jobs-dlq")["metrics"]["backlog"]["count"],
+        0
+    );
 
     // A paused queue accepts messages and delivers none until resumed.
     ok(&["queues", "pause", "jobs"]);
-    assert_eq!(host.queue("jobs")["paused"], true);
+    assert_eq!(queue_info(&host, "jobs")["paused"], true);
     ok(&["send", "incoming", "while paused"]);
     wait_for("incoming", &|q| q["metrics"]["acked"] == 4);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(host.queue("jobs")["metrics"]["backlog"]["count"], 1);
-    assert_eq!(host.queue("jobs")["metrics"]["acked"], 3);
+    assert_eq!(queue_info(&host, "jobs")["metrics"]["backlog"]["count"], 1);
+    assert_eq!(queue_info(&host, "jobs")["metrics"]["acked"], 3);
     ok(&["queues", "resume", "jobs"]);
     wait_for("jobs", &|q| q["metrics"]["acked"] == 4);
 
@@ -522,14 +488,20 @@ fn operators_pause_purge_peek_replay_and_read_metrics() {
     ok(&["send", "jobs-dlq", "b", "--delay", "600"]);
     let refused = host.cli(&["queues", "purge", "jobs-dlq"]);
     assert!(!refused.status.success());
-    assert_eq!(host.queue("jobs-dlq")["metrics"]["backlog"]["count"], 2);
+    assert_eq!(
+        queue_info(&host, "jobs-dlq")["metrics"]["backlog"]["count"],
+        2
+    );
     assert!(ok(&["queues", "purge", "jobs-dlq", "--force"]).contains("purged 2"));
-    assert_eq!(host.queue("jobs-dlq")["metrics"]["backlog"]["count"], 0);
+    assert_eq!(
+        queue_info(&host, "jobs-dlq")["metrics"]["backlog"]["count"],
+        0
+    );
 
     let out = host.cli(&["messages", "peek", "jobs", "--limit", "101"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_limit"));
 
-    let metrics = plain_get(&format!("{}/metrics", host.url));
+    let metrics = host.get("/metrics");
     for line in [
         "# TYPE wasmq_messages_acked_total counter",
         "wasmq_messages_acked_total{queue=\"jobs\"} 4",
@@ -580,31 +552,12 @@ fn operators_pause_purge_peek_replay_and_read_metrics() {
         )),
         batches
     );
-    assert!(host.stop().success());
-}
-
-/// A GET over a plain TCP connection, for tests without an async runtime.
-fn plain_get(url: &str) -> String {
-    use std::io::Write;
-    let rest = url.trim_start_matches("http://");
-    let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
+    assert!(interrupt(host).success());
 }
 
 #[test]
 fn with_an_api_token_every_route_requires_it() {
-    let host = RunningHost::start_with(r#"api_token = "s3cret""#);
+    let host = HostRun::manifest(&manifest().host("api_token", "s3cret")).start();
     let out = host.cli(&["queues", "list"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("(unauthorized)"));
@@ -612,10 +565,9 @@ fn with_an_api_token_every_route_requires_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("(unauthorized)"));
 
     let with_token = |args: &[&str]| {
-        Command::new(HOST)
-            .args(args)
-            .env("WASMQ_URL", &host.url)
+        host.cli_command()
             .env("WASMQ_API_TOKEN", "s3cret")
+            .args(args)
             .output()
             .unwrap()
     };
@@ -632,14 +584,18 @@ fn with_an_api_token_every_route_requires_it() {
         "only the authorised send was stored"
     );
 
-    let metrics = plain_get(&format!("{}/metrics", host.url));
+    let metrics = host.get("/metrics");
     assert!(metrics.contains("\"unauthorized\""), "{metrics}");
-    host.stop();
+    interrupt(host);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one pull consumer's session told in order: lease, ack, retry, expiry, late ack"
+)]
 async fn pull_consumers_lease_ack_retry_and_expire_over_http() {
-    let host = RunningHost::start();
+    let host = start();
     let client = reqwest::Client::new();
     let post = |path: String, body: Value| {
         let request = client.post(format!("{}{path}", host.url)).json(&body);
@@ -763,5 +719,5 @@ async fn pull_consumers_lease_ack_retry_and_expire_over_http() {
         (status, paused["errors"][0]["code"].as_str()),
         (409, Some("queue_paused"))
     );
-    host.stop();
+    interrupt(host);
 }

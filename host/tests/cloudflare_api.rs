@@ -5,35 +5,25 @@
 //! The SDK's Python comes from `WASMQ_CLOUDFLARE_PYTHON` (`scripts/test.sh` makes a venv with
 //! the pinned SDK and sets it), else `python3`, which must be able to `import cloudflare`.
 
-mod common;
+pub mod common;
 
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::{Value, json};
 
-use common::{HostProcess, guest, host_run, write_manifest};
+use common::{Component, Consumer, HostProcess, HostRun, Manifest, Queue, Table, guest_path};
 
 const TOKEN: &str = "local-test-token";
 
-fn start(dir: &Path) -> HostProcess {
-    let manifest = write_manifest(
-        dir,
-        &format!(
-            r#"api_token = "{TOKEN}"
-
-[queues.jobs]
-pull_consumer = {{ max_retries = 5 }}
-[queues.worked]
-
-[components.worker]
-source = "{worker}"
-consumer = {{ queue = "worked" }}
-"#,
-            worker = guest("worker").display(),
-        ),
-    );
-    HostProcess::start(host_run(&manifest))
+/// A host with a token, the pull queue `jobs` and the queue `worked` consumed by `worker`.
+fn start() -> HostProcess {
+    let manifest = Manifest::new()
+        .host("api_token", TOKEN)
+        .queue(Queue::new("jobs").pull_consumer(Table::new().set("max_retries", 5u32)))
+        .queue("worked")
+        .component(Component::new("worker", guest_path("worker")).consumer(Consumer::on("worked")));
+    HostRun::manifest(&manifest).start()
 }
 
 fn python() -> String {
@@ -42,8 +32,7 @@ fn python() -> String {
 
 #[test]
 fn the_official_cloudflare_sdk_works_against_the_host() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = start(dir.path());
+    let host = start();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cloudflare_sdk.py");
     let out = Command::new(python())
         .arg(&script)
@@ -89,9 +78,12 @@ async fn call(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one request and its expected answer per refusal code, in the order of the API reference"
+)]
 async fn raw_requests_get_cloudflares_shapes_and_precise_refusals() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = start(dir.path());
+    let host = start();
     let client = reqwest::Client::new();
     let bearer = format!("bearer {TOKEN}"); // the scheme in lower case is accepted
     let base = "/client/v4/accounts/acc/queues";

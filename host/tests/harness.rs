@@ -5,7 +5,7 @@
 //!
 //! Needs the example guests: `scripts/build-guests.sh`.
 
-mod common;
+pub mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -15,7 +15,7 @@ use wasmq_host::engine::ContentType;
 use wasmq_host::harness::{Harness, MessageFate, Setup, TestMessage, fixture};
 use wasmq_host::runtime::Failure;
 
-use common::{HOST, guest};
+use common::{HOST, guest_path};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -27,7 +27,7 @@ fn fixtures() -> PathBuf {
 
 /// Runs `host test ARGS` in `dir`.
 fn host_test(dir: &Path, args: &[&str]) -> Output {
-    guest("scripted");
+    guest_path("scripted");
     Command::new(HOST)
         .arg("test")
         .args(args)
@@ -310,7 +310,7 @@ fn the_default_path_is_fixtures_and_an_empty_folder_is_an_error() {
         dir.path().join("fixtures/worker.toml"),
         format!(
             "component = {:?}\n[[case]]\nname = \"prints\"\nmessages = [{{ body = \"hi\" }}]\nexpect.output_contains = [\"attempt 1: hi\"]\n",
-            guest("worker")
+            guest_path("worker")
         ),
     )
     .unwrap();
@@ -338,7 +338,7 @@ async fn the_library_runs_a_batch_and_reports_fates_sends_and_output() {
         .retry_delay(5)
         .dead_letter_queue("jobs-dlq");
     let consumer = harness
-        .load(guest("scripted"), setup.clone())
+        .load(guest_path("scripted"), setup.clone())
         .await
         .unwrap();
     let report = consumer
@@ -382,7 +382,7 @@ async fn the_library_runs_a_batch_and_reports_fates_sends_and_output() {
     assert_eq!(report.calls.len(), 3, "{:?}", report.calls);
 
     // Each run starts from empty queues, and the same configuration is compiled once.
-    let again = harness.load(guest("scripted"), setup).await.unwrap();
+    let again = harness.load(guest_path("scripted"), setup).await.unwrap();
     let second = again
         .run(vec![TestMessage::text(
             "send-dedup:OUT:k:a;send-dedup:OUT:k:b",
@@ -402,7 +402,7 @@ async fn the_library_runs_a_batch_and_reports_fates_sends_and_output() {
     // Other limits need another compilation.
     let quick = harness
         .load(
-            guest("scripted"),
+            guest_path("scripted"),
             Setup::default().timeout(Duration::from_millis(50)),
         )
         .await

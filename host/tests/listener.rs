@@ -1,32 +1,20 @@
 //! The real `host` binary's HTTP listener against clients that hold connections without using
 //! them, and the JSON envelope on every refusal.
 
-mod common;
+pub mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{HOST, HostProcess, write_manifest};
+use common::{HostProcess, HostRun, Manifest};
 
-fn manifest(dir: &std::path::Path) -> std::path::PathBuf {
-    write_manifest(dir, "\n[queues.jobs]\n")
-}
-
-/// `host run` with its open-file limit (soft and hard) lowered to `files`.
-fn host_with_file_limit(manifest: &std::path::Path, files: u32) -> HostProcess {
-    let mut command = Command::new("prlimit");
-    command
-        .arg(format!("--nofile={files}:{files}"))
-        .arg("--")
-        .arg(HOST)
-        .arg("run")
-        .arg(manifest)
-        .env("NO_COLOR", "1")
-        .env_remove("WASMQ_API_TOKEN")
-        .env_remove("WASMQ_STORAGE");
-    HostProcess::start(command)
+/// `host run` on a manifest with one queue, `jobs`, with its open-file limit (soft and hard)
+/// lowered to `files`.
+fn host_with_file_limit(files: u32) -> HostProcess {
+    HostRun::manifest(&Manifest::new().queue("jobs"))
+        .file_limit(files)
+        .start()
 }
 
 /// 1000 connections that never send a byte, against a host allowed 512 open files (so at most
@@ -34,8 +22,7 @@ fn host_with_file_limit(manifest: &std::path::Path, files: u32) -> HostProcess {
 /// connections that have waited longest to make room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_idle_connections_do_not_lock_the_api_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = host_with_file_limit(&manifest(dir.path()), 512);
+    let host = host_with_file_limit(512);
     let addr = host.url.trim_start_matches("http://").to_owned();
 
     let mut idle = Vec::new();
@@ -79,8 +66,7 @@ async fn a_thousand_idle_connections_do_not_lock_the_api_out() {
 /// the JSON envelope too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refusal_is_a_json_envelope() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = host_with_file_limit(&manifest(dir.path()), 4096);
+    let host = host_with_file_limit(4096);
     let client = reqwest::Client::new();
     let cases = [
         (

@@ -17,7 +17,7 @@
 //!
 //! Needs the example guests: `scripts/build-guests.sh`.
 
-mod common;
+pub mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use wasmq_testkit::postgres;
 
-use common::{HostProcess, Spawned, guest, host_run};
+use common::{Component, HostProcess, HostRun, Manifest, Spawned, guest_path};
 
 /// One test at a time (see the module comment).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -41,18 +41,16 @@ enum StorageFrom {
     Env,
 }
 
-/// A `host run` child process.
+/// A `host run` child process, numbered.
 struct Host {
     index: usize,
     process: HostProcess,
-    _dir: tempfile::TempDir,
 }
 
 /// A host being started: its process runs, its address is not known yet.
 struct Starting {
     index: usize,
     spawned: Spawned,
-    dir: tempfile::TempDir,
 }
 
 /// The consumer a host runs on queue `jobs`.
@@ -66,47 +64,33 @@ enum Consumer {
 
 impl Starting {
     fn spawn(index: usize, storage: &str, from: StorageFrom, consumer: Consumer) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let manifest = dir.path().join("manifest.toml");
-        let storage_line = match from {
-            StorageFrom::Manifest => format!("storage = \"{storage}\""),
-            StorageFrom::Env => String::new(),
+        let guest = match consumer {
+            Consumer::Worker => "worker",
+            Consumer::Scripted => "scripted",
         };
-        let (wasm, batch) = match consumer {
-            Consumer::Worker => (guest("worker"), 10),
-            Consumer::Scripted => (guest("scripted"), 10),
-        };
-        std::fs::write(
-            &manifest,
-            format!(
-                r#"
-[host]
-data_dir = "data"
-listen = "127.0.0.1:0"
-shutdown_timeout = "3s"
-{storage_line}
-
-[queues.jobs]
-
-[components.consumer]
-source = "{wasm}"
-consumer = {{ queue = "jobs", max_batch_size = {batch}, max_batch_timeout = 0, max_concurrency = 2, max_retries = 5 }}
-limits = {{ timeout = "1s" }}
-"#,
-                wasm = wasm.display(),
-            ),
-        )
-        .unwrap();
-        let mut command = host_run(&manifest);
+        let settings = common::Consumer::on("jobs")
+            .max_batch_size(10)
+            .max_batch_timeout(0)
+            .max_concurrency(2)
+            .max_retries(5);
+        let mut manifest = Manifest::new().host("shutdown_timeout", "3s");
+        if let StorageFrom::Manifest = from {
+            manifest = manifest.host("storage", storage);
+        }
+        let manifest = manifest.queue("jobs").component(
+            Component::new("consumer", guest_path(guest))
+                .consumer(settings)
+                .limit("timeout", "1s"),
+        );
         // The notification listener says at debug level when it listens (again).
-        command.env("WASMQ_LOG", "info,wasmq_engine::postgres::listen=debug");
+        let mut run = HostRun::manifest(&manifest)
+            .env("WASMQ_LOG", "info,wasmq_engine::postgres::listen=debug");
         if let StorageFrom::Env = from {
-            command.env("WASMQ_STORAGE", storage);
+            run = run.env("WASMQ_STORAGE", storage);
         }
         Self {
             index,
-            spawned: Spawned::spawn(command),
-            dir,
+            spawned: run.spawn(),
         }
     }
 
@@ -117,7 +101,6 @@ limits = {{ timeout = "1s" }}
         Host {
             index: self.index,
             process,
-            _dir: self.dir,
         }
     }
 }
@@ -141,8 +124,7 @@ fn start_hosts(first: usize, count: usize, storage: &str, consumer: Consumer) ->
 impl Host {
     /// SIGKILL: no shutdown, no settling; its leases stay in the database until they expire.
     fn kill(&mut self) {
-        self.process.child.kill().unwrap();
-        self.process.child.wait().unwrap();
+        self.process.kill();
     }
 
     /// Still running (not exited)?
@@ -572,6 +554,10 @@ struct Attempted {
 /// `unavailable`; the hosts recover by themselves; every acknowledged message is delivered
 /// and acked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario told in order: load, restart the server, recover, check every message"
+)]
 async fn hosts_ride_out_a_database_restart() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();

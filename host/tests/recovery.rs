@@ -3,7 +3,7 @@
 //! back with its attempt counted; a message that kills the host every time still ends in its
 //! dead-letter queue after `max_retries`.
 
-mod common;
+pub mod common;
 
 use std::path::Path;
 use std::process::ExitStatus;
@@ -11,115 +11,47 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{HostProcess, guest, host_run};
+use common::{Component, Consumer, HostProcess, HostRun, Manifest, guest_path};
 
-/// A folder with a manifest whose `jobs` queue is consumed by the `scripted` guest, and whose
-/// host waits `shutdown_timeout` for running batches.
-fn manifest_dir(consumer: &str, shutdown_timeout: &str) -> tempfile::TempDir {
+/// A folder with a manifest whose `jobs` queue is consumed by the `scripted` guest as
+/// `consumer` says, and whose host waits `shutdown_timeout` for running batches.
+fn manifest_dir(consumer: Consumer, shutdown_timeout: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("manifest.toml"),
-        format!(
-            r#"
-[host]
-data_dir = "data"
-listen = "127.0.0.1:0"
-shutdown_timeout = "{shutdown_timeout}"
-
-[queues.jobs]
-[queues.jobs-dlq]
-
-[components.scripted]
-source = "{}"
-consumer = {{ queue = "jobs", {consumer} }}
-limits = {{ timeout = "60s" }}
-"#,
-            guest("scripted").display()
-        ),
-    )
-    .unwrap();
+    Manifest::new()
+        .host("shutdown_timeout", shutdown_timeout)
+        .queue("jobs")
+        .queue("jobs-dlq")
+        .component(
+            Component::new("scripted", guest_path("scripted"))
+                .consumer(consumer)
+                .limit("timeout", "60s"),
+        )
+        .write(dir.path());
     dir
 }
 
-/// A running `host run` child on a folder made by [`manifest_dir`].
-struct Host {
-    process: HostProcess,
+/// A `host run` child on a folder made by [`manifest_dir`].
+fn start(dir: &Path) -> HostProcess {
+    HostRun::new(&dir.join("manifest.toml")).start()
 }
 
-impl Host {
-    fn start(dir: &Path) -> Self {
-        Self {
-            process: HostProcess::start(host_run(&dir.join("manifest.toml"))),
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        self.process.signal(signal);
-    }
-
-    fn wait_log(&self, needle: &str) {
-        self.process.wait_log(needle);
-    }
-
-    /// Waits for the exit; returns the status and every line logged.
-    fn wait(mut self, within: Duration) -> (ExitStatus, Vec<String>) {
-        let status = self.process.wait_exit(within);
-        let log = self.process.log.lock().unwrap();
-        (status, log.iter().map(|(_, line)| line.clone()).collect())
-    }
-
-    fn queue(&self, name: &str) -> Value {
-        let text = http("GET", &format!("{}/queues/{name}", self.process.url), None);
-        let value: Value = serde_json::from_str(&text).unwrap();
-        value["result"].clone()
-    }
-
-    fn send_batch(&self, bodies: &[&str]) {
-        let messages: Vec<Value> = bodies
-            .iter()
-            .map(|b| json!({"body": b, "content_type": "text"}))
-            .collect();
-        let answer = http(
-            "POST",
-            &format!("{}/queues/jobs/messages/batch", self.process.url),
-            Some(json!({ "messages": messages })),
-        );
-        assert!(answer.contains("\"success\":true"), "{answer}");
-    }
-
-    /// Waits until `check` holds for queue `name`.
-    fn wait_queue(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let q = self.queue(name);
-            if check(&q) {
-                return q;
-            }
-            assert!(Instant::now() < deadline, "`{name}` never {what}: {q}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// Waits for the exit; returns the status and every line logged.
+fn wait(mut host: HostProcess, within: Duration) -> (ExitStatus, Vec<String>) {
+    let status = host.wait_exit(within);
+    (status, host.lines())
 }
 
-/// A blocking HTTP call with `curl`-like simplicity over reqwest's blocking-free API: a tiny
-/// runtime per call keeps these tests synchronous.
-fn http(method: &str, url: &str, body: Option<Value>) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let request = match method {
-            "GET" => client.get(url),
-            _ => client.post(url),
-        };
-        let request = match body {
-            Some(body) => request.json(&body),
-            None => request,
-        };
-        request.send().await.unwrap().text().await.unwrap()
-    })
+/// Sends text messages with `bodies` to `jobs` in one batch.
+fn send_batch(host: &HostProcess, bodies: &[&str]) {
+    let messages: Vec<Value> = bodies
+        .iter()
+        .map(|b| json!({"body": b, "content_type": "text"}))
+        .collect();
+    let answer = host.post_json(
+        "/queues/jobs/messages/batch",
+        &json!({ "messages": messages }),
+    );
+    assert!(answer.contains("\"success\":true"), "{answer}");
 }
 
 fn attempts_logged(log: &[String], attempt: u32) -> usize {
@@ -131,18 +63,19 @@ fn attempts_logged(log: &[String], attempt: u32) -> usize {
 
 #[test]
 fn sigterm_mid_load_finishes_running_batches_and_exits_0() {
-    let dir = manifest_dir(
-        "max_batch_size = 10, max_batch_timeout = 0, max_concurrency = 2",
-        "20s",
-    );
-    let host = Host::start(dir.path());
+    let consumer = Consumer::on("jobs")
+        .max_batch_size(10)
+        .max_batch_timeout(0)
+        .max_concurrency(2);
+    let dir = manifest_dir(consumer, "20s");
+    let host = start(dir.path());
     let bodies = vec!["sleep:30"; 100];
     for chunk in bodies.chunks(50) {
-        host.send_batch(chunk);
+        send_batch(&host, chunk);
     }
     host.wait_queue("jobs", "got busy", |q| q["metrics"]["in_flight"] != 0);
     host.signal("-TERM");
-    let (status, log) = host.wait(Duration::from_secs(20));
+    let (status, log) = wait(host, Duration::from_secs(20));
     assert!(status.success(), "exit status {status}");
     assert!(
         log.iter()
@@ -156,12 +89,12 @@ fn sigterm_mid_load_finishes_running_batches_and_exits_0() {
         "{handled} handled before the stop"
     );
 
-    let host = Host::start(dir.path());
+    let host = start(dir.path());
     let q = host.wait_queue("jobs", "drained", |q| q["metrics"]["acked"] == 100);
     assert_eq!(q["metrics"]["retried"], 0, "{q}");
     assert_eq!(q["metrics"]["backlog"]["count"], 0, "{q}");
     host.signal("-INT");
-    let (status, log) = host.wait(Duration::from_secs(20));
+    let (status, log) = wait(host, Duration::from_secs(20));
     assert!(status.success());
     assert_eq!(attempts_logged(&log, 2), 0);
     assert_eq!(attempts_logged(&log, 1), 100 - handled);
@@ -171,13 +104,13 @@ fn sigterm_mid_load_finishes_running_batches_and_exits_0() {
 /// deadline (it is redelivered after the next start) and exits cleanly, with no panic.
 #[test]
 fn sigterm_while_a_guest_sleeps_exits_cleanly_at_the_deadline() {
-    let dir = manifest_dir("max_batch_timeout = 0", "1s");
-    let host = Host::start(dir.path());
-    host.send_batch(&["sleep:30000"]);
+    let dir = manifest_dir(Consumer::on("jobs").max_batch_timeout(0), "1s");
+    let host = start(dir.path());
+    send_batch(&host, &["sleep:30000"]);
     host.wait_log("attempt 1: sleep:30000");
     let signalled = Instant::now();
     host.signal("-TERM");
-    let (status, log) = host.wait(Duration::from_secs(10));
+    let (status, log) = wait(host, Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");
     assert!(signalled.elapsed() < Duration::from_secs(5));
     let log = log.join("\n");
@@ -187,22 +120,23 @@ fn sigterm_while_a_guest_sleeps_exits_cleanly_at_the_deadline() {
 
 #[test]
 fn after_sigkill_in_flight_messages_come_back_with_the_attempt_counted() {
-    let dir = manifest_dir(
-        "max_batch_size = 5, max_batch_timeout = 0, max_concurrency = 2",
-        "20s",
-    );
-    let host = Host::start(dir.path());
-    host.send_batch(&vec!["sleep:100"; 40]);
+    let consumer = Consumer::on("jobs")
+        .max_batch_size(5)
+        .max_batch_timeout(0)
+        .max_concurrency(2);
+    let dir = manifest_dir(consumer, "20s");
+    let host = start(dir.path());
+    send_batch(&host, &vec!["sleep:100"; 40]);
     let q = host.wait_queue("jobs", "got busy", |q| q["metrics"]["in_flight"] != 0);
     assert!(q["metrics"]["in_flight"].as_u64().unwrap() <= 10, "{q}");
     host.signal("-KILL");
-    host.wait(Duration::from_secs(5));
+    wait(host, Duration::from_secs(5));
 
-    let host = Host::start(dir.path());
+    let host = start(dir.path());
     let q = host.wait_queue("jobs", "drained", |q| q["metrics"]["acked"] == 40);
     assert_eq!(q["metrics"]["backlog"]["count"], 0, "{q}");
     host.signal("-INT");
-    let (status, log) = host.wait(Duration::from_secs(20));
+    let (status, log) = wait(host, Duration::from_secs(20));
     assert!(status.success());
     // The batches killed in flight come back once each, as attempt 2, and count as retries.
     let second = attempts_logged(&log, 2);
@@ -213,20 +147,22 @@ fn after_sigkill_in_flight_messages_come_back_with_the_attempt_counted() {
 
 #[test]
 fn a_message_that_kills_the_host_every_time_ends_in_the_dead_letter_queue() {
-    let dir = manifest_dir(
-        "max_batch_size = 1, max_batch_timeout = 0, max_retries = 1, dead_letter_queue = \"jobs-dlq\"",
-        "20s",
-    );
-    let host = Host::start(dir.path());
-    host.send_batch(&["sleep:600000"]);
+    let consumer = Consumer::on("jobs")
+        .max_batch_size(1)
+        .max_batch_timeout(0)
+        .max_retries(1)
+        .dead_letter_queue("jobs-dlq");
+    let dir = manifest_dir(consumer, "20s");
+    let host = start(dir.path());
+    send_batch(&host, &["sleep:600000"]);
     // Attempts 1 and 2 (max_retries = 1) each die with the host.
     let mut host = host;
     for attempt in 1..=2 {
         host.wait_log(&format!("attempt {attempt}: sleep:600000"));
         host.signal("-KILL");
-        let (_, log) = host.wait(Duration::from_secs(5));
+        let (_, log) = wait(host, Duration::from_secs(5));
         assert_eq!(attempts_logged(&log, attempt), 1, "attempt {attempt}");
-        host = Host::start(dir.path());
+        host = start(dir.path());
     }
     host.wait_queue("jobs-dlq", "received it", |q| {
         q["metrics"]["backlog"]["count"] == 1
@@ -235,6 +171,6 @@ fn a_message_that_kills_the_host_every_time_ends_in_the_dead_letter_queue() {
     assert_eq!(jobs["metrics"]["backlog"]["count"], 0, "{jobs}");
     assert_eq!(jobs["metrics"]["dead_lettered"], 1, "{jobs}");
     host.signal("-INT");
-    let (status, log) = host.wait(Duration::from_secs(20));
+    let (status, log) = wait(host, Duration::from_secs(20));
     assert!(status.success(), "{status}: {log:#?}");
 }

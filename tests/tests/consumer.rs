@@ -2,122 +2,46 @@
 //! `scripts/build-guests.sh`) run by the real wasmtime runtime against a real redb file,
 //! driven through the scriptable guest.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
-use wasmq_host::dispatch::{ConsumerStats, Delivery, Dispatcher};
-use wasmq_host::engine::{
-    self, Broker, ConsumerSettings, LeaseOptions, Outcome, QueueSettings, RedbOptions, SendRequest,
-    Storage,
-};
-use wasmq_host::runtime::{
-    ComponentLimits, ComponentOptions, ConsumerComponent, Failure, Runtime, SendTarget,
-};
-use wasmq_tests::guest;
+use wasmq_host::dispatch::ConsumerStats;
+use wasmq_host::engine::{ConsumerSettings, SendRequest};
+use wasmq_host::runtime::{ComponentLimits, ComponentOptions, ConsumerComponent, Failure, Runtime};
+use wasmq_tests::{RunningDispatcher, TestConsumer, TestHost};
 
-struct Setup {
-    broker: Arc<dyn Broker>,
-    dispatcher: Dispatcher,
-    _dir: TempDir,
+/// Queues `dlq` and `out`, and `jobs` (carrying `consumer`'s settings) consumed by the
+/// scripted guest with `limits`, its binding `OUT` sending to `out`.
+async fn setup(consumer: ConsumerSettings, limits: ComponentLimits) -> TestHost {
+    let scripted = TestConsumer::guest("scripted")
+        .settings(consumer)
+        .limits(limits)
+        .bind("OUT", "out");
+    TestHost::builder()
+        .queue("dlq")
+        .queue("out")
+        .consumer("jobs", scripted)
+        .build()
+        .await
 }
 
-async fn setup(consumer: ConsumerSettings, limits: ComponentLimits) -> Setup {
-    let dir = TempDir::new().unwrap();
-    let broker: Arc<dyn Broker> = engine::open(Storage::redb(
-        dir.path().join("q.redb"),
-        RedbOptions::default(),
-    ))
-    .await
-    .unwrap();
-    broker
-        .create_queue("dlq", QueueSettings::default())
-        .await
-        .unwrap();
-    broker
-        .create_queue("out", QueueSettings::default())
-        .await
-        .unwrap();
-    let settings = QueueSettings {
-        consumer: consumer.clone(),
-        ..QueueSettings::default()
-    };
-    broker.create_queue("jobs", settings).await.unwrap();
-    let target = SendTarget {
-        publisher: Arc::new(broker.clone()),
-        bindings: Arc::new(BTreeMap::from([("OUT".to_owned(), "out".to_owned())])),
-    };
-    let runtime = Runtime::new().unwrap();
-    let options = ComponentOptions {
-        limits,
-        send_target: Some(target),
-        ..ComponentOptions::default()
-    };
-    let component =
-        ConsumerComponent::new(&runtime, "scripted", &guest("scripted"), options).unwrap();
-    let dispatcher = Dispatcher::new(broker.clone(), "jobs", consumer, component);
-    Setup {
-        broker,
-        dispatcher,
-        _dir: dir,
-    }
-}
-
-async fn default_setup() -> Setup {
+async fn default_setup() -> TestHost {
     setup(ConsumerSettings::default(), ComponentLimits::default()).await
 }
 
-impl Setup {
-    async fn send(&self, scripts: &[&str]) {
-        let batch = scripts.iter().map(|s| SendRequest::text(*s)).collect();
-        self.broker.send_batch("jobs", batch, None).await.unwrap();
-    }
-
-    async fn deliver(&self) -> Delivery {
-        self.dispatcher
-            .deliver_one()
-            .await
-            .unwrap()
-            .expect("a batch")
-    }
-
-    async fn attempts_waiting(&self, queue: &str) -> Vec<(String, u32)> {
-        let leased = self
-            .broker
-            .lease(queue, LeaseOptions::new(100, 60_000))
-            .await
-            .unwrap();
-        let out = leased
-            .iter()
-            .map(|m| {
-                (
-                    String::from_utf8(m.message.body.clone()).unwrap(),
-                    m.message.attempts,
-                )
-            })
-            .collect();
-        let retries = leased
-            .iter()
-            .map(|m| {
-                (
-                    m.lease,
-                    Outcome::Retry {
-                        delay_seconds: Some(0),
-                    },
-                )
-            })
-            .collect();
-        self.broker.settle(queue, retries).await.unwrap();
-        out
+/// Batches of one message, delivered as soon as it is visible.
+fn one_message_batches() -> ConsumerSettings {
+    ConsumerSettings {
+        max_batch_size: 1,
+        max_batch_timeout: 0,
+        ..ConsumerSettings::default()
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn implicit_ack_when_handle_returns_ok() {
     let s = default_setup().await;
-    s.send(&["noop", "print:hello", "noop"]).await;
-    let d = s.deliver().await;
+    s.send_texts("jobs", &["noop", "print:hello", "noop"]).await;
+    let d = s.deliver("jobs").await;
     assert_eq!(d.run.failure, None);
     assert_eq!(d.report.acked, 3);
     assert!(
@@ -131,12 +55,12 @@ async fn implicit_ack_when_handle_returns_ok() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_ack_survives_a_failed_batch() {
     let s = default_setup().await;
-    s.send(&["ack", "fail:boom"]).await;
-    let d = s.deliver().await;
+    s.send_texts("jobs", &["ack", "fail:boom"]).await;
+    let d = s.deliver("jobs").await;
     assert_eq!(d.run.failure, Some(Failure::Error("boom".into())));
     assert_eq!((d.report.acked, d.report.retried), (1, 1));
     assert_eq!(
-        s.attempts_waiting("jobs").await,
+        s.lease_and_retry("jobs").await,
         [("fail:boom".to_owned(), 2)]
     );
 }
@@ -144,13 +68,13 @@ async fn explicit_ack_survives_a_failed_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_retry_with_delay_and_retry_all() {
     let s = default_setup().await;
-    s.send(&["retry:30", "noop"]).await;
-    let d = s.deliver().await;
+    s.send_texts("jobs", &["retry:30", "noop"]).await;
+    let d = s.deliver("jobs").await;
     assert_eq!((d.report.acked, d.report.retried), (1, 1));
     assert_eq!(s.broker.metrics("jobs").await.unwrap().delayed, 1);
 
-    s.send(&["ack", "retry-all:0"]).await;
-    let d = s.deliver().await;
+    s.send_texts("jobs", &["ack", "retry-all:0"]).await;
+    let d = s.deliver("jobs").await;
     assert_eq!((d.report.acked, d.report.retried), (1, 1));
 }
 
@@ -173,8 +97,8 @@ async fn precedence_cases_through_a_real_guest() {
     ];
     for (bodies, expected) in cases {
         let s = default_setup().await;
-        s.send(bodies).await;
-        let d = s.deliver().await;
+        s.send_texts("jobs", bodies).await;
+        let d = s.deliver("jobs").await;
         let acked = expected.matches('A').count() as u32;
         let retried = expected.matches('R').count() as u32;
         assert_eq!(
@@ -184,7 +108,7 @@ async fn precedence_cases_through_a_real_guest() {
         );
         // Which ones: the retried bodies are the ones still waiting.
         let mut waiting: Vec<_> = s
-            .attempts_waiting("jobs")
+            .lease_and_retry("jobs")
             .await
             .into_iter()
             .map(|m| m.0)
@@ -208,8 +132,8 @@ async fn retries_exhausted_without_a_dead_letter_queue_drop_the_message() {
         ..ConsumerSettings::default()
     };
     let s = setup(consumer, ComponentLimits::default()).await;
-    s.send(&["fail"]).await;
-    let d = s.deliver().await;
+    s.send_texts("jobs", &["fail"]).await;
+    let d = s.deliver("jobs").await;
     assert_eq!((d.report.dropped, d.report.retried), (1, 0));
     let m = s.broker.metrics("jobs").await.unwrap();
     assert_eq!((m.dropped, m.backlog.count), (1, 0));
@@ -228,8 +152,8 @@ async fn an_out_of_range_retry_delay_fails_the_batch_and_never_acks() {
         ),
     ] {
         let s = default_setup().await;
-        s.send(&bodies).await;
-        let d = s.deliver().await;
+        s.send_texts("jobs", &bodies).await;
+        let d = s.deliver("jobs").await;
         match &d.run.failure {
             Some(Failure::Trap(text)) => assert!(
                 text.contains(call) && text.contains("over the maximum of 86400"),
@@ -238,7 +162,7 @@ async fn an_out_of_range_retry_delay_fails_the_batch_and_never_acks() {
             other => panic!("{bodies:?}: expected a trap naming the call, got {other:?}"),
         }
         assert_eq!((d.report.acked, d.report.retried), (1, 2), "{bodies:?}");
-        let mut waiting = s.attempts_waiting("jobs").await;
+        let mut waiting = s.lease_and_retry("jobs").await;
         waiting.sort();
         assert_eq!(
             waiting,
@@ -253,8 +177,8 @@ async fn an_out_of_range_retry_delay_fails_the_batch_and_never_acks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_flood_fails_the_batch() {
     let s = default_setup().await;
-    s.send(&["noop", "ack-times:100000"]).await;
-    let d = s.deliver().await;
+    s.send_texts("jobs", &["noop", "ack-times:100000"]).await;
+    let d = s.deliver("jobs").await;
     match &d.run.failure {
         Some(Failure::Trap(text)) => assert!(
             text.contains(&format!(
@@ -273,8 +197,8 @@ async fn a_call_flood_fails_the_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trap_fails_the_batch_and_the_host_keeps_serving() {
     let s = default_setup().await;
-    s.send(&["ack", "trap:kaboom"]).await;
-    let d = s.deliver().await;
+    s.send_texts("jobs", &["ack", "trap:kaboom"]).await;
+    let d = s.deliver("jobs").await;
     assert!(
         matches!(d.run.failure, Some(Failure::Trap(_))),
         "{:?}",
@@ -284,14 +208,14 @@ async fn trap_fails_the_batch_and_the_host_keeps_serving() {
     assert_eq!((d.report.acked, d.report.retried), (1, 1));
 
     assert_eq!(
-        s.attempts_waiting("jobs").await,
+        s.lease_and_retry("jobs").await,
         [("trap:kaboom".to_owned(), 2)]
     );
 
     // The same component serves the next batch normally.
     s.broker.purge("jobs").await.unwrap();
-    s.send(&["noop"]).await;
-    let d = s.deliver().await;
+    s.send_texts("jobs", &["noop"]).await;
+    let d = s.deliver("jobs").await;
     assert_eq!((d.run.failure, d.report.acked), (None, 1));
 }
 
@@ -302,9 +226,9 @@ async fn time_limit_interrupts_an_endless_loop() {
         ..ComponentLimits::default()
     };
     let s = setup(ConsumerSettings::default(), limits).await;
-    s.send(&["loop"]).await;
+    s.send_texts("jobs", &["loop"]).await;
     let started = std::time::Instant::now();
-    let d = s.deliver().await;
+    let d = s.deliver("jobs").await;
     assert_eq!(d.run.failure, Some(Failure::Timeout));
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(d.report.retried, 1);
@@ -319,9 +243,9 @@ async fn time_limit_holds_while_the_guest_sleeps_in_a_host_call() {
         ..ComponentLimits::default()
     };
     let s = setup(ConsumerSettings::default(), limits).await;
-    s.send(&["ack", "sleep:20000"]).await;
+    s.send_texts("jobs", &["ack", "sleep:20000"]).await;
     let started = Instant::now();
-    let d = s.deliver().await;
+    let d = s.deliver("jobs").await;
     let took = started.elapsed();
     assert_eq!(d.run.failure, Some(Failure::Timeout));
     assert_eq!((d.report.acked, d.report.retried), (1, 1));
@@ -339,8 +263,8 @@ async fn memory_limit_stops_a_runaway_allocation() {
         ..ComponentLimits::default()
     };
     let s = setup(ConsumerSettings::default(), limits).await;
-    s.send(&["oom"]).await;
-    let d = s.deliver().await;
+    s.send_texts("jobs", &["oom"]).await;
+    let d = s.deliver("jobs").await;
     assert!(
         matches!(d.run.failure, Some(Failure::Trap(_))),
         "{:?}",
@@ -357,20 +281,21 @@ async fn retries_exhausted_move_to_the_dead_letter_queue() {
         ..ConsumerSettings::default()
     };
     let s = setup(consumer, ComponentLimits::default()).await;
-    s.send(&["fail"]).await;
-    assert_eq!(s.deliver().await.report.retried, 1);
-    assert_eq!(s.deliver().await.report.dead_lettered, 1);
-    assert_eq!(s.attempts_waiting("dlq").await, [("fail".to_owned(), 1)]);
+    s.send_texts("jobs", &["fail"]).await;
+    assert_eq!(s.deliver("jobs").await.report.retried, 1);
+    assert_eq!(s.deliver("jobs").await.report.dead_lettered, 1);
+    assert_eq!(s.lease_and_retry("dlq").await, [("fail".to_owned(), 1)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_fans_out_to_its_bindings_only() {
     let s = default_setup().await;
-    s.send(&["send:OUT:hello;send-batch:OUT:3:n{i}"]).await;
-    let d = s.deliver().await;
+    s.send_texts("jobs", &["send:OUT:hello;send-batch:OUT:3:n{i}"])
+        .await;
+    let d = s.deliver("jobs").await;
     assert_eq!(d.run.failure, None);
     let mut out: Vec<_> = s
-        .attempts_waiting("out")
+        .lease_and_retry("out")
         .await
         .into_iter()
         .map(|m| m.0)
@@ -378,8 +303,8 @@ async fn consumer_fans_out_to_its_bindings_only() {
     out.sort();
     assert_eq!(out, ["hello", "n0", "n1", "n2"]);
 
-    s.send(&["send:NOPE:x"]).await;
-    let d = s.deliver().await;
+    s.send_texts("jobs", &["send:NOPE:x"]).await;
+    let d = s.deliver("jobs").await;
     assert!(
         matches!(&d.run.failure, Some(Failure::Error(e)) if e.contains("UnknownBinding")),
         "{:?}",
@@ -394,19 +319,12 @@ async fn dispatcher_flushes_on_size_and_on_timeout() {
         max_batch_timeout: 1,
         ..ConsumerSettings::default()
     };
-    let s = setup(consumer, ComponentLimits::default()).await;
-    let Setup {
-        broker, dispatcher, ..
-    } = s;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(dispatcher.run(stopped));
+    let mut s = setup(consumer, ComponentLimits::default()).await;
+    let running = RunningDispatcher::start(s.take_dispatcher("jobs"));
+    let broker = &s.broker;
 
     // Two messages wait for the batch timeout (1 s); the third fills the batch at once.
-    let batch = ["noop", "noop"]
-        .iter()
-        .map(|b| SendRequest::text(*b))
-        .collect();
-    broker.send_batch("jobs", batch, None).await.unwrap();
+    s.send_texts("jobs", &["noop", "noop"]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         broker.metrics("jobs").await.unwrap().acked,
@@ -422,12 +340,8 @@ async fn dispatcher_flushes_on_size_and_on_timeout() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let batch = ["noop", "noop", "noop"]
-        .iter()
-        .map(|b| SendRequest::text(*b))
-        .collect();
     let sent = std::time::Instant::now();
-    broker.send_batch("jobs", batch, None).await.unwrap();
+    s.send_texts("jobs", &["noop", "noop", "noop"]).await;
     while broker.metrics("jobs").await.unwrap().acked < 5 {
         assert!(
             std::time::Instant::now() < deadline,
@@ -440,27 +354,21 @@ async fn dispatcher_flushes_on_size_and_on_timeout() {
         "a full batch waited for the timeout"
     );
 
-    stop.send(true).unwrap();
-    running.await.unwrap();
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_concurrency_batches_run_at_once_and_never_more() {
-    let consumer = ConsumerSettings {
-        max_batch_size: 1,
-        max_batch_timeout: 0,
-        ..ConsumerSettings::default()
-    };
-    let s = setup(consumer, ComponentLimits::default()).await;
-    let Setup {
-        broker, dispatcher, ..
-    } = s;
+    let mut s = setup(one_message_batches(), ComponentLimits::default()).await;
     let (observe, mut started) = tokio::sync::mpsc::unbounded_channel();
-    let dispatcher = dispatcher.with_concurrency(4).observe(observe);
+    let dispatcher = s
+        .take_dispatcher("jobs")
+        .with_concurrency(4)
+        .observe(observe);
+    let broker = &s.broker;
     let batch = (0..8).map(|_| SendRequest::text("sleep:400")).collect();
     broker.send_batch("jobs", batch, None).await.unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(dispatcher.run(stopped));
+    let running = RunningDispatcher::start(dispatcher);
 
     let mut starts = Vec::new();
     for _ in 0..8 {
@@ -485,8 +393,7 @@ async fn max_concurrency_batches_run_at_once_and_never_more() {
             .map(|at| at.duration_since(first))
             .collect::<Vec<_>>()
     );
-    stop.send(true).unwrap();
-    running.await.unwrap();
+    running.stop().await;
     assert_eq!(broker.metrics("jobs").await.unwrap().acked, 8);
 }
 
@@ -525,19 +432,12 @@ async fn a_core_module_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_scales_up_with_the_backlog_and_back_down_when_it_drains() {
-    let consumer = ConsumerSettings {
-        max_batch_size: 1,
-        max_batch_timeout: 0,
-        ..ConsumerSettings::default()
-    };
-    let s = setup(consumer, ComponentLimits::default()).await;
-    let Setup {
-        broker, dispatcher, ..
-    } = s;
+    let mut s = setup(one_message_batches(), ComponentLimits::default()).await;
     let stats = ConsumerStats::default();
-    let dispatcher = dispatcher.with_concurrency(4).with_stats(stats.clone());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(dispatcher.run(stopped));
+    let dispatcher = s.take_dispatcher("jobs");
+    let running =
+        RunningDispatcher::start(dispatcher.with_concurrency(4).with_stats(stats.clone()));
+    let broker = &s.broker;
     let level = || stats.concurrency("scripted", "jobs");
     let acked = || async { broker.metrics("jobs").await.unwrap().acked };
 
@@ -571,6 +471,5 @@ async fn concurrency_scales_up_with_the_backlog_and_back_down_when_it_drains() {
         assert!(Instant::now() < deadline, "level stays at {}", level());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    stop.send(true).unwrap();
-    running.await.unwrap();
+    running.stop().await;
 }

@@ -2,20 +2,13 @@
 //! memories, output floods). Each must fail its own batch within its limits while the host
 //! and the other queues carry on, and no message may be lost or dropped for it.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tempfile::TempDir;
-use wasmq_host::dispatch::Dispatcher;
-use wasmq_host::engine::{
-    self, Broker, ConsumerSettings, QueueSettings, RedbOptions, SendRequest, Storage,
-};
+use wasmq_host::engine::SendRequest;
 use wasmq_host::runtime::{
     ComponentLimits, ComponentOptions, ConsumerComponent, Failure, Runtime, RuntimeConfig,
-    SendTarget,
 };
-use wasmq_tests::guest;
+use wasmq_tests::{TestConsumer, TestHost, guest};
 
 /// A consumer component in WebAssembly text whose `handle` runs `body` (a core function
 /// body taking the batch handle and returning a pointer) in a core module that also holds
@@ -57,51 +50,27 @@ fn rss() -> u64 {
 }
 
 /// A broker with a queue `bomb` consumed by `wasm` and a queue `good` consumed by the scripted
-/// guest, both on one runtime (pooling allocator or not).
-struct Host {
-    broker: Arc<dyn Broker>,
-    bomb: Dispatcher,
-    good: Dispatcher,
-    _dir: TempDir,
-}
-
-async fn host(wasm: &[u8], pooling: bool) -> Host {
-    let dir = TempDir::new().unwrap();
-    let path = dir.path().join("q.redb");
-    let broker: Arc<dyn Broker> = engine::open(Storage::redb(path, RedbOptions::default()))
-        .await
-        .unwrap();
-    for queue in ["bomb", "good"] {
-        broker
-            .create_queue(queue, QueueSettings::default())
-            .await
-            .unwrap();
-    }
-    let runtime = Runtime::with_config(&RuntimeConfig {
-        pooling_allocator: pooling,
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
-    let options = ComponentOptions {
-        limits: ComponentLimits {
-            timeout: Duration::from_secs(5),
-            ..ComponentLimits::default()
-        },
-        send_target: Some(SendTarget {
-            publisher: Arc::new(broker.clone()),
-            bindings: Arc::new(BTreeMap::new()),
-        }),
-        ..ComponentOptions::default()
+/// guest, both on one runtime (pooling allocator or not), each with a 5 s time limit.
+async fn host(wasm: &[u8], pooling: bool) -> TestHost {
+    let limits = ComponentLimits {
+        timeout: Duration::from_secs(5),
+        ..ComponentLimits::default()
     };
-    let settings = ConsumerSettings::default();
-    let bomb = ConsumerComponent::new(&runtime, "bomb", wasm, options.clone()).unwrap();
-    let good = ConsumerComponent::new(&runtime, "good", &guest("scripted"), options).unwrap();
-    Host {
-        bomb: Dispatcher::new(broker.clone(), "bomb", settings.clone(), bomb),
-        good: Dispatcher::new(broker.clone(), "good", settings, good),
-        broker,
-        _dir: dir,
-    }
+    TestHost::builder()
+        .runtime(RuntimeConfig {
+            pooling_allocator: pooling,
+            ..RuntimeConfig::default()
+        })
+        .consumer(
+            "bomb",
+            TestConsumer::wasm("bomb", wasm.to_vec()).limits(limits),
+        )
+        .consumer(
+            "good",
+            TestConsumer::wasm("good", guest("scripted")).limits(limits),
+        )
+        .build()
+        .await
 }
 
 /// One bomb at a time: resident memory is the whole test process's.
@@ -118,7 +87,7 @@ async fn detonate(wasm: &[u8], pooling: bool) -> (String, u64) {
         .await
         .unwrap();
     let before = rss();
-    let d = h.bomb.deliver_one().await.unwrap().expect("a bomb batch");
+    let d = h.deliver("bomb").await;
     let grew = rss().saturating_sub(before);
     let text = match d.run.failure {
         Some(Failure::Trap(text)) => text,
@@ -129,7 +98,7 @@ async fn detonate(wasm: &[u8], pooling: bool) -> (String, u64) {
     let m = h.broker.metrics("bomb").await.unwrap();
     assert_eq!(m.backlog.count, 1);
     // The other queue keeps flowing.
-    let d = h.good.deliver_one().await.unwrap().expect("a good batch");
+    let d = h.deliver("good").await;
     assert_eq!((d.run.failure, d.report.acked), (None, 1));
     (text, grew)
 }
@@ -213,7 +182,7 @@ async fn an_output_flood_is_split_and_bounded() {
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let d = h.bomb.deliver_one().await.unwrap().expect("a batch");
+    let d = h.deliver("bomb").await;
     assert_eq!(d.run.failure, None);
     let kept: usize = d.run.output.iter().map(String::len).sum();
     assert!(kept <= 128 * 1024, "kept {kept} bytes of output");
@@ -249,24 +218,13 @@ async fn a_full_instance_pool_makes_a_batch_wait_without_an_attempt() {
         }
     }
     let (runtime, component) = smallest.expect("a pool that holds one instance");
-    let dir = TempDir::new().unwrap();
-    let broker: Arc<dyn Broker> = engine::open(Storage::redb(
-        dir.path().join("q.redb"),
-        RedbOptions::default(),
-    ))
-    .await
-    .unwrap();
-    broker
-        .create_queue("jobs", QueueSettings::default())
-        .await
-        .unwrap();
+    let host = TestHost::builder()
+        .consumer("jobs", TestConsumer::loaded(component.clone()))
+        .build()
+        .await;
+    let broker = &host.broker;
     broker.send("jobs", SendRequest::text("ack")).await.unwrap();
-    let dispatcher = Dispatcher::new(
-        broker.clone(),
-        "jobs",
-        ConsumerSettings::default(),
-        component.clone(),
-    );
+    let dispatcher = host.dispatcher("jobs");
 
     let held = component.instantiate().await.expect("the one slot");
     let refused = dispatcher.deliver_one().await;

@@ -14,25 +14,28 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use wasmq_host::engine::{Broker, LeaseOptions, SendRequest};
-use wasmq_host::manifest;
-use wasmq_host::run::{self, RunningHost};
-use wasmq_tests::{guest_path, postgres};
+use wasmq_host::run::RunningHost;
+use wasmq_tests::manifest::{Component, Consumer, Manifest, Queue, Table};
+use wasmq_tests::{guest, guest_path, postgres, start_host};
 
 struct Swappable {
     dir: TempDir,
-    /// Extra lines of the `[host]` table (the storage).
-    host_lines: String,
+    /// The `[host]` table's storage, if not the default.
+    storage: Option<String>,
 }
 
 impl Swappable {
     fn new() -> Self {
-        Self::with_host_lines("")
-    }
-
-    fn with_host_lines(host_lines: &str) -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
-            host_lines: host_lines.to_owned(),
+            storage: None,
+        }
+    }
+
+    fn with_storage(url: &str) -> Self {
+        Self {
+            storage: Some(url.to_owned()),
+            ..Self::new()
         }
     }
 
@@ -44,28 +47,29 @@ impl Swappable {
         self.dir.path().join("consumer.wasm")
     }
 
-    /// Writes the manifest: the swappable consumer on `jobs`, plus `extra`.
-    fn write_manifest(&self, extra: &str) {
-        let text = format!(
-            r#"
-[host]
-data_dir = "data"
-listen = "127.0.0.1:0"
-{host_lines}
+    /// The manifest: the swappable consumer on `jobs`, forwarding to `handled-by-v2`.
+    fn manifest(&self) -> Manifest {
+        let mut manifest = Manifest::new();
+        if let Some(url) = &self.storage {
+            manifest = manifest.host("storage", url.as_str());
+        }
+        let consumer = Consumer::on("jobs")
+            .max_batch_size(10)
+            .max_batch_timeout(0)
+            .max_concurrency(2);
+        manifest
+            .queue("jobs")
+            .queue(Queue::new("handled-by-v2").pull_consumer(Table::new()))
+            .component(
+                Component::new("consumer", "consumer.wasm")
+                    .consumer(consumer)
+                    .producer("OUT", "handled-by-v2"),
+            )
+    }
 
-[queues.jobs]
-[queues.handled-by-v2]
-pull_consumer = {{}}
-
-[components.consumer]
-source = "consumer.wasm"
-consumer = {{ queue = "jobs", max_batch_size = 10, max_batch_timeout = 0, max_concurrency = 2 }}
-producers = {{ OUT = "handled-by-v2" }}
-{extra}
-"#,
-            host_lines = self.host_lines
-        );
-        replace_file(&self.manifest_path(), text.as_bytes());
+    /// Writes `manifest` in place of the host's.
+    fn write_manifest(&self, manifest: &Manifest) {
+        manifest.write(self.dir.path());
     }
 
     /// Puts `bytes` in place of the consumer's file, atomically (as a build tool would).
@@ -74,10 +78,7 @@ producers = {{ OUT = "handled-by-v2" }}
     }
 
     async fn start(&self) -> RunningHost {
-        let manifest = manifest::load(&self.manifest_path()).unwrap();
-        run::start(&manifest)
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}"))
+        start_host(&self.manifest_path()).await
     }
 }
 
@@ -88,11 +89,11 @@ fn replace_file(path: &Path, bytes: &[u8]) {
 }
 
 fn v1() -> Vec<u8> {
-    std::fs::read(guest_path("worker")).expect("build the guests with scripts/build-guests.sh")
+    guest("worker")
 }
 
 fn v2() -> Vec<u8> {
-    std::fs::read(guest_path("fanout")).expect("build the guests with scripts/build-guests.sh")
+    guest("fanout")
 }
 
 /// Waits until `queue` has no message left and none in flight.
@@ -148,11 +149,11 @@ async fn swapping_under_load_loses_nothing_and_new_batches_use_the_new_version()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapping_under_load_on_postgresql() {
     let (url, _database) = postgres::fresh_database(&postgres::url());
-    swap_under_load(Swappable::with_host_lines(&format!("storage = \"{url}\""))).await;
+    swap_under_load(Swappable::with_storage(&url)).await;
 }
 
 async fn swap_under_load(setup: Swappable) {
-    setup.write_manifest("");
+    setup.write_manifest(&setup.manifest());
     setup.install(&v1());
     let host = setup.start().await;
     let broker = host.broker();
@@ -228,26 +229,22 @@ async fn swap_under_load(setup: Swappable) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_edits_start_and_stop_consumers_queues_and_producers() {
     let setup = Swappable::new();
-    setup.write_manifest("");
+    setup.write_manifest(&setup.manifest());
     setup.install(&v1());
     let host = setup.start().await;
     let broker = host.broker();
-    let extra = format!(
-        r#"
-[queues.extra]
-
-[components.extra-worker]
-source = "{worker}"
-consumer = {{ queue = "extra", max_batch_timeout = 0 }}
-
-[components.hook]
-source = "{webhook}"
-route = "/hook"
-producers = {{ JOBS = "extra" }}
-"#,
-        worker = guest_path("worker").display(),
-        webhook = guest_path("webhook").display(),
-    );
+    let extra = setup
+        .manifest()
+        .queue("extra")
+        .component(
+            Component::new("extra-worker", guest_path("worker"))
+                .consumer(Consumer::on("extra").max_batch_timeout(0)),
+        )
+        .component(
+            Component::new("hook", guest_path("webhook"))
+                .route("/hook")
+                .producer("JOBS", "extra"),
+        );
     setup.write_manifest(&extra);
     let report = host.reload().await.unwrap();
     assert_eq!(report.queues_created, ["extra"]);
@@ -267,7 +264,7 @@ producers = {{ JOBS = "extra" }}
     assert_eq!(broker.metrics("extra").await.unwrap().acked, 1);
 
     // Removing them: the consumer stops, the route is gone, the queue stays.
-    setup.write_manifest("[queues.extra]\n");
+    setup.write_manifest(&setup.manifest().queue("extra"));
     let report = host.reload().await.unwrap();
     assert_eq!(report.stopped, ["extra-worker", "hook"]);
     let response = reqwest::Client::new()
@@ -299,7 +296,7 @@ producers = {{ JOBS = "extra" }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_swaps_when_the_file_changes() {
     let setup = Swappable::new();
-    setup.write_manifest("");
+    setup.write_manifest(&setup.manifest());
     setup.install(&v1());
     let mut host = setup.start().await;
     host.watch().unwrap();

@@ -4,37 +4,20 @@
 //! to a small HTTP server on the loopback interface started by each test.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use wasmq_host::dispatch::{Delivery, Dispatcher};
-use wasmq_host::engine::{self, Broker, ConsumerSettings, QueueSettings, RedbOptions, Storage};
+use wasmq_host::dispatch::Delivery;
 use wasmq_host::engine::{LeaseOptions, SendRequest};
-use wasmq_host::manifest;
 use wasmq_host::runtime::AllowedHost;
 use wasmq_host::runtime::{ComponentLimits, ComponentOptions, ConsumerComponent, Failure, Runtime};
+use wasmq_tests::manifest::{Component, Consumer, Manifest};
+use wasmq_tests::{TestConsumer, TestHost, guest, guest_path, start_host};
 
 const BODY: &str = "hello from the test server";
-
-fn guest_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../guest-examples/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"))
-}
-
-fn guest(name: &str) -> Vec<u8> {
-    let path = guest_path(name);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; build the guests with scripts/build-guests.sh",
-            path.display()
-        )
-    })
-}
 
 /// How the test server answers.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -128,57 +111,18 @@ impl Drop for TestServer {
     }
 }
 
-struct Setup {
-    broker: Arc<dyn Broker>,
-    dispatcher: Dispatcher,
-    _dir: TempDir,
+/// A queue `jobs` consumed by the scripted guest, which may reach `allowed_outbound_hosts`.
+async fn setup(allowed_outbound_hosts: Vec<AllowedHost>, limits: ComponentLimits) -> TestHost {
+    let scripted = TestConsumer::guest("scripted")
+        .limits(limits)
+        .allow_outbound(allowed_outbound_hosts);
+    TestHost::builder().consumer("jobs", scripted).build().await
 }
 
-async fn setup(allowed_outbound_hosts: Vec<AllowedHost>, limits: ComponentLimits) -> Setup {
-    let dir = TempDir::new().unwrap();
-    let broker: Arc<dyn Broker> = engine::open(Storage::redb(
-        dir.path().join("q.redb"),
-        RedbOptions::default(),
-    ))
-    .await
-    .unwrap();
-    broker
-        .create_queue("jobs", QueueSettings::default())
-        .await
-        .unwrap();
-    let runtime = Runtime::new().unwrap();
-    let options = ComponentOptions {
-        limits,
-        allowed_outbound_hosts,
-        ..ComponentOptions::default()
-    };
-    let component =
-        ConsumerComponent::new(&runtime, "scripted", &guest("scripted"), options).unwrap();
-    let dispatcher = Dispatcher::new(
-        broker.clone(),
-        "jobs",
-        ConsumerSettings::default(),
-        component,
-    );
-    Setup {
-        broker,
-        dispatcher,
-        _dir: dir,
-    }
-}
-
-impl Setup {
-    async fn run(&self, script: &str) -> Delivery {
-        self.broker
-            .send_batch("jobs", vec![SendRequest::text(script)], None)
-            .await
-            .unwrap();
-        self.dispatcher
-            .deliver_one()
-            .await
-            .unwrap()
-            .expect("a batch")
-    }
+/// Sends `script` to `jobs` and delivers it.
+async fn run(s: &TestHost, script: &str) -> Delivery {
+    s.send_texts("jobs", &[script]).await;
+    s.deliver("jobs").await
 }
 
 fn error_text(delivery: &Delivery) -> String {
@@ -195,9 +139,7 @@ fn error_text(delivery: &Delivery) -> String {
 async fn an_allowed_origin_is_reached() {
     let server = TestServer::start(Answer::Body).await;
     let s = setup(vec![server.allowed()], ComponentLimits::default()).await;
-    let d = s
-        .run(&format!("http-get:{}/hook?n=1;ack", server.origin()))
-        .await;
+    let d = run(&s, &format!("http-get:{}/hook?n=1;ack", server.origin())).await;
     assert_eq!(d.run.failure, None, "{:?}", d.run.output);
     assert!(
         d.run.output.contains(&format!("http-get 200 {BODY}")),
@@ -208,7 +150,7 @@ async fn an_allowed_origin_is_reached() {
     assert_eq!((d.report.acked, d.report.retried), (1, 0));
 
     // The same component (a fresh store per batch) does it again.
-    let d = s.run(&format!("http-get:{}/again", server.origin())).await;
+    let d = run(&s, &format!("http-get:{}/again", server.origin())).await;
     assert_eq!(d.run.failure, None, "{:?}", d.run.output);
     assert_eq!(server.requests().len(), 2);
 }
@@ -217,9 +159,11 @@ async fn an_allowed_origin_is_reached() {
 async fn without_allowed_hosts_every_request_is_denied() {
     let server = TestServer::start(Answer::Body).await;
     let s = setup(Vec::new(), ComponentLimits::default()).await;
-    let d = s
-        .run(&format!("http-get:{}/hook;print:after", server.origin()))
-        .await;
+    let d = run(
+        &s,
+        &format!("http-get:{}/hook;print:after", server.origin()),
+    )
+    .await;
     let error = error_text(&d);
     assert!(error.contains("HttpRequestDenied"), "{error}");
     assert!(error.starts_with("http failed: "), "{error}");
@@ -243,19 +187,18 @@ async fn an_origin_on_another_port_or_scheme_is_denied() {
         ComponentLimits::default(),
     )
     .await;
-    let d = s.run(&format!("http-get:{}/hook", server.origin())).await;
+    let d = run(&s, &format!("http-get:{}/hook", server.origin())).await;
     let error = error_text(&d);
     assert!(error.contains("HttpRequestDenied"), "{error}");
     assert!(server.requests().is_empty(), "{:?}", server.requests());
     assert!(other.requests().is_empty(), "{:?}", other.requests());
 
     // `localhost` is another origin than `127.0.0.1`, even where it resolves to it.
-    let d = s
-        .run(&format!(
-            "http-get:http://localhost:{}/",
-            server.addr.port()
-        ))
-        .await;
+    let d = run(
+        &s,
+        &format!("http-get:http://localhost:{}/", server.addr.port()),
+    )
+    .await;
     assert!(error_text(&d).contains("HttpRequestDenied"));
     assert!(server.requests().is_empty(), "{:?}", server.requests());
 }
@@ -272,7 +215,7 @@ async fn a_component_importing_wasi_http_loads_with_nothing_allowed() {
         .expect("a component importing wasi:http loads");
     // And runs when it makes no request.
     let s = setup(Vec::new(), ComponentLimits::default()).await;
-    let d = s.run("print:no request").await;
+    let d = run(&s, "print:no request").await;
     assert_eq!(d.run.failure, None, "{:?}", d.run.output);
 }
 
@@ -288,7 +231,7 @@ async fn the_time_limit_holds_while_waiting_for_a_response() {
         };
         let s = setup(vec![server.allowed()], limits).await;
         let started = Instant::now();
-        let d = s.run(&format!("http-get:{}/slow", server.origin())).await;
+        let d = run(&s, &format!("http-get:{}/slow", server.origin())).await;
         assert_eq!(d.run.failure, Some(Failure::Timeout), "{:?}", d.run.output);
         assert!(
             started.elapsed() < Duration::from_secs(10),
@@ -306,32 +249,24 @@ async fn the_manifest_allows_per_component() {
     let server = TestServer::start(Answer::Body).await;
     let dir = TempDir::new().unwrap();
     let source = guest_path("scripted");
-    let text = format!(
-        r#"
-[host]
-data_dir = "data"
-listen = "127.0.0.1:0"
-
-[queues.allowed]
-[queues.denied]
-[queues.dead]
-
-[components.allowed]
-source = "{source}"
-consumer = {{ queue = "allowed", max_batch_size = 1 }}
-allowed_outbound_hosts = ["{origin}"]
-
-[components.denied]
-source = "{source}"
-consumer = {{ queue = "denied", max_batch_size = 1, max_retries = 0, dead_letter_queue = "dead" }}
-"#,
-        source = source.display(),
-        origin = server.origin(),
-    );
-    let path = dir.path().join("manifest.toml");
-    std::fs::write(&path, text).unwrap();
-    let manifest = manifest::load(&path).unwrap();
-    let host = wasmq_host::run::start(&manifest).await.unwrap();
+    let manifest = Manifest::new()
+        .queue("allowed")
+        .queue("denied")
+        .queue("dead")
+        .component(
+            Component::new("allowed", &source)
+                .consumer(Consumer::on("allowed").max_batch_size(1))
+                .set("allowed_outbound_hosts", vec![server.origin()]),
+        )
+        .component(
+            Component::new("denied", &source).consumer(
+                Consumer::on("denied")
+                    .max_batch_size(1)
+                    .max_retries(0)
+                    .dead_letter_queue("dead"),
+            ),
+        );
+    let host = start_host(&manifest.write(dir.path())).await;
     let broker = host.broker();
     let script = |path: &str| SendRequest::text(format!("http-get:{}/{path}", server.origin()));
     broker

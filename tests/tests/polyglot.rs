@@ -7,17 +7,12 @@
 //! test binary and shared by the tests (a component holds no per-test state: the workers send
 //! nothing, so they get no send target).
 
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use tempfile::TempDir;
-use tokio::sync::mpsc;
-use wasmq_host::dispatch::{Delivery, Dispatcher};
-use wasmq_host::engine::{
-    self, Broker, ConsumerSettings, ContentType, LeaseOptions, Message, Outcome, QueueSettings,
-    RedbOptions, SendRequest, Storage,
-};
+use wasmq_host::dispatch::Delivery;
+use wasmq_host::engine::{ConsumerSettings, ContentType, Message, SendRequest};
 use wasmq_host::runtime::{ComponentOptions, ConsumerComponent, Runtime};
+use wasmq_tests::{TestConsumer, TestHost, guest, polyglot_guest};
 
 /// Characters of a body the workers show before cutting it with `…`.
 const MAX_BODY_CHARS: usize = 200;
@@ -25,8 +20,8 @@ const MAX_BODY_CHARS: usize = 200;
 /// One guest language.
 #[derive(Clone, Copy)]
 struct Lang {
-    /// The component's file in `guest-examples/target/polyglot/`.
-    file: &'static str,
+    /// The component's bytes.
+    wasm: fn() -> Vec<u8>,
     /// What the worker's lines start with.
     prefix: &'static str,
     component: &'static OnceLock<ConsumerComponent>,
@@ -37,18 +32,18 @@ static JS_COMPONENT: OnceLock<ConsumerComponent> = OnceLock::new();
 static RUST_COMPONENT: OnceLock<ConsumerComponent> = OnceLock::new();
 
 const PYTHON: Lang = Lang {
-    file: "polyglot/worker-py.wasm",
+    wasm: || polyglot_guest("worker-py"),
     prefix: "[worker-py]",
     component: &PYTHON_COMPONENT,
 };
 const JS: Lang = Lang {
-    file: "polyglot/worker-js.wasm",
+    wasm: || polyglot_guest("worker-js"),
     prefix: "[worker-js]",
     component: &JS_COMPONENT,
 };
 /// The Rust original, for comparison (built by `scripts/build-guests.sh`).
 const RUST: Lang = Lang {
-    file: "wasm32-wasip2/release/worker.wasm",
+    wasm: || guest("worker"),
     prefix: "[worker]",
     component: &RUST_COMPONENT,
 };
@@ -58,86 +53,35 @@ impl Lang {
     fn component(self) -> ConsumerComponent {
         self.component
             .get_or_init(|| {
-                let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../guest-examples/target")
-                    .join(self.file);
-                let build = if self.file.starts_with("polyglot/") {
-                    "scripts/build-polyglot-guests.sh"
-                } else {
-                    "scripts/build-guests.sh"
-                };
-                let wasm = std::fs::read(&path)
-                    .unwrap_or_else(|e| panic!("{}: {e}; run {build}", path.display()));
                 let runtime = Runtime::new().unwrap();
+                let wasm = (self.wasm)();
                 ConsumerComponent::new(&runtime, self.prefix, &wasm, ComponentOptions::default())
-                    .unwrap_or_else(|e| panic!("loading {}: {e:#}", path.display()))
+                    .unwrap_or_else(|e| panic!("loading {}: {e:#}", self.prefix))
             })
             .clone()
     }
 }
 
-struct Setup {
-    broker: Arc<dyn Broker>,
-    dispatcher: Dispatcher,
-    started: mpsc::UnboundedReceiver<wasmq_host::dispatch::BatchStarted>,
-    _dir: TempDir,
-}
-
 /// A redb broker with a queue `jobs` (batches of up to 100) consumed by `lang`'s worker.
-async fn setup(lang: Lang) -> Setup {
+async fn setup(lang: Lang) -> TestHost {
     let component = tokio::task::spawn_blocking(move || lang.component())
         .await
         .unwrap();
-    let dir = TempDir::new().unwrap();
-    let broker: Arc<dyn Broker> = engine::open(Storage::redb(
-        dir.path().join("q.redb"),
-        RedbOptions::default(),
-    ))
-    .await
-    .unwrap();
     let consumer = ConsumerSettings {
         max_batch_size: 100,
         ..ConsumerSettings::default()
     };
-    let settings = QueueSettings {
-        consumer: consumer.clone(),
-        ..QueueSettings::default()
-    };
-    broker.create_queue("jobs", settings).await.unwrap();
-    let (observer, started) = mpsc::unbounded_channel();
-    let dispatcher = Dispatcher::new(broker.clone(), "jobs", consumer, component).observe(observer);
-    Setup {
-        broker,
-        dispatcher,
-        started,
-        _dir: dir,
-    }
+    let worker = TestConsumer::loaded(component)
+        .settings(consumer)
+        .observed();
+    TestHost::builder().consumer("jobs", worker).build().await
 }
 
-impl Setup {
-    async fn send(&self, requests: Vec<SendRequest>) {
-        self.broker
-            .send_batch("jobs", requests, None)
-            .await
-            .unwrap();
-    }
-
-    /// Delivers one batch; returns it with the messages the component was handed.
-    async fn deliver(&mut self) -> (Delivery, Vec<Message>) {
-        let delivery = self
-            .dispatcher
-            .deliver_one()
-            .await
-            .unwrap()
-            .expect("a batch");
-        let messages = self
-            .started
-            .recv()
-            .await
-            .expect("the batch's start")
-            .messages;
-        (delivery, messages)
-    }
+/// Delivers one batch of `jobs`; returns it with the messages the component was handed.
+async fn deliver(s: &mut TestHost) -> (Delivery, Vec<Message>) {
+    let delivery = s.deliver("jobs").await;
+    let started = s.started("jobs").recv().await.expect("the batch's start");
+    (delivery, started.messages)
 }
 
 /// What the Rust `worker` shows of a body (a copy of its `preview`): lossy UTF-8, control
@@ -194,8 +138,8 @@ async fn prints_one_line_per_message_and_acks(lang: Lang) {
     let mut s = setup(lang).await;
     let requests = tricky_bodies();
     let n = requests.len() as u32;
-    s.send(requests).await;
-    let (d, messages) = s.deliver().await;
+    s.send("jobs", requests).await;
+    let (d, messages) = deliver(&mut s).await;
     assert_eq!(d.run.failure, None, "{:?}", d.run.output);
     assert_eq!(messages.len() as u32, n);
     assert_eq!(d.report.acked, n);
@@ -207,20 +151,9 @@ async fn prints_one_line_per_message_and_acks(lang: Lang) {
 /// A message leased and retried once by hand is delivered with `attempt 2`.
 async fn shows_the_attempt(lang: Lang) {
     let mut s = setup(lang).await;
-    s.send(vec![SendRequest::text("again")]).await;
-    let leased = s
-        .broker
-        .lease("jobs", LeaseOptions::new(10, 60_000))
-        .await
-        .unwrap();
-    let retry = Outcome::Retry {
-        delay_seconds: Some(0),
-    };
-    s.broker
-        .settle("jobs", vec![(leased[0].lease, retry)])
-        .await
-        .unwrap();
-    let (d, messages) = s.deliver().await;
+    s.send_texts("jobs", &["again"]).await;
+    s.lease_and_retry("jobs").await;
+    let (d, messages) = deliver(&mut s).await;
     assert_eq!(d.run.failure, None, "{:?}", d.run.output);
     assert_eq!(d.report.acked, 1);
     assert_eq!(messages[0].attempts, 2);
@@ -239,8 +172,8 @@ async fn handles_a_full_batch(lang: Lang) {
     let requests = (0..100)
         .map(|i| SendRequest::text(format!("message {i}")))
         .collect();
-    s.send(requests).await;
-    let (d, messages) = s.deliver().await;
+    s.send("jobs", requests).await;
+    let (d, messages) = deliver(&mut s).await;
     assert_eq!(d.run.failure, None, "{:?}", d.run.output);
     assert_eq!(d.report.acked, 100);
     let expected: Vec<String> = messages.iter().map(|m| expected_line(lang, m)).collect();

@@ -6,14 +6,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use wasmq_host::manifest;
 use wasmq_host::run::{self, RunningHost};
-use wasmq_tests::{guest_path, postgres};
+use wasmq_tests::manifest::{Component, Consumer, Manifest, Queue, Table};
+use wasmq_tests::{guest_path, postgres, start_host};
 
 const TOKEN: &str = "s3cret-token";
 
-/// A host started from a manifest with the `webhook` producer on `/webhook` (queueing into
-/// `incoming`), `fanout` moving `incoming` to the pull queue `jobs`, and `extra` appended.
+/// A host started in process, with a client for its HTTP server.
 struct Host {
     host: RunningHost,
     url: String,
@@ -21,42 +20,28 @@ struct Host {
     _dir: TempDir,
 }
 
-async fn start(host_lines: &str, extra: &str) -> Host {
+/// The `webhook` producer on `/webhook` (queueing into `incoming`), and `fanout` moving
+/// `incoming` to the pull queue `jobs`; a pull queue `other` besides.
+fn pipeline() -> Manifest {
+    Manifest::new()
+        .queue(Queue::new("incoming").set("dedup_window", 60u32))
+        .queue(Queue::new("jobs").pull_consumer(Table::new()))
+        .queue(Queue::new("other").pull_consumer(Table::new()))
+        .component(
+            Component::new("webhook", guest_path("webhook"))
+                .route("/webhook")
+                .producer("JOBS", "incoming"),
+        )
+        .component(
+            Component::new("fanout", guest_path("fanout"))
+                .producer("OUT", "jobs")
+                .consumer(Consumer::on("incoming").max_batch_timeout(0)),
+        )
+}
+
+async fn start(manifest: Manifest) -> Host {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        r#"
-[host]
-data_dir = "data"
-listen = "127.0.0.1:0"
-{host_lines}
-
-[queues.incoming]
-dedup_window = 60
-[queues.jobs]
-pull_consumer = {{}}
-[queues.other]
-pull_consumer = {{}}
-
-[components.webhook]
-source = "{webhook}"
-route = "/webhook"
-producers = {{ JOBS = "incoming" }}
-
-[components.fanout]
-source = "{fanout}"
-producers = {{ OUT = "jobs" }}
-consumer = {{ queue = "incoming", max_batch_timeout = 0 }}
-{extra}
-"#,
-        webhook = guest_path("webhook").display(),
-        fanout = guest_path("fanout").display(),
-    );
-    let path = dir.path().join("manifest.toml");
-    std::fs::write(&path, &text).unwrap();
-    let manifest = manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let host = run::start(&manifest)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let host = start_host(&manifest.write(dir.path())).await;
     Host {
         url: format!("http://{}", host.addr()),
         host,
@@ -159,17 +144,11 @@ async fn stalled_body_post(addr: std::net::SocketAddr, path: &str) -> (String, D
 /// blocked reading the body, is cut off at its deadline and the client gets 504.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_ends_at_the_time_limit() {
-    let extra = format!(
-        r#"
-[components.slowhook]
-source = "{webhook}"
-route = "/slow"
-producers = {{ JOBS = "incoming" }}
-limits = {{ timeout = "500ms" }}
-"#,
-        webhook = guest_path("webhook").display(),
-    );
-    let host = start("", &extra).await;
+    let slowhook = Component::new("slowhook", guest_path("webhook"))
+        .route("/slow")
+        .producer("JOBS", "incoming")
+        .limit("timeout", "500ms");
+    let host = start(pipeline().component(slowhook)).await;
     let (answer, waited) = stalled_body_post(host.host.addr(), "/slow").await;
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
     assert!(answer.contains("component_timeout"), "{answer}");
@@ -186,18 +165,12 @@ limits = {{ timeout = "500ms" }}
 /// host's other routes and its consumers carry on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_route_answers_503_and_the_rest_of_the_host_carries_on() {
-    let extra = format!(
-        r#"
-[components.slowhook]
-source = "{webhook}"
-route = "/slow"
-route_max_concurrency = 2
-producers = {{ JOBS = "incoming" }}
-limits = {{ timeout = "3s" }}
-"#,
-        webhook = guest_path("webhook").display(),
-    );
-    let host = start("", &extra).await;
+    let slowhook = Component::new("slowhook", guest_path("webhook"))
+        .route("/slow")
+        .set("route_max_concurrency", 2u32)
+        .producer("JOBS", "incoming")
+        .limit("timeout", "3s");
+    let host = start(pipeline().component(slowhook)).await;
     let addr = host.host.addr();
     // Two clients stall mid-body: both of the route's slots are taken until the time limit.
     let stalled: Vec<_> = (0..2)
@@ -238,20 +211,20 @@ fn sorted(mut values: Vec<Value>) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_queues_json_that_a_consumer_then_sees() {
-    webhook_pipeline("").await;
+    webhook_pipeline(pipeline()).await;
 }
 
 /// The same pipeline with the queues in PostgreSQL instead of redb.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_pipeline_runs_the_same_on_postgresql() {
     let (url, _database) = postgres::fresh_database(&postgres::url());
-    webhook_pipeline(&format!("storage = \"{url}\"")).await;
+    webhook_pipeline(pipeline().host("storage", url)).await;
 }
 
-/// Webhook → `incoming` → fanout → pull queue `jobs`, on a host whose `[host]` table also has
-/// `host_lines`.
-async fn webhook_pipeline(host_lines: &str) {
-    let host = start(host_lines, "").await;
+/// Webhook → `incoming` → fanout → pull queue `jobs`, on a host started from `manifest` (a
+/// [`pipeline`]).
+async fn webhook_pipeline(manifest: Manifest) {
+    let host = start(manifest).await;
 
     let (status, answer) = host.post("/webhook", r#"{"order": 42}"#).await;
     assert_eq!(status, 202, "{answer}");
@@ -281,7 +254,7 @@ async fn webhook_pipeline(host_lines: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_answers_and_store_nothing() {
-    let host = start("", "").await;
+    let host = start(pipeline()).await;
 
     let (status, answer) = host.post("/webhook", "{not json").await;
     assert_eq!(status, 400);
@@ -341,20 +314,15 @@ async fn bad_requests_get_clear_answers_and_store_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_queues_a_webhook_once() {
+    let direct = Queue::new("incoming-direct")
+        .set("dedup_window", 60u32)
+        .pull_consumer(Table::new());
     let host = start(
-        "",
-        r#"
-[components.direct]
-source = "WEBHOOK"
-route = "/direct"
-producers = { JOBS = "incoming-direct" }
-
-[queues.incoming-direct]
-dedup_window = 60
-pull_consumer = {}
-"#
-        .replace("WEBHOOK", &guest_path("webhook").display().to_string())
-        .as_str(),
+        pipeline().queue(direct).component(
+            Component::new("direct", guest_path("webhook"))
+                .route("/direct")
+                .producer("JOBS", "incoming-direct"),
+        ),
     )
     .await;
     let post = |key: &'static str| {
@@ -375,25 +343,21 @@ pull_consumer = {}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_match_exact_then_longest_prefix_and_can_require_the_token() {
-    let webhook = guest_path("webhook").display().to_string();
-    let host = start(
-        &format!("api_token = \"{TOKEN}\""),
-        &format!(
-            r#"
-[components.hooks]
-source = "{webhook}"
-route = "/hooks/..."
-producers = {{ JOBS = "jobs" }}
-
-[components.special]
-source = "{webhook}"
-route = "/hooks/special"
-route_requires_token = true
-producers = {{ JOBS = "other" }}
-"#
-        ),
-    )
-    .await;
+    let webhook = guest_path("webhook");
+    let manifest = pipeline()
+        .host("api_token", TOKEN)
+        .component(
+            Component::new("hooks", &webhook)
+                .route("/hooks/...")
+                .producer("JOBS", "jobs"),
+        )
+        .component(
+            Component::new("special", &webhook)
+                .route("/hooks/special")
+                .set("route_requires_token", true)
+                .producer("JOBS", "other"),
+        );
+    let host = start(manifest).await;
 
     // Producer routes are public unless they say otherwise; the API is not.
     assert_eq!(host.post("/hooks/github", r#"{"n": 1}"#).await.0, 202);
@@ -428,20 +392,11 @@ producers = {{ JOBS = "other" }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_producer_answers_500_and_the_host_keeps_serving() {
     // 1 MiB of memory is less than the guest's initial memory: every instantiation fails.
-    let host = start(
-        "",
-        &format!(
-            r#"
-[components.starved]
-source = "{}"
-route = "/starved"
-producers = {{ JOBS = "jobs" }}
-limits = {{ memory = "1MiB" }}
-"#,
-            guest_path("webhook").display()
-        ),
-    )
-    .await;
+    let starved = Component::new("starved", guest_path("webhook"))
+        .route("/starved")
+        .producer("JOBS", "jobs")
+        .limit("memory", "1MiB");
+    let host = start(pipeline().component(starved)).await;
     let (status, answer) = host.post("/starved", "{}").await;
     assert_eq!(status, 500, "{answer}");
     assert_eq!(answer["errors"][0]["code"], "component_failed");
@@ -459,27 +414,15 @@ limits = {{ memory = "1MiB" }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_component_on_a_route_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("manifest.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[host]
-data_dir = "data"
-listen = "127.0.0.1:0"
-
-[queues.jobs]
-
-[components.worker]
-source = "{}"
-route = "/worker"
-producers = {{ JOBS = "jobs" }}
-"#,
-            guest_path("worker").display()
-        ),
-    )
-    .unwrap();
-    let manifest = manifest::load(&path).unwrap();
+    let path = Manifest::new()
+        .queue("jobs")
+        .component(
+            Component::new("worker", guest_path("worker"))
+                .route("/worker")
+                .producer("JOBS", "jobs"),
+        )
+        .write(dir.path());
+    let manifest = wasmq_host::manifest::load(&path).unwrap();
     let err = match run::start(&manifest).await {
         Ok(_) => panic!("a consumer served as a producer"),
         Err(err) => format!("{err:#}"),

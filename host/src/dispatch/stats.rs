@@ -201,4 +201,45 @@ mod tests {
         assert_eq!(stats.batches("worker", "jobs"), (2, 1));
         assert_eq!(stats.batches("worker", "other"), (0, 0));
     }
+
+    #[test]
+    fn failures_are_counted_by_kind_and_the_concurrency_gauge_follows_the_last_level() {
+        let stats = ConsumerStats::default();
+        for failure in [
+            Failure::Error("boom".into()),
+            Failure::Trap("wasm trap: unreachable".into()),
+            Failure::Trap("wanted 70000000 bytes of memory".into()),
+            Failure::Trap("unreachable again".into()),
+            Failure::HostBusy("no instance slot free".into()),
+        ] {
+            stats.record("worker", "jobs", Duration::ZERO, Some(&failure));
+        }
+        assert_eq!(stats.concurrency("worker", "jobs"), 0);
+        stats.set_concurrency("worker", "jobs", 3);
+        stats.set_concurrency("worker", "jobs", 2);
+        assert_eq!(stats.concurrency("worker", "jobs"), 2);
+        assert_eq!(stats.concurrency("worker", "other"), 0, "unknown consumer");
+        let mut text = String::new();
+        stats.write_prometheus(&mut text);
+        let kinds: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("wasmq_consumer_failures_total{"))
+            .collect();
+        let labels = "component=\"worker\",queue=\"jobs\"";
+        assert_eq!(
+            kinds,
+            [
+                format!("wasmq_consumer_failures_total{{{labels},kind=\"error\"}} 1"),
+                format!("wasmq_consumer_failures_total{{{labels},kind=\"host_busy\"}} 1"),
+                format!("wasmq_consumer_failures_total{{{labels},kind=\"out_of_memory\"}} 1"),
+                format!("wasmq_consumer_failures_total{{{labels},kind=\"trap\"}} 2"),
+            ]
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == format!("wasmq_consumer_concurrency{{{labels}}} 2")),
+            "{text}"
+        );
+        assert_eq!(stats.batches("worker", "jobs"), (0, 5));
+    }
 }

@@ -1,77 +1,102 @@
-//! What the tests that run the real `host` binary share: the example guests, and `host run`
-//! child processes whose output is collected line by line.
-
-// Each test file uses its own part of this module.
-#![allow(dead_code)]
+//! What the tests that run the real `host` binary share: [`HostRun`] says how to start
+//! `host run` (on which manifest, with what environment), [`HostProcess`] is the running child
+//! (its address, its output line by line, signals, its queues over HTTP), and the example
+//! guests and the manifest builder come from `wasmq-testkit`, as for the end-to-end tests.
+//!
+//! Each test file declares this module `pub mod common;` and uses its own part of it (public
+//! items of a public module are not dead code where a file leaves some unused).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub use wasmq_testkit::guests::guest_path;
+pub use wasmq_testkit::manifest::{Component, Consumer, Manifest, Queue, Table};
+
 /// The `host` binary under test.
 pub const HOST: &str = env!("CARGO_BIN_EXE_host");
-
-/// The path of example component `name`; panics with how to build it when it is missing.
-pub fn guest(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../guest-examples/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-guests.sh",
-        path.display()
-    );
-    path
-}
-
-/// Writes `dir/manifest.toml`: a `[host]` table with `data_dir = "data"` and a free loopback
-/// port, followed by `rest` (more `[host]` keys first, if any, then other tables).
-pub fn write_manifest(dir: &Path, rest: &str) -> PathBuf {
-    let path = dir.join("manifest.toml");
-    let text = format!("[host]\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n{rest}");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 /// A line of a host's output (stderr, and stdout after the announcement) and when the test
 /// read it.
 pub type LogLine = (Instant, String);
 
-/// A `host run` child that has not announced its address yet.
-pub struct Spawned {
-    child: Child,
-    announcement: std::sync::mpsc::Receiver<String>,
-    log: Arc<Mutex<Vec<LogLine>>>,
+/// How to start `host run`: the manifest, the environment and limits. Its output is piped, its
+/// colours are off, and it takes no token or storage from the test's environment.
+pub struct HostRun {
+    manifest: PathBuf,
+    /// The manifest's folder, when the host owns it.
+    dir: Option<TempDir>,
+    env: Vec<(String, String)>,
+    file_limit: Option<u32>,
 }
 
-/// A running `host run` child; killed when dropped, so a failed test leaves none behind.
-pub struct HostProcess {
-    /// The process.
-    pub child: Child,
-    /// `http://127.0.0.1:PORT`, from its announcement.
-    pub url: String,
-    /// Everything it logged so far.
-    pub log: Arc<Mutex<Vec<LogLine>>>,
-}
+impl HostRun {
+    /// `host run MANIFEST`, on a file the test keeps (to restart a host on the same data, say).
+    pub fn new(manifest: &Path) -> Self {
+        Self {
+            manifest: manifest.to_owned(),
+            dir: None,
+            env: Vec::new(),
+            file_limit: None,
+        }
+    }
 
-/// `host run MANIFEST` with its output piped and no token or storage from this environment.
-pub fn host_run(manifest: &Path) -> Command {
-    let mut command = Command::new(HOST);
-    command
-        .arg("run")
-        .arg(manifest)
-        .env("NO_COLOR", "1")
-        .env_remove("WASMQ_API_TOKEN")
-        .env_remove("WASMQ_STORAGE");
-    command
-}
+    /// `host run` on `manifest`, written to a temporary folder that lives as long as the host.
+    pub fn manifest(manifest: &Manifest) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = manifest.write(dir.path());
+        Self {
+            dir: Some(dir),
+            ..Self::new(&path)
+        }
+    }
 
-impl Spawned {
-    /// Starts `command` (a [`host_run`]) and collects its output.
-    pub fn spawn(mut command: Command) -> Self {
-        let mut child = command
+    /// Sets an environment variable of the host.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Lowers the host's open-file limit (soft and hard) to `files`, with `prlimit`.
+    pub fn file_limit(mut self, files: u32) -> Self {
+        self.file_limit = Some(files);
+        self
+    }
+
+    /// The command, for tests that run it themselves (to read a failed start's output).
+    pub fn command(&self) -> Command {
+        let mut command = match self.file_limit {
+            Some(files) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit
+                    .arg(format!("--nofile={files}:{files}"))
+                    .arg("--")
+                    .arg(HOST);
+                prlimit
+            }
+            None => Command::new(HOST),
+        };
+        command
+            .arg("run")
+            .arg(&self.manifest)
+            .env("NO_COLOR", "1")
+            .env_remove("WASMQ_API_TOKEN")
+            .env_remove("WASMQ_STORAGE");
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command
+    }
+
+    /// Starts the host and collects its output; [`Spawned::ready`] waits until it listens.
+    pub fn spawn(self) -> Spawned {
+        let mut child = self
+            .command()
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -90,13 +115,29 @@ impl Spawned {
         let stderr = BufReader::new(child.stderr.take().unwrap());
         let stderr_log = log.clone();
         std::thread::spawn(move || collect(stderr, &stderr_log));
-        Self {
+        Spawned {
             child,
             announcement,
             log,
+            dir: self.dir,
         }
     }
 
+    /// Starts the host and waits (up to 60 s) until it listens.
+    pub fn start(self) -> HostProcess {
+        self.spawn().ready(Duration::from_secs(60))
+    }
+}
+
+/// A `host run` child that has not announced its address yet (several can start at once).
+pub struct Spawned {
+    child: Child,
+    announcement: std::sync::mpsc::Receiver<String>,
+    log: Arc<Mutex<Vec<LogLine>>>,
+    dir: Option<TempDir>,
+}
+
+impl Spawned {
     /// Waits for `wasmq host listening on http://…` on stdout; panics with the host's log if
     /// it does not come within `within`.
     pub fn ready(mut self, within: Duration) -> HostProcess {
@@ -118,6 +159,7 @@ impl Spawned {
             child: self.child,
             url,
             log: self.log,
+            _dir: self.dir,
         }
     }
 }
@@ -133,15 +175,27 @@ fn text(log: &Mutex<Vec<LogLine>>) -> String {
     log.iter().map(|(_, line)| format!("{line}\n")).collect()
 }
 
-impl HostProcess {
-    /// Starts `command` and waits (up to 60 s) until the host listens.
-    pub fn start(command: Command) -> Self {
-        Spawned::spawn(command).ready(Duration::from_secs(60))
-    }
+/// A running `host run` child; killed when dropped, so a failed test leaves none behind.
+pub struct HostProcess {
+    /// The process.
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`, from its announcement.
+    pub url: String,
+    /// Everything it logged so far.
+    pub log: Arc<Mutex<Vec<LogLine>>>,
+    _dir: Option<TempDir>,
+}
 
+impl HostProcess {
     /// Everything logged so far, one line each.
     pub fn log_text(&self) -> String {
         text(&self.log)
+    }
+
+    /// Every line logged so far.
+    pub fn lines(&self) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().map(|(_, line)| line.clone()).collect()
     }
 
     /// Whether a line containing `needle` was read at or after `since` (any time with `None`).
@@ -182,6 +236,12 @@ impl HostProcess {
         assert!(status.success(), "kill {signal} failed");
     }
 
+    /// SIGKILL, and waits for the process to be gone: no shutdown, no settling.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Still running?
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
@@ -215,6 +275,67 @@ impl HostProcess {
             "exit status {status} after {signal}; the log:\n{}",
             self.log_text()
         );
+    }
+
+    /// The `host` CLI pointed at this host, without a token from the test's environment.
+    pub fn cli_command(&self) -> Command {
+        let mut command = Command::new(HOST);
+        command
+            .env("WASMQ_URL", &self.url)
+            .env_remove("WASMQ_API_TOKEN");
+        command
+    }
+
+    /// Runs `host ARGS` against this host.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_command().args(args).output().unwrap()
+    }
+
+    /// `GET path` (`/metrics`…); the answer's body. For tests without an async runtime.
+    pub fn get(&self, path: &str) -> String {
+        self.http(reqwest::Method::GET, path, None)
+    }
+
+    /// `POST path` with the JSON `body`; the answer's body. For tests without an async
+    /// runtime.
+    pub fn post_json(&self, path: &str, body: &Value) -> String {
+        self.http(reqwest::Method::POST, path, Some(body))
+    }
+
+    fn http(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> String {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let request = reqwest::Client::new().request(method, format!("{}{path}", self.url));
+            let request = match body {
+                Some(body) => request.json(body),
+                None => request,
+            };
+            request.send().await.unwrap().text().await.unwrap()
+        })
+    }
+
+    /// Queue `name` as `GET /queues/NAME` shows it (the envelope's `result`).
+    pub fn queue(&self, name: &str) -> Value {
+        let text = self.get(&format!("/queues/{name}"));
+        let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        value["result"].clone()
+    }
+
+    /// Waits (up to 30 s) until `check` holds for queue `name`, which it `what` ("drained"…)
+    /// then; returns the queue.
+    pub fn wait_queue(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let queue = self.queue(name);
+            if check(&queue) {
+                return queue;
+            }
+            assert!(Instant::now() < deadline, "`{name}` never {what}: {queue}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
