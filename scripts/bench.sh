@@ -3,5 +3,5 @@
 # Flags pass through, e.g. `--backlog 0` to skip the 1 000 000-message backlog run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p wasmq-host
-exec ./target/release/host bench engine "$@"
+cargo build --release --locked -p wasmq
+exec ./target/release/wasmq bench engine "$@"

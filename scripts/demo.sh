@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The demo: builds the guests and the host, starts `host run examples/manifest.toml`, posts a
-# webhook to the producer and sends a few messages with `host send`, shows them consumed,
+# The demo: builds the guests and the host, starts `wasmq run examples/manifest.toml`, posts a
+# webhook to the producer and sends a few messages with `wasmq send`, shows them consumed,
 # prints the queues, and stops the host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/build-guests.sh >/dev/null
-cargo build --release --locked -p wasmq-host
-host=./target/release/host
+cargo build --release --locked -p wasmq
+host=./target/release/wasmq
 export WASMQ_URL=http://127.0.0.1:8787
 
 "$host" run examples/manifest.toml &

@@ -6,7 +6,7 @@
 //!   holds it to that).
 //! - [`runtime`]: wasmtime, the WIT contract in `wit/`, one store per batch with limits.
 //! - [`dispatch`]: batch assembly and settlement for push consumers.
-//! - [`bench`]: `host bench`.
+//! - [`bench`]: `wasmq bench`.
 
 pub mod bench;
 pub mod cli;

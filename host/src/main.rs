@@ -1,4 +1,4 @@
-//! The `host` command.
+//! The `wasmq` command.
 
 use std::io::IsTerminal;
 

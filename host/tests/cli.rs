@@ -1,5 +1,5 @@
-//! End-to-end through the real `host` binary: `host run` on a manifest with real guest
-//! components, `host send` and `host queues` against it over loopback HTTP, raw HTTP calls for
+//! End-to-end through the real `wasmq` binary: `wasmq run` on a manifest with real guest
+//! components, `wasmq send` and `wasmq queues` against it over loopback HTTP, raw HTTP calls for
 //! the API's error cases, and Ctrl-C.
 
 pub mod common;
@@ -38,12 +38,12 @@ fn manifest() -> Manifest {
         )
 }
 
-/// A `host run` child on [`manifest`].
+/// A `wasmq run` child on [`manifest`].
 fn start() -> HostProcess {
     HostRun::manifest(&manifest()).start()
 }
 
-/// Queue `name` as `host queues info NAME --json` shows it.
+/// Queue `name` as `wasmq queues info NAME --json` shows it.
 fn queue_info(host: &HostProcess, name: &str) -> Value {
     let out = host.cli(&["queues", "info", name, "--json"]);
     assert!(

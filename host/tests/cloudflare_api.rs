@@ -1,4 +1,4 @@
-//! Cloudflare's Queues REST API on a real `host run`: the official Cloudflare Python SDK against
+//! Cloudflare's Queues REST API on a real `wasmq run`: the official Cloudflare Python SDK against
 //! it (`cloudflare_sdk.py`, its responses validated strictly against the SDK's typed models),
 //! and raw HTTP for the shapes and refusals the SDK does not show. Bad input stores nothing.
 //!

@@ -1,4 +1,4 @@
-//! The fixture harness tests itself: the real `host test` binary on fixtures that must pass
+//! The fixture harness tests itself: the real `wasmq test` binary on fixtures that must pass
 //! (the example guests' own ones included), on deliberately wrong ones (they must fail with the
 //! right diff), on malformed ones (the error must name the file, line, column and key), and
 //! with `--junit`; then the library API (`wasmq_host::harness`) directly.
@@ -25,7 +25,7 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// Runs `host test ARGS` in `dir`.
+/// Runs `wasmq test ARGS` in `dir`.
 fn host_test(dir: &Path, args: &[&str]) -> Output {
     guest_path("scripted");
     Command::new(HOST)

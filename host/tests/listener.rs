@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use common::{HostProcess, HostRun, Manifest};
 
-/// `host run` on a manifest with one queue, `jobs`, with its open-file limit (soft and hard)
+/// `wasmq run` on a manifest with one queue, `jobs`, with its open-file limit (soft and hard)
 /// lowered to `files`.
 fn host_with_file_limit(files: u32) -> HostProcess {
     HostRun::manifest(&Manifest::new().queue("jobs"))

@@ -1,4 +1,4 @@
-//! Several real `host run` processes sharing one PostgreSQL database: competing consumers
+//! Several real `wasmq run` processes sharing one PostgreSQL database: competing consumers
 //! under load, a host killed with SIGKILL mid-load, and the database server restarted
 //! mid-load.
 //!
@@ -41,7 +41,7 @@ enum StorageFrom {
     Env,
 }
 
-/// A `host run` child process, numbered.
+/// A `wasmq run` child process, numbered.
 struct Host {
     index: usize,
     process: HostProcess,

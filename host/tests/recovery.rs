@@ -1,4 +1,4 @@
-//! Shutdown and crash recovery of the real `host run` process: SIGTERM lets running batches
+//! Shutdown and crash recovery of the real `wasmq run` process: SIGTERM lets running batches
 //! finish and settle before exiting 0; after SIGKILL every message that was in flight comes
 //! back with its attempt counted; a message that kills the host every time still ends in its
 //! dead-letter queue after `max_retries`.
@@ -30,7 +30,7 @@ fn manifest_dir(consumer: Consumer, shutdown_timeout: &str) -> tempfile::TempDir
     dir
 }
 
-/// A `host run` child on a folder made by [`manifest_dir`].
+/// A `wasmq run` child on a folder made by [`manifest_dir`].
 fn start(dir: &Path) -> HostProcess {
     HostRun::new(&dir.join("manifest.toml")).start()
 }

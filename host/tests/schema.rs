@@ -6,7 +6,7 @@ use std::process::Command;
 
 /// The schema, as `wasmq schema` prints it.
 fn schema() -> serde_json::Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_host"))
+    let output = Command::new(env!("CARGO_BIN_EXE_wasmq"))
         .arg("schema")
         .output()
         .unwrap();

@@ -13,7 +13,7 @@ pub use test_host::{RunningDispatcher, TestConsumer, TestHost, TestHostBuilder};
 pub use wasmq_testkit::guests::{guest, guest_path, polyglot_guest};
 pub use wasmq_testkit::{Ctx, START_MS, manifest, postgres};
 
-/// Loads the manifest at `path` and starts a host on it in this process (as `host run` does);
+/// Loads the manifest at `path` and starts a host on it in this process (as `wasmq run` does);
 /// panics with the error when either fails.
 pub async fn start_host(path: &Path) -> RunningHost {
     let manifest = wasmq_host::manifest::load(path).unwrap_or_else(|e| panic!("{e}"));

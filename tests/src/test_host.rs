@@ -1,5 +1,5 @@
 //! One setup for the tests that drive components through the real dispatcher, without a whole
-//! `host run`: a redb broker in a temporary folder, the queues a test names, and a dispatcher
+//! `wasmq run`: a redb broker in a temporary folder, the queues a test names, and a dispatcher
 //! per consumer, its component loaded on one runtime. A test states what differs (batching,
 //! limits, bindings, the runtime) and nothing else.
 

@@ -243,7 +243,7 @@ async fn the_time_limit_holds_while_waiting_for_a_response() {
     }
 }
 
-/// `host run` wiring: the manifest's `allowed_outbound_hosts` reaches the component.
+/// `wasmq run` wiring: the manifest's `allowed_outbound_hosts` reaches the component.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_manifest_allows_per_component() {
     let server = TestServer::start(Answer::Body).await;

@@ -1,4 +1,4 @@
-//! Producer components over real HTTP on loopback: `host run`'s server (started in process
+//! Producer components over real HTTP on loopback: `wasmq run`'s server (started in process
 //! with `run::start`) hands requests on a component's route to the `webhook` example guest,
 //! which queues them; a consumer component and the pull API then see exactly what was queued.
 

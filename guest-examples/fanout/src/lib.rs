@@ -4,7 +4,7 @@
 //! bound to the binding name [`OUT`] with `producer::send`, using the message id as the
 //! dedup key, and acks the message once the send succeeded. If a send fails, `handle` stops
 //! and returns `err` with a description of the send error: the messages not forwarded yet are
-//! retried, and the ones already forwarded stay acked. Should the host run the batch again
+//! retried, and the ones already forwarded stay acked. Should the wasmq run the batch again
 //! anyway (a crash, a lost ack), the dedup key keeps the copy from being stored twice inside
 //! the target queue's dedup window.
 //!

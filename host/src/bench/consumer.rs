@@ -1,11 +1,11 @@
-//! `host bench consumer`: the real host path end to end: messages sent through the engine
+//! `wasmq bench consumer`: the real host path end to end: messages sent through the engine
 //! API, batched by the dispatcher, handled by a real component in wasmtime, settled durably.
 //!
 //! On redb by default. With `--storage postgres://…` the same runs are made on PostgreSQL too
 //! (in a schema of their own, `wasmq_bench_<pid>`, dropped afterwards), with one host and with
 //! two: two independent brokers (two connection pools, two notification listeners) with a
 //! dispatcher each, in this one process, sharing the queue through the database exactly as
-//! two `host run` processes would.
+//! two `wasmq run` processes would.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

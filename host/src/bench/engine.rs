@@ -1,4 +1,4 @@
-//! `host bench engine`: throughput and latency of the queue engine on a real, durable redb
+//! `wasmq bench engine`: throughput and latency of the queue engine on a real, durable redb
 //! file.
 
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! `host bench http`: publishing through the real HTTP API over loopback keep-alive
+//! `wasmq bench http`: publishing through the real HTTP API over loopback keep-alive
 //! connections, batches of 100, durable; pull / ack throughput; and single webhooks through
 //! the `webhook` producer component on a route.
 

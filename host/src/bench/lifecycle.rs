@@ -1,4 +1,4 @@
-//! `host bench startup` and `host bench swap`: how long `host run` takes to start with a cold
+//! `wasmq bench startup` and `wasmq bench swap`: how long `wasmq run` takes to start with a cold
 //! and a warm compiled-component cache, and how long a hot swap takes from the file change to
 //! the first batch handled by the new version.
 
@@ -12,7 +12,7 @@ use crate::engine::SendRequest;
 use crate::manifest::{self, Manifest};
 use crate::run;
 
-/// What `host bench startup` measures.
+/// What `wasmq bench startup` measures.
 #[derive(Debug, Clone)]
 pub struct StartupBench {
     /// The manifest to start (its `build` commands are skipped: builds are not the host's time).
@@ -72,7 +72,7 @@ fn print_times(label: &str, times: &[Duration]) {
     );
 }
 
-/// What `host bench swap` measures.
+/// What `wasmq bench swap` measures.
 #[derive(Debug, Clone)]
 pub struct SwapBench {
     /// The consumer's first version (the `worker` example).

@@ -1,4 +1,4 @@
-//! `host bench`: benchmarks that print numbers (throughput, latency percentiles, memory) and
+//! `wasmq bench`: benchmarks that print numbers (throughput, latency percentiles, memory) and
 //! assert nothing; the README lists the figures measured and the targets.
 
 mod consumer;

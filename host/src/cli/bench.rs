@@ -1,4 +1,4 @@
-//! `host bench engine|consumer|http|startup|swap`: the command line of [`crate::bench`], which
+//! `wasmq bench engine|consumer|http|startup|swap`: the command line of [`crate::bench`], which
 //! does the measuring and the printing. The hidden `open-backlog` is the fresh process the
 //! engine bench starts to time a cold first lease on a large backlog.
 
@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use crate::bench::{self, ConsumerBench, EngineBench, HttpBench, StartupBench, SwapBench};
 use crate::manifest::Storage;
 
-/// `host bench WHAT`.
+/// `wasmq bench WHAT`.
 #[derive(Debug, Args)]
 pub(super) struct BenchCommand {
     #[command(subcommand)]
@@ -83,7 +83,7 @@ enum BenchSubcommand {
         #[arg(long, default_value_t = 20_000)]
         webhook_requests: u64,
     },
-    /// `host run` start time with a cold and a warm compiled-component cache.
+    /// `wasmq run` start time with a cold and a warm compiled-component cache.
     Startup {
         /// The manifest to start (its build commands are skipped).
         #[arg(long, default_value = "examples/manifest.toml")]
@@ -180,7 +180,7 @@ impl BenchCommand {
     }
 }
 
-/// `--storage` of `host bench consumer`: `redb` or a `postgres://` URL.
+/// `--storage` of `wasmq bench consumer`: `redb` or a `postgres://` URL.
 fn parse_storage(text: &str) -> std::result::Result<Storage, String> {
     Storage::parse(text)
 }

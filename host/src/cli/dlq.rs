@@ -1,4 +1,4 @@
-//! `host dlq replay`: moves messages from a dead-letter queue back to a queue, oldest first.
+//! `wasmq dlq replay`: moves messages from a dead-letter queue back to a queue, oldest first.
 //! The API moves at most [`MAX_REPLAY`] a call, so the command calls it until it has moved
 //! what was asked or the dead-letter queue is empty, showing progress on stderr.
 
@@ -9,7 +9,7 @@ use super::client::{ApiArgs, print_json_or};
 use crate::http::MAX_REPLAY;
 use crate::http::wire::ReplayRequest;
 
-/// `host dlq COMMAND`.
+/// `wasmq dlq COMMAND`.
 #[derive(Debug, Args)]
 pub(super) struct DlqCommand {
     #[command(subcommand)]
@@ -31,7 +31,7 @@ impl DlqCommand {
     }
 }
 
-/// `host dlq replay DLQ --to QUEUE [--limit N]`.
+/// `wasmq dlq replay DLQ --to QUEUE [--limit N]`.
 #[derive(Debug, Args)]
 struct ReplayCommand {
     /// The dead-letter queue.

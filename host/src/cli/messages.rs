@@ -1,4 +1,4 @@
-//! `host messages peek`: shows the next messages of a queue of a running host without leasing
+//! `wasmq messages peek`: shows the next messages of a queue of a running host without leasing
 //! them, so looking does not change what consumers get.
 
 use anyhow::Result;
@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use super::client::{ApiArgs, print_json_or};
 use crate::http::wire::PeekedMessage;
 
-/// `host messages COMMAND`.
+/// `wasmq messages COMMAND`.
 #[derive(Debug, Args)]
 pub(super) struct MessagesCommand {
     #[command(subcommand)]
@@ -29,7 +29,7 @@ impl MessagesCommand {
     }
 }
 
-/// `host messages peek QUEUE [--limit N]`.
+/// `wasmq messages peek QUEUE [--limit N]`.
 #[derive(Debug, Args)]
 struct PeekCommand {
     /// The queue.

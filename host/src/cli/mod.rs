@@ -1,11 +1,11 @@
-//! The `host` command line: the parser, the global flags and the dispatch to one module per
+//! The `wasmq` command line: the parser, the global flags and the dispatch to one module per
 //! command.
 //!
-//! - `run`: `host run`, the host itself.
-//! - `test`: `host test`, fixture files through the [harness](crate::harness).
+//! - `run`: `wasmq run`, the host itself.
+//! - `test`: `wasmq test`, fixture files through the [harness](crate::harness).
 //! - `send`, `queues`, `messages`, `dlq`: clients of a running host's API; what they share
 //!   (where the API is, its envelope, output, closed pipes) is in `client`.
-//! - `bench`: `host bench`, the front of [`crate::bench`].
+//! - `bench`: `wasmq bench`, the front of [`crate::bench`].
 //!
 //! Each command is a clap [`Args`](clap::Args) struct whose `run` method is the command.
 
@@ -26,7 +26,7 @@ use clap::{Parser, Subcommand};
 
 /// Durable message queues for WebAssembly components.
 #[derive(Debug, Parser)]
-#[command(name = "host", version, about)]
+#[command(name = "wasmq", version, about)]
 pub struct Cli {
     /// How the log is written: `text` for people (colour only on a terminal, and never with
     /// `NO_COLOR`) or `json`, one object per line, for log collectors.
@@ -82,7 +82,7 @@ impl Cli {
     /// Sets the process up for the command, before anything else runs. The command that
     /// serves (`run`) must survive writes to closed sockets, so it keeps Rust's default of
     /// ignoring SIGPIPE; the others print to stdout and stop quietly when it closes
-    /// (`host queues list | head -1`), as Unix tools do.
+    /// (`wasmq queues list | head -1`), as Unix tools do.
     pub fn prepare_process(&self) {
         if !matches!(self.command, Command::Run(_)) {
             client::stop_quietly_on_closed_pipe();

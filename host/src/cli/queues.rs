@@ -1,4 +1,4 @@
-//! `host queues list|info|pause|resume|purge`: looks at and operates the queues of a running
+//! `wasmq queues list|info|pause|resume|purge`: looks at and operates the queues of a running
 //! host. `purge` asks first, and without a terminal to ask on it refuses unless `--force`.
 
 use anyhow::{Result, bail};
@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use super::client::{ApiArgs, print_json_or};
 use crate::engine::QueueInfo;
 
-/// `host queues COMMAND`.
+/// `wasmq queues COMMAND`.
 #[derive(Debug, Args)]
 pub(super) struct QueuesCommand {
     #[command(subcommand)]
@@ -41,7 +41,7 @@ impl QueuesCommand {
     }
 }
 
-/// `host queues list`.
+/// `wasmq queues list`.
 #[derive(Debug, Args)]
 struct ListCommand {
     #[command(flatten)]
@@ -55,7 +55,7 @@ impl ListCommand {
     }
 }
 
-/// `host queues info QUEUE`.
+/// `wasmq queues info QUEUE`.
 #[derive(Debug, Args)]
 struct InfoCommand {
     /// The queue.
@@ -71,7 +71,7 @@ impl InfoCommand {
     }
 }
 
-/// The queue of `host queues pause` and `resume`.
+/// The queue of `wasmq queues pause` and `resume`.
 #[derive(Debug, Args)]
 struct QueueArgs {
     /// The queue.
@@ -93,7 +93,7 @@ impl QueueArgs {
     }
 }
 
-/// `host queues purge QUEUE [--force]`.
+/// `wasmq queues purge QUEUE [--force]`.
 #[derive(Debug, Args)]
 struct PurgeCommand {
     /// The queue.

@@ -1,4 +1,4 @@
-//! `host run`: starts the queues, consumer components and HTTP API of a manifest and serves
+//! `wasmq run`: starts the queues, consumer components and HTTP API of a manifest and serves
 //! until SIGINT or SIGTERM (Ctrl-C). The first signal finishes the running batches; a second
 //! one stops at once, with an error.
 
@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::{manifest, run};
 
-/// `host run [MANIFEST] [--watch]`.
+/// `wasmq run [MANIFEST] [--watch]`.
 #[derive(Debug, Args)]
 pub(super) struct RunCommand {
     /// The manifest.

@@ -1,4 +1,4 @@
-//! `host send`: publishes one message to a queue of a running host and prints the queue's
+//! `wasmq send`: publishes one message to a queue of a running host and prints the queue's
 //! backlog after it. The body is an argument, standard input (`-`) or a file (`--file`).
 
 use std::io::Read;
@@ -11,7 +11,7 @@ use super::client::{ApiArgs, print_json_or};
 use crate::engine::{Backlog, ContentType};
 use crate::http::wire::PublishMessage;
 
-/// `host send QUEUE [BODY]`.
+/// `wasmq send QUEUE [BODY]`.
 #[derive(Debug, Args)]
 pub(super) struct SendCommand {
     /// The queue.

@@ -1,9 +1,9 @@
-//! `host test`: finds fixture files, runs them with the [harness](crate::harness), prints
+//! `wasmq test`: finds fixture files, runs them with the [harness](crate::harness), prints
 //! each case as it finishes (`PASS name` / `FAIL name` with what went wrong, then
 //! `N passed, N failed`), writes JUnit XML if asked and fails if any case failed.
 //!
 //! In a folder, only `.toml` files with a `[[case]]` table are fixtures, and hidden folders,
-//! `target` and `node_modules` are skipped, so that `host test .` at a project's root takes
+//! `target` and `node_modules` are skipped, so that `wasmq test .` at a project's root takes
 //! neither its `Cargo.toml` nor its manifest nor build output for fixtures. A file named on the
 //! command line is always run, so that a malformed one is reported rather than ignored.
 
@@ -17,7 +17,7 @@ use clap::Args;
 use crate::harness::{CaseReport, FixtureReport, Harness, RunReport, fixture};
 use crate::runtime::{Runtime, RuntimeConfig, user_cache_dir};
 
-/// `host test [PATHS]... [--junit FILE]`.
+/// `wasmq test [PATHS]... [--junit FILE]`.
 #[derive(Debug, Args)]
 pub(super) struct TestCommand {
     /// Fixture files, or folders searched for fixture files: `*.toml` files with a

@@ -1,5 +1,5 @@
 //! Fixture files: TOML that names a consumer component, hands it batches and states what
-//! should come of them. `host test` runs them; [`parse`] and [`load`] read them for
+//! should come of them. `wasmq test` runs them; [`parse`] and [`load`] read them for
 //! [`Harness::run_fixture`](super::Harness::run_fixture).
 //!
 //! ```toml

@@ -1,8 +1,8 @@
 //! The fixture harness: run a consumer component on a batch you build, in process, and look at
-//! what it did. `host test` runs [fixture files](fixture) with it; Rust tests can use it
+//! what it did. `wasmq test` runs [fixture files](fixture) with it; Rust tests can use it
 //! directly.
 //!
-//! A batch goes through the same path as under `host run`: the component is compiled and
+//! A batch goes through the same path as under `wasmq run`: the component is compiled and
 //! linked by [`ConsumerComponent`], called with [`ConsumerComponent::run_batch`] with its
 //! time and memory limits, its calls are resolved by
 //! [`precedence::resolve`] and each retried message's fate is decided by [`precedence::fate`],
@@ -240,7 +240,7 @@ pub fn message_id(seed: &str, index: usize) -> MessageId {
     MessageId(id)
 }
 
-/// What became of one message of a test batch: the settlement `host run` would commit.
+/// What became of one message of a test batch: the settlement `wasmq run` would commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageFate {
     /// Deleted.

@@ -3,7 +3,7 @@
 //! accepted, in order, with the binding they went through.
 //!
 //! The engine decides what is accepted (sizes, JSON and UTF-8 checks, delays, empty batches)
-//! and answers the guest with real backlog figures, so a guest sees exactly what `host run`
+//! and answers the guest with real backlog figures, so a guest sees exactly what `wasmq run`
 //! would show it; the record adds what reading the queues back would lose: the order across
 //! bindings, each message's delay, and whether a dedup key made a send a no-op.
 

@@ -1,6 +1,6 @@
 //! Running fixture files and what they came to: a report value per case, file and run, the
 //! text of a failed case (its diffs, then what happened) and JUnit XML for CI systems. Which
-//! files to run, and how a run is shown on the terminal, is `host test`'s business
+//! files to run, and how a run is shown on the terminal, is `wasmq test`'s business
 //! (`cli/test.rs`).
 
 use std::fmt::Write as _;
@@ -37,7 +37,7 @@ impl CaseReport {
         self.error.is_none() && self.mismatches.is_empty()
     }
 
-    /// What went wrong, in lines: the diffs, then what happened (`host test` prints them
+    /// What went wrong, in lines: the diffs, then what happened (`wasmq test` prints them
     /// under `FAIL name`, JUnit XML holds them in the case's failure).
     pub fn failure_text(&self) -> String {
         let mut out = String::new();
@@ -89,7 +89,7 @@ impl FixtureReport {
     }
 }
 
-/// A whole `host test` run.
+/// A whole `wasmq test` run.
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
     /// Every file, in the order run.

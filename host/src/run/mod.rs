@@ -1,4 +1,4 @@
-//! `host run`: opens the queues, starts a dispatcher per consumer component, serves the
+//! `wasmq run`: opens the queues, starts a dispatcher per consumer component, serves the
 //! producer routes and the HTTP API, all from one manifest — and applies the manifest again
 //! while running (`--watch`, `POST /reload`, SIGHUP).
 

@@ -37,7 +37,7 @@ pub struct ComponentCache {
     dir: PathBuf,
 }
 
-/// The cache folder for commands that have no data folder of their own (`host test`):
+/// The cache folder for commands that have no data folder of their own (`wasmq test`):
 /// `$WASMQ_CACHE_DIR`, else `$XDG_CACHE_HOME/wasmq/components`, else
 /// `$HOME/.cache/wasmq/components`; none if none of them is set.
 pub fn user_cache_dir() -> Option<PathBuf> {

@@ -23,7 +23,7 @@ use super::{ComponentLimits, Runtime};
 use crate::engine::precedence::BatchCall;
 use crate::engine::{self, Backlog, Broker, BrokerError};
 
-/// The one queue operation a guest can cause: storing messages. `host run` hands guests its
+/// The one queue operation a guest can cause: storing messages. `wasmq run` hands guests its
 /// broker; the fixture harness hands them a recorder that keeps what they sent.
 #[async_trait::async_trait]
 pub trait Publish: Send + Sync + 'static {

@@ -1,5 +1,5 @@
-//! What the tests that run the real `host` binary share: [`HostRun`] says how to start
-//! `host run` (on which manifest, with what environment), [`HostProcess`] is the running child
+//! What the tests that run the real `wasmq` binary share: [`HostRun`] says how to start
+//! `wasmq run` (on which manifest, with what environment), [`HostProcess`] is the running child
 //! (its address, its output line by line, signals, its queues over HTTP), and the example
 //! guests and the manifest builder come from `wasmq-testkit`, as for the end-to-end tests.
 //!
@@ -18,14 +18,14 @@ use tempfile::TempDir;
 pub use wasmq_testkit::guests::guest_path;
 pub use wasmq_testkit::manifest::{Component, Consumer, Manifest, Queue, Table};
 
-/// The `host` binary under test.
-pub const HOST: &str = env!("CARGO_BIN_EXE_host");
+/// The `wasmq` binary under test.
+pub const HOST: &str = env!("CARGO_BIN_EXE_wasmq");
 
 /// A line of a host's output (stderr, and stdout after the announcement) and when the test
 /// read it.
 pub type LogLine = (Instant, String);
 
-/// How to start `host run`: the manifest, the environment and limits. Its output is piped, its
+/// How to start `wasmq run`: the manifest, the environment and limits. Its output is piped, its
 /// colours are off, and it takes no token or storage from the test's environment.
 pub struct HostRun {
     manifest: PathBuf,
@@ -36,7 +36,7 @@ pub struct HostRun {
 }
 
 impl HostRun {
-    /// `host run MANIFEST`, on a file the test keeps (to restart a host on the same data, say).
+    /// `wasmq run MANIFEST`, on a file the test keeps (to restart a host on the same data, say).
     pub fn new(manifest: &Path) -> Self {
         Self {
             manifest: manifest.to_owned(),
@@ -46,7 +46,7 @@ impl HostRun {
         }
     }
 
-    /// `host run` on `manifest`, written to a temporary folder that lives as long as the host.
+    /// `wasmq run` on `manifest`, written to a temporary folder that lives as long as the host.
     pub fn manifest(manifest: &Manifest) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = manifest.write(dir.path());
@@ -129,7 +129,7 @@ impl HostRun {
     }
 }
 
-/// A `host run` child that has not announced its address yet (several can start at once).
+/// A `wasmq run` child that has not announced its address yet (several can start at once).
 pub struct Spawned {
     child: Child,
     announcement: std::sync::mpsc::Receiver<String>,
@@ -175,7 +175,7 @@ fn text(log: &Mutex<Vec<LogLine>>) -> String {
     log.iter().map(|(_, line)| format!("{line}\n")).collect()
 }
 
-/// A running `host run` child; killed when dropped, so a failed test leaves none behind.
+/// A running `wasmq run` child; killed when dropped, so a failed test leaves none behind.
 pub struct HostProcess {
     /// The process.
     pub child: Child,
@@ -277,7 +277,7 @@ impl HostProcess {
         );
     }
 
-    /// The `host` CLI pointed at this host, without a token from the test's environment.
+    /// The `wasmq` CLI pointed at this host, without a token from the test's environment.
     pub fn cli_command(&self) -> Command {
         let mut command = Command::new(HOST);
         command
