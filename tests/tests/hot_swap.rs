@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use wasmq_host::engine::{Broker, LeaseOptions, SendRequest};
 use wasmq_host::run::RunningHost;
-use wasmq_tests::manifest::{Component, Consumer, Manifest, Queue, Table};
+use wasmq_tests::manifest::{Component, Consumer, Manifest, Queue, Table, Value};
 use wasmq_tests::{guest, guest_path, postgres, start_host};
 
 struct Swappable {
@@ -321,6 +321,77 @@ async fn watch_swaps_when_the_file_changes() {
     println!(
         "file change to first batch on the new version: {:.0} ms (includes compiling it)",
         changed.elapsed().as_secs_f64() * 1000.0
+    );
+    host.shutdown().await.unwrap();
+}
+
+/// `--watch` with `watch` globs: editing a source runs the component's `build` and swaps the
+/// result in; a build that fails leaves the running version serving. The "build" copies the
+/// version the source names into place, so the test exercises the watching, the build and
+/// the swap without a compiler in the loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_rebuilds_when_a_source_changes() {
+    let setup = Swappable::new();
+    let dir = setup.dir.path();
+    std::fs::write(dir.join("v1.wasm"), v1()).unwrap();
+    std::fs::write(dir.join("v2.wasm"), v2()).unwrap();
+    std::fs::create_dir(dir.join("src")).unwrap();
+    std::fs::write(dir.join("src/version.txt"), "v1").unwrap();
+    let build = "cp \"$(cat src/version.txt).wasm\" consumer.wasm.tmp && mv consumer.wasm.tmp consumer.wasm";
+    let manifest = Manifest::new()
+        .queue("jobs")
+        .queue(Queue::new("handled-by-v2").pull_consumer(Table::new()))
+        .component(
+            Component::new("consumer", "consumer.wasm")
+                .consumer(
+                    Consumer::on("jobs")
+                        .max_batch_size(10)
+                        .max_batch_timeout(0)
+                        .max_concurrency(2),
+                )
+                .producer("OUT", "handled-by-v2")
+                .set("build", build)
+                .set("watch", Value::Array(vec!["src/*.txt".into()])),
+        );
+    setup.write_manifest(&manifest);
+    let mut host = setup.start().await;
+    host.watch().unwrap();
+    let broker = host.broker();
+
+    // A build that fails (no such version) keeps v1.
+    std::fs::write(dir.join("src/version.txt"), "v9").unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    broker
+        .send("jobs", SendRequest::text("after a failed build"))
+        .await
+        .unwrap();
+    wait_drained(&*broker, "jobs").await;
+    assert_eq!(
+        broker.metrics("handled-by-v2").await.unwrap().backlog.count,
+        0
+    );
+
+    let edited = Instant::now();
+    std::fs::write(dir.join("src/version.txt"), "v2").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        broker
+            .send("jobs", SendRequest::text("probe"))
+            .await
+            .unwrap();
+        wait_drained(&*broker, "jobs").await;
+        if broker.metrics("handled-by-v2").await.unwrap().backlog.count > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "--watch never rebuilt and swapped"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "source edit to first batch on the rebuilt version: {:.0} ms (build, compile, swap)",
+        edited.elapsed().as_secs_f64() * 1000.0
     );
     host.shutdown().await.unwrap();
 }

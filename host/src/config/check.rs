@@ -160,6 +160,22 @@ impl<'a> Checker<'a> {
         inside
     }
 
+    /// The number written at `table.name`, if it is in `range`; else `default` (blaming an
+    /// out-of-range value).
+    pub(crate) fn number_or(
+        &mut self,
+        table: &KeyPath,
+        name: &str,
+        value: &Option<Spanned<u32>>,
+        range: RangeInclusive<u32>,
+        default: u32,
+    ) -> u32 {
+        match value {
+            Some(value) if self.in_range(table, name, value, range) => *value.get_ref(),
+            _ => default,
+        }
+    }
+
     /// A limits table applied over `base`.
     pub(crate) fn limits(
         &mut self,

@@ -183,34 +183,20 @@ impl Checker<'_> {
             }
             token.get_ref().clone()
         });
-        let max_batches_in_flight = match &raw.max_batches_in_flight {
-            Some(n) if !(1..=HostConfig::MAX_BATCHES_IN_FLIGHT).contains(n.get_ref()) => {
-                let message = format!(
-                    "{} is out of range (1..={})",
-                    n.get_ref(),
-                    HostConfig::MAX_BATCHES_IN_FLIGHT
-                );
-                self.base
-                    .report(&key.child("max_batches_in_flight"), n.span(), message);
-                HostConfig::DEFAULT_MAX_BATCHES_IN_FLIGHT
-            }
-            Some(n) => *n.get_ref(),
-            None => HostConfig::DEFAULT_MAX_BATCHES_IN_FLIGHT,
-        };
-        let max_connections = match &raw.max_connections {
-            Some(n) if !(1..=HostConfig::MAX_CONNECTIONS).contains(n.get_ref()) => {
-                let message = format!(
-                    "{} is out of range (1..={})",
-                    n.get_ref(),
-                    HostConfig::MAX_CONNECTIONS
-                );
-                self.base
-                    .report(&key.child("max_connections"), n.span(), message);
-                HostConfig::DEFAULT_MAX_CONNECTIONS
-            }
-            Some(n) => *n.get_ref(),
-            None => HostConfig::DEFAULT_MAX_CONNECTIONS,
-        };
+        let max_batches_in_flight = self.base.number_or(
+            &key,
+            "max_batches_in_flight",
+            &raw.max_batches_in_flight,
+            1..=HostConfig::MAX_BATCHES_IN_FLIGHT,
+            HostConfig::DEFAULT_MAX_BATCHES_IN_FLIGHT,
+        );
+        let max_connections = self.base.number_or(
+            &key,
+            "max_connections",
+            &raw.max_connections,
+            1..=HostConfig::MAX_CONNECTIONS,
+            HostConfig::DEFAULT_MAX_CONNECTIONS,
+        );
         let shutdown_timeout = match &raw.shutdown_timeout {
             Some(text) => match parse_duration(text.get_ref()) {
                 Ok(timeout) if timeout <= Duration::from_secs(3600) => timeout,
@@ -411,28 +397,20 @@ impl Checker<'_> {
                 "only a component with a `route` can require the API token on it",
             );
         }
-        let route_max_concurrency = match &raw.route_max_concurrency {
-            Some(n) if raw.route.is_none() => {
-                self.base.report(
-                    &key.child("route_max_concurrency"),
-                    n.span(),
-                    "only a component with a `route` has requests to limit",
-                );
-                ComponentConfig::DEFAULT_ROUTE_MAX_CONCURRENCY
-            }
-            Some(n) if !(1..=ComponentConfig::MAX_ROUTE_CONCURRENCY).contains(n.get_ref()) => {
-                let message = format!(
-                    "{} is out of range (1..={})",
-                    n.get_ref(),
-                    ComponentConfig::MAX_ROUTE_CONCURRENCY
-                );
-                self.base
-                    .report(&key.child("route_max_concurrency"), n.span(), message);
-                ComponentConfig::DEFAULT_ROUTE_MAX_CONCURRENCY
-            }
-            Some(n) => *n.get_ref(),
-            None => ComponentConfig::DEFAULT_ROUTE_MAX_CONCURRENCY,
-        };
+        if let (Some(n), None) = (&raw.route_max_concurrency, &raw.route) {
+            self.base.report(
+                &key.child("route_max_concurrency"),
+                n.span(),
+                "only a component with a `route` has requests to limit",
+            );
+        }
+        let route_max_concurrency = self.base.number_or(
+            &key,
+            "route_max_concurrency",
+            &raw.route_max_concurrency,
+            1..=ComponentConfig::MAX_ROUTE_CONCURRENCY,
+            ComponentConfig::DEFAULT_ROUTE_MAX_CONCURRENCY,
+        );
 
         let mut bindings = BTreeMap::new();
         for (binding, queue) in &raw.producers {

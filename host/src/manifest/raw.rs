@@ -51,10 +51,10 @@ pub(super) struct RawHost {
     /// Use wasmtime's pooling allocator where the machine allows. Default true.
     #[schemars(with = "Option<bool>")]
     pub pooling_allocator: Option<Spanned<bool>>,
-    /// Batches in flight across all consumers (1..=10000). Default 64.
+    /// Batches in flight across all consumers (1..=500). Default 64.
     #[schemars(with = "Option<u32>")]
     pub max_batches_in_flight: Option<Spanned<u32>>,
-    /// HTTP connections open at once. Default 1024.
+    /// HTTP connections open at once (1..=65536). Default 1024.
     #[schemars(with = "Option<u32>")]
     pub max_connections: Option<Spanned<u32>>,
     /// Log every request on a producer route. Default false.
