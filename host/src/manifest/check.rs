@@ -145,10 +145,6 @@ impl Checker<'_> {
         }
     }
 
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one check per `[host]` key, in the order the README lists them"
-    )]
     fn host(&mut self, raw: &RawHost) -> HostConfig {
         let key = KeyPath::root("host");
         let data_dir = match &raw.data_dir {
