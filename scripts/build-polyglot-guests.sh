@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Builds the Python and JavaScript example guests into WebAssembly components:
 #
-#   guest-examples/python/worker/app.py  -> guest-examples/target/polyglot/worker-py.wasm
-#   guest-examples/js/worker/worker.js   -> guest-examples/target/polyglot/worker-js.wasm
+#   guest-examples/python/worker/app.py    -> guest-examples/target/polyglot/worker-py.wasm
+#   guest-examples/python/webhook/app.py   -> guest-examples/target/polyglot/webhook-py.wasm
+#   guest-examples/js/worker/worker.js     -> guest-examples/target/polyglot/worker-js.wasm
+#   guest-examples/js/webhook/webhook.js   -> guest-examples/target/polyglot/webhook-js.wasm
 #
 # Installs what is missing first: componentize-py 0.25.1 (pip, into the Python that
 # `$PYTHON`, default `python3`, names) and the pinned npm packages of guest-examples/js
 # (`npm ci`, componentize-js). Both tools work offline once installed.
 #
 # A component is rebuilt only when its inputs (the WIT, its sources, the tool's version or
-# lock file) changed since it was last built; `--force` rebuilds both. Works from any
+# lock file) changed since it was last built; `--force` rebuilds them all. Works from any
 # directory; exits non-zero if anything fails (a failed build leaves no component, not even
 # the previous one, behind).
 set -euo pipefail
@@ -25,7 +27,7 @@ for arg in "$@"; do
     case "$arg" in
         --force) force=1 ;;
         -h | --help)
-            sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -88,24 +90,29 @@ componentize_py() {
     "$python" -c 'import sys; from componentize_py import script; sys.argv[0] = "componentize-py"; sys.exit(script())' "$@"
 }
 
-py_wasm="$out/worker-py.wasm"
-py_inputs="$(digest "componentize-py $componentize_py_version" wit guest-examples/python/worker)"
-if up_to_date "$py_wasm" "$py_inputs"; then
-    report "$py_wasm" "up to date"
-else
+# Each Python guest: its folder under guest-examples/python, and its WIT world.
+for guest in worker:consumer webhook:http-producer; do
+    folder="${guest%%:*}"
+    world="${guest#*:}"
+    py_wasm="$out/$folder-py.wasm"
+    py_inputs="$(digest "componentize-py $componentize_py_version" wit "guest-examples/python/$folder")"
+    if up_to_date "$py_wasm" "$py_inputs"; then
+        report "$py_wasm" "up to date"
+        continue
+    fi
     rm -f "$py_wasm" "$py_wasm.inputs"
     start=$SECONDS
     # Built from a copy: the Python inside componentize-py leaves a __pycache__ beside the
     # sources it compiles.
-    mkdir "$scratch/python"
-    cp -R "$guests/python/worker/." "$scratch/python/"
-    rm -rf "$scratch/python/__pycache__"
-    (cd "$root" && componentize_py -d wit -w consumer componentize \
-        -p "$scratch/python" app -o "$scratch/worker-py.wasm") >&2
-    mv "$scratch/worker-py.wasm" "$py_wasm"
+    mkdir "$scratch/$folder"
+    cp -R "$guests/python/$folder/." "$scratch/$folder/"
+    rm -rf "$scratch/$folder/__pycache__"
+    (cd "$root" && componentize_py -d wit -w "$world" componentize \
+        -p "$scratch/$folder" app -o "$scratch/$folder-py.wasm") >&2
+    mv "$scratch/$folder-py.wasm" "$py_wasm"
     echo "$py_inputs" >"$py_wasm.inputs"
     report "$py_wasm" "built in $((SECONDS - start)) s"
-fi
+done
 
 # --- JavaScript -------------------------------------------------------------------------
 need node "install Node.js (18 or newer) and npm"
@@ -119,16 +126,27 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$lock_digest" ]; then
     echo "$lock_digest" >"$stamp"
 fi
 
-js_wasm="$out/worker-js.wasm"
-js_inputs="$(digest "node $(node --version)" wit guest-examples/js/worker \
-    guest-examples/js/build.mjs guest-examples/js/package-lock.json)"
-if up_to_date "$js_wasm" "$js_inputs"; then
-    report "$js_wasm" "up to date"
-else
-    rm -f "$js_wasm" "$js_wasm.inputs"
+# Each JavaScript guest is named after its folder under guest-examples/js; build.mjs builds
+# the stale ones in one run.
+stale=()
+for folder in worker webhook; do
+    js_wasm="$out/$folder-js.wasm"
+    js_inputs="$(digest "node $(node --version)" wit "guest-examples/js/$folder" \
+        guest-examples/js/build.mjs guest-examples/js/package-lock.json)"
+    if up_to_date "$js_wasm" "$js_inputs"; then
+        report "$js_wasm" "up to date"
+    else
+        rm -f "$js_wasm" "$js_wasm.inputs"
+        echo "$js_inputs" >"$scratch/$folder-js.inputs"
+        stale+=("$folder-js")
+    fi
+done
+if [ "${#stale[@]}" -gt 0 ]; then
     start=$SECONDS
-    (cd "$js" && node build.mjs "$scratch") >&2
-    mv "$scratch/worker-js.wasm" "$js_wasm"
-    echo "$js_inputs" >"$js_wasm.inputs"
-    report "$js_wasm" "built in $((SECONDS - start)) s"
+    (cd "$js" && node build.mjs "$scratch" "${stale[@]}") >&2
+    for name in "${stale[@]}"; do
+        mv "$scratch/$name.wasm" "$out/$name.wasm"
+        mv "$scratch/$name.inputs" "$out/$name.wasm.inputs"
+        report "$out/$name.wasm" "built; ${#stale[@]} in $((SECONDS - start)) s"
+    done
 fi

@@ -3,6 +3,7 @@
 //!
 //! - `run`: `wasmq run`, the host itself.
 //! - `test`: `wasmq test`, fixture files through the [harness](crate::harness).
+//! - `new`: `wasmq new`, a project folder for a new component, from embedded templates.
 //! - `send`, `queues`, `messages`, `dlq`: clients of a running host's API; what they share
 //!   (where the API is, its envelope, output, closed pipes) is in `client`.
 //! - `bench`: `wasmq bench`, the front of [`crate::bench`].
@@ -15,6 +16,7 @@ mod client;
 mod completions;
 mod dlq;
 mod messages;
+mod new;
 mod queues;
 mod run;
 mod schema;
@@ -62,6 +64,9 @@ enum Command {
     /// Exits non-zero if any case fails or a fixture file is malformed. The format is in
     /// docs/fixtures.md.
     Test(test::TestCommand),
+    /// Create a project folder for a consumer or producer component in Rust, Python or
+    /// JavaScript, ready to build, run and test.
+    New(new::NewCommand),
     /// Send one message to a queue of a running host.
     Send(send::SendCommand),
     /// Inspect the queues of a running host.
@@ -106,6 +111,7 @@ impl Cli {
             Command::Run(command) => command.run().await,
             Command::Build(command) => command.run().await,
             Command::Test(command) => command.run().await,
+            Command::New(command) => command.run().await,
             Command::Send(command) => command.run().await,
             Command::Queues(command) => command.run().await,
             Command::Messages(command) => command.run().await,
