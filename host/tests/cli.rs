@@ -277,7 +277,14 @@ fn a_bad_manifest_names_the_file_the_key_and_the_line() {
         stderr.contains("components.worker.consumer.max_batch_size"),
         "{stderr}"
     );
-    assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
+    // The error's line, then the manifest's line with a caret under the value.
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert_eq!(
+        lines[1],
+        "    5 | consumer = { queue = \"jobs\", max_batch_size = 101 }"
+    );
+    assert_eq!(lines[2].find('^'), lines[1].find("101"), "{stderr}");
 }
 
 /// A read command whose output is cut short (`| head -c0`) stops quietly, as Unix tools do:
@@ -289,7 +296,12 @@ fn a_closed_pipe_stops_a_read_command_quietly() {
         "queues list",
         "queues list --json",
         "queues info jobs",
+        "queues info jobs --json",
         "messages peek jobs",
+        "messages peek jobs --json",
+        "schema",
+        "completions bash",
+        "--help",
     ] {
         let script = format!(
             "set -o pipefail; \"$HOST\" {command} | head -c0; echo \"status ${{PIPESTATUS[0]}}\""

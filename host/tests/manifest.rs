@@ -510,8 +510,13 @@ env = { "1BAD" = "x" }
             (11, "components.worker.env.1BAD"),
         ]
     );
+    // Each error, then its line of the file with a caret under the column.
     let shown = errors.to_string();
-    assert_eq!(shown.lines().count(), 8, "{shown}");
+    assert_eq!(shown.lines().count(), 8 * 3, "{shown}");
+    assert!(
+        shown.contains("\n    3 | delivery_delay = 86401\n      |                  ^\n"),
+        "{shown}"
+    );
     assert!(
         shown.starts_with(
             "manifest.toml:3:18: queues.jobs.delivery_delay: 86401 is out of range (0..=86400)"

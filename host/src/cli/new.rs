@@ -125,6 +125,9 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The JSON Schema of the manifest, written beside it (`wasmq schema` prints the same).
+const SCHEMA_FILE: &str = "wasmq.schema.json";
+
 /// The files of a new project: relative path (with `/`) and contents, in path order.
 fn render(kind: Kind, lang: Lang, name: &str) -> Vec<(String, Vec<u8>)> {
     let prefix = format!("{kind}-{}/", lang.folder());
@@ -144,6 +147,10 @@ fn render(kind: Kind, lang: Lang, name: &str) -> Vec<(String, Vec<u8>)> {
         let lock = NPM_LOCK.replace(NPM_LOCK_NAME, &format!("\"name\": \"{name}\""));
         files.push(("package-lock.json".to_owned(), lock.into_bytes()));
     }
+    // The manifest's `#:schema` line points editors at this file.
+    let schema =
+        serde_json::to_string_pretty(&crate::manifest::json_schema()).unwrap_or_default() + "\n";
+    files.push((SCHEMA_FILE.to_owned(), schema.into_bytes()));
     files.sort();
     files
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use toml::Spanned;
 
-use super::error::{ConfigError, ConfigErrors, KeyPath, Position};
+use super::error::{ConfigError, ConfigErrors, KeyPath, Position, line_of};
 use super::raw::{RawConsumer, RawLimits};
 use super::units::{format_duration, parse_duration, parse_size};
 use crate::engine::{BrokerError, BrokerResult, ConsumerSettings};
@@ -48,11 +48,13 @@ impl<'a> Checker<'a> {
 
     /// Records an error about `key`, whose key or value is at `span`.
     pub(crate) fn report(&mut self, key: &KeyPath, span: Range<usize>, message: impl Into<String>) {
+        let position = self.position(span);
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),
-            position: Some(self.position(span)),
+            position: Some(position),
             key: Some(key.to_string()),
             message: message.into(),
+            source_line: line_of(self.text, position),
         });
     }
 
@@ -63,6 +65,7 @@ impl<'a> Checker<'a> {
             position: None,
             key: Some(key.to_owned()),
             message: message.into(),
+            source_line: None,
         });
     }
 

@@ -23,6 +23,8 @@ pub struct ConfigError {
     pub key: Option<String>,
     /// What is wrong.
     pub message: String,
+    /// The line of the file the position is on, shown under the error with a caret.
+    pub source_line: Option<String>,
 }
 
 impl ConfigError {
@@ -49,6 +51,7 @@ impl ConfigError {
             position: None,
             key: None,
             message: message.into(),
+            source_line: None,
         }
     }
 
@@ -67,9 +70,11 @@ impl ConfigError {
         };
         // Syntax errors come as "description, expected x, y"; some carry a second line.
         let message = error.message().trim().replace('\n', "; ");
+        let position = span.map(|span| Position::of(text, span.start));
         Self {
             file: file.into(),
-            position: span.map(|span| Position::of(text, span.start)),
+            source_line: position.and_then(|p| line_of(text, p)),
+            position,
             key,
             message,
         }
@@ -120,6 +125,14 @@ impl From<ConfigError> for ConfigErrors {
     }
 }
 
+/// Each problem on its line, then the line of the file it is on with a caret under the
+/// column, as compilers show them:
+///
+/// ```text
+/// manifest.toml:3:18: queues.jobs.delivery_delay: 86401 is out of range (0..=86400)
+///     3 | delivery_delay = 86401
+///       |                  ^
+/// ```
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, error) in self.0.iter().enumerate() {
@@ -127,9 +140,22 @@ impl fmt::Display for ConfigErrors {
                 writeln!(f)?;
             }
             write!(f, "{error}")?;
+            if let (Some(line), Some(position)) = (&error.source_line, error.position) {
+                let number = position.line.to_string();
+                let gutter = " ".repeat(number.len());
+                let caret = " ".repeat(position.column.saturating_sub(1));
+                write!(f, "\n    {number} | {line}\n    {gutter} | {caret}^")?;
+            }
         }
         Ok(())
     }
+}
+
+/// Line `position.line` of `text`, without its line break (tabs shown as spaces, so that the
+/// caret lines up).
+pub(crate) fn line_of(text: &str, position: Position) -> Option<String> {
+    let line = text.lines().nth(position.line.checked_sub(1)?)?;
+    Some(line.replace('\t', " "))
 }
 
 /// A place in a file, both numbers starting at 1.

@@ -300,6 +300,7 @@ impl Manifest {
                     .to_string(),
             ),
             message: message.into(),
+            source_line: None,
         }
     }
 
