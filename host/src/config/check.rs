@@ -19,6 +19,9 @@ use crate::runtime::ComponentLimits;
 /// Largest `max_concurrency` of a consumer.
 pub const MAX_CONCURRENCY: u32 = 250;
 
+/// A number of a settings table: its key, its value if written, and how to set it.
+pub(crate) type Number<'a, S> = (&'a str, &'a Option<Spanned<u32>>, fn(&mut S, u32));
+
 /// The errors found so far in one file.
 pub(crate) struct Checker<'a> {
     text: &'a str,
@@ -74,32 +77,33 @@ impl<'a> Checker<'a> {
         ConfigErrors::new(self.errors).map_or(Ok(()), Err)
     }
 
-    /// Applies the number written at `table.name`, if any, to `settings` with `set`, and
-    /// blames it if `validate` (the engine's own ranges) refuses it. The value is checked on
-    /// its own, against defaults, so each bad value is reported once, at its own line.
-    pub(crate) fn setting<S: Default>(
+    /// Applies each number written in `table` (its name, its value if written, how to set
+    /// it) to `settings`, and blames the ones `validate` (the engine's own ranges) refuses.
+    /// Each value is checked on its own, against defaults, so each bad value is reported
+    /// once, at its own line.
+    pub(crate) fn settings<S: Default>(
         &mut self,
         table: &KeyPath,
-        name: &str,
-        value: &Option<Spanned<u32>>,
+        numbers: &[Number<'_, S>],
         settings: &mut S,
-        set: fn(&mut S, u32),
         validate: fn(&S) -> BrokerResult<()>,
     ) {
-        let Some(value) = value else { return };
-        let n = *value.get_ref();
-        let mut probe = S::default();
-        set(&mut probe, n);
-        match validate(&probe) {
-            Ok(()) => {}
-            Err(BrokerError::InvalidSetting { min, max, .. }) => self.report(
-                &table.child(name),
-                value.span(),
-                format!("{n} is out of range ({min}..={max})"),
-            ),
-            Err(other) => self.report(&table.child(name), value.span(), other.to_string()),
+        for &(name, value, set) in numbers {
+            let Some(value) = value else { continue };
+            let n = *value.get_ref();
+            let mut probe = S::default();
+            set(&mut probe, n);
+            match validate(&probe) {
+                Ok(()) => {}
+                Err(BrokerError::InvalidSetting { min, max, .. }) => self.report(
+                    &table.child(name),
+                    value.span(),
+                    format!("{n} is out of range ({min}..={max})"),
+                ),
+                Err(other) => self.report(&table.child(name), value.span(), other.to_string()),
+            }
+            set(settings, n);
         }
-        set(settings, n);
     }
 
     /// The batching and retry numbers of a consumer table applied over `base`. The queue
@@ -110,8 +114,7 @@ impl<'a> Checker<'a> {
         raw: &RawConsumer,
         mut base: ConsumerSettings,
     ) -> ConsumerSettings {
-        type Set = fn(&mut ConsumerSettings, u32);
-        let numbers: [(&str, &Option<Spanned<u32>>, Set); 4] = [
+        let numbers: [Number<'_, ConsumerSettings>; 4] = [
             ("max_batch_size", &raw.max_batch_size, |s, n| {
                 s.max_batch_size = n
             }),
@@ -121,16 +124,7 @@ impl<'a> Checker<'a> {
             ("max_retries", &raw.max_retries, |s, n| s.max_retries = n),
             ("retry_delay", &raw.retry_delay, |s, n| s.retry_delay = n),
         ];
-        for (name, value, set) in numbers {
-            self.setting(
-                table,
-                name,
-                value,
-                &mut base,
-                set,
-                ConsumerSettings::validate,
-            );
-        }
+        self.settings(table, &numbers, &mut base, ConsumerSettings::validate);
         base
     }
 

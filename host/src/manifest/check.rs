@@ -17,7 +17,7 @@ use super::{
     DEFAULT_VISIBILITY_TIMEOUT_MS, HostConfig, Manifest, Position, PullConsumerConfig, Route,
     Storage,
 };
-use crate::config::check::file_problem;
+use crate::config::check::{Number, file_problem};
 use crate::config::raw::RawConsumer;
 use crate::config::{self, ConfigError, ConfigErrors, KeyPath, parse_duration};
 use crate::engine::limits::{MAX_VISIBILITY_TIMEOUT_MS, check_queue_name};
@@ -254,8 +254,7 @@ impl Checker<'_> {
             self.base.report(&key, name.span(), e.to_string());
         }
         let mut settings = QueueSettings::default();
-        type Set = fn(&mut QueueSettings, u32);
-        let numbers: [(&str, &Option<Spanned<u32>>, Set); 3] = [
+        let numbers: [Number<'_, QueueSettings>; 3] = [
             ("delivery_delay", &raw.delivery_delay, |s, n| {
                 s.delivery_delay = n
             }),
@@ -266,16 +265,8 @@ impl Checker<'_> {
             ),
             ("dedup_window", &raw.dedup_window, |s, n| s.dedup_window = n),
         ];
-        for (setting, value, set) in numbers {
-            self.base.setting(
-                &key,
-                setting,
-                value,
-                &mut settings,
-                set,
-                QueueSettings::validate,
-            );
-        }
+        self.base
+            .settings(&key, &numbers, &mut settings, QueueSettings::validate);
         settings
     }
 
@@ -297,21 +288,12 @@ impl Checker<'_> {
             dead_letter_queue: pull.dead_letter_queue.as_ref().map(|d| d.get_ref().clone()),
             ..ConsumerSettings::default()
         };
-        type Set = fn(&mut ConsumerSettings, u32);
-        let numbers: [(&str, &Option<Spanned<u32>>, Set); 2] = [
+        let numbers: [Number<'_, ConsumerSettings>; 2] = [
             ("max_retries", &pull.max_retries, |s, n| s.max_retries = n),
             ("retry_delay", &pull.retry_delay, |s, n| s.retry_delay = n),
         ];
-        for (setting, value, set) in numbers {
-            self.base.setting(
-                &key,
-                setting,
-                value,
-                &mut settings,
-                set,
-                ConsumerSettings::validate,
-            );
-        }
+        self.base
+            .settings(&key, &numbers, &mut settings, ConsumerSettings::validate);
         if let Some(dlq) = &pull.dead_letter_queue {
             let dlq_key = key.child("dead_letter_queue");
             if dlq.get_ref() == queue.get_ref() {
