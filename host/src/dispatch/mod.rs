@@ -19,7 +19,7 @@ use crate::runtime::{BatchInput, BatchRun, ConsumerComponent, Instance};
 
 mod stats;
 
-pub use self::stats::ConsumerStats;
+pub use self::stats::{BatchPercentiles, ConsumerSnapshot, ConsumerStats};
 
 /// Longest sleep between two looks at the queue when nothing wakes the dispatcher (lease
 /// expiries and sweeps do not signal).
