@@ -638,7 +638,7 @@
       result,
       el('section', { class: 'panel' }, el('h2', {}, 'Last reload'), reloadBox),
       el('table', { class: 'components' },
-        el('thead', {}, el('tr', {}, ['Component', 'Role', 'Digest (SHA-256)', 'Loaded', 'Load time', 'Swaps', 'Last error'].map((h) => el('th', {}, h)))),
+        el('thead', {}, el('tr', {}, ['Component', 'Role', 'Digest (SHA-256)', 'Loaded or last swapped', 'Load time', 'Swaps', 'Last error'].map((h) => el('th', {}, h)))),
         body),
     );
 
@@ -647,7 +647,7 @@
       result.classList.remove('error');
       try {
         const report = await api('POST', '/reload');
-        result.textContent = `Reloaded: ${describeReport(report)}`;
+        result.textContent = `Reload done: ${describeReport(report)}`;
       } catch (error) {
         if (error instanceof Unauthorized) return;
         result.textContent = String(error.message || error);
