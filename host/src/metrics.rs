@@ -1,11 +1,16 @@
-//! Statistics the host keeps for `GET /metrics` besides the queues' own counters: HTTP requests
-//! by route and status (a latency histogram) and how long each component took to load. The
-//! consumers' batch statistics are `dispatch::ConsumerStats`; all share [`Histogram`].
+//! Statistics the host keeps for `GET /metrics` and the dashboard besides the queues' own
+//! counters: HTTP requests by route and status (a latency histogram) and each component's last
+//! load (digest, when, how long) and failure. The consumers' batch statistics are
+//! `dispatch::ConsumerStats`; all share [`Histogram`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::http::wire::ReloadReport;
 
 /// Upper bounds (seconds) of every latency histogram's buckets.
 pub const BUCKETS: [f64; 14] = [
@@ -32,6 +37,39 @@ impl Histogram {
         self.buckets[bucket] += 1;
         self.sum_seconds += seconds;
         self.count += 1;
+    }
+
+    /// How many observations there were.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Mean of the observations in seconds (none without any).
+    pub fn mean_seconds(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum_seconds / self.count as f64)
+    }
+
+    /// The `q` quantile (0..=1) in seconds, estimated from the buckets as Prometheus'
+    /// `histogram_quantile` does: linear within the bucket it falls in; the largest finite
+    /// bound when it falls in the `+Inf` bucket. None without observations.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * self.count as f64;
+        let mut below = 0u64;
+        for (i, &count) in self.buckets.iter().enumerate() {
+            let Some(&upper) = BUCKETS.get(i) else {
+                return BUCKETS.last().copied();
+            };
+            if count > 0 && (below + count) as f64 >= rank {
+                let lower = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
+                let within = (rank - below as f64) / count as f64;
+                return Some(lower + (upper - lower) * within);
+            }
+            below += count;
+        }
+        BUCKETS.last().copied()
     }
 
     /// Writes the histogram's samples (`_bucket`, `_sum`, `_count`) for `labels` (already
@@ -86,17 +124,138 @@ impl HttpStats {
     }
 }
 
-/// How long each component's last load took (compiling, or reading the cache, and linking).
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One successful load of a component: the version serving now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComponentLoad {
+    /// SHA-256 of the component file, in hex: the version that serves.
+    pub digest: String,
+    /// The file it was loaded from.
+    pub source: String,
+    /// The queue it consumes, for a consumer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// The route it answers, for a producer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// When it was loaded (ms since the Unix epoch): the start, or its last swap.
+    pub at_ms: u64,
+    /// How long loading took: compiling or reading the cache, and checking it.
+    pub load_seconds: f64,
+    /// Whether the compiled code came from the cache.
+    pub from_cache: bool,
+}
+
+/// A load that failed; the previous version (if any) kept serving.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoadFailure {
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// Why.
+    pub error: String,
+}
+
+/// What the host knows of one component.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ComponentRecord {
+    /// The component's name in the manifest.
+    pub name: String,
+    /// The version serving now (none: it never loaded).
+    pub loaded: Option<ComponentLoad>,
+    /// How many times a new version or new settings were swapped in since the host started.
+    pub swaps: u32,
+    /// The last load that failed, unless a later one succeeded.
+    pub failure: Option<LoadFailure>,
+}
+
+/// The last reload (`POST /reload`, `--watch`, SIGHUP) and what came of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadRecord {
+    /// When it finished (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// What it changed, when the manifest could be applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReloadReport>,
+    /// Why nothing changed, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+struct Components {
+    records: BTreeMap<String, ComponentRecord>,
+    last_reload: Option<ReloadRecord>,
+}
+
+/// Every component's last load (its digest, when, how long it took) and failure, and the last
+/// reload: for `GET /metrics` (load times) and the dashboard.
 #[derive(Clone, Default)]
-pub struct ComponentStats(Arc<Mutex<BTreeMap<String, Duration>>>);
+pub struct ComponentStats(Arc<Mutex<Components>>);
 
 impl ComponentStats {
-    /// Notes that loading `component` took `elapsed`.
-    pub fn loaded(&self, component: &str, elapsed: Duration) {
-        self.0
-            .lock()
-            .expect("component stats lock")
-            .insert(component.to_owned(), elapsed);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Components> {
+        self.0.lock().expect("component stats lock")
+    }
+
+    /// Notes that `component` was loaded (for the first time, or swapped in).
+    pub fn loaded(&self, component: &str, load: ComponentLoad) {
+        let mut all = self.lock();
+        let record = all.records.entry(component.to_owned()).or_default();
+        record.name = component.to_owned();
+        if record.loaded.is_some() {
+            record.swaps += 1;
+        }
+        record.loaded = Some(load);
+        record.failure = None;
+    }
+
+    /// Notes that loading `component` failed with `error`.
+    pub fn failed(&self, component: &str, error: String) {
+        let mut all = self.lock();
+        let record = all.records.entry(component.to_owned()).or_default();
+        record.name = component.to_owned();
+        record.failure = Some(LoadFailure {
+            at_ms: now_ms(),
+            error,
+        });
+    }
+
+    /// Forgets every component `keep` says no to: the manifest no longer has them.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.lock().records.retain(|name, _| keep(name));
+    }
+
+    /// Notes the outcome of a reload.
+    pub fn reloaded(&self, outcome: Result<&ReloadReport, &anyhow::Error>) {
+        let (report, error) = match outcome {
+            Ok(report) => (Some(report.clone()), None),
+            Err(err) => (None, Some(format!("{err:#}"))),
+        };
+        self.lock().last_reload = Some(ReloadRecord {
+            at_ms: now_ms(),
+            report,
+            error,
+        });
+    }
+
+    /// Every component, by name, and the last reload (none since the start: `None`).
+    pub fn snapshot(&self) -> (Vec<ComponentRecord>, Option<ReloadRecord>) {
+        let all = self.lock();
+        (
+            all.records.values().cloned().collect(),
+            all.last_reload.clone(),
+        )
+    }
+
+    /// The record of `component`, if the host knows it.
+    pub fn get(&self, component: &str) -> Option<ComponentRecord> {
+        self.lock().records.get(component).cloned()
     }
 
     /// Appends the statistics in the Prometheus text format to `out`.
@@ -108,12 +267,14 @@ impl ComponentStats {
             "gauge",
             "How long the component's last load took (compile or cache read, and link).",
         );
-        for (component, elapsed) in self.0.lock().expect("component stats lock").iter() {
-            let _ = writeln!(
-                out,
-                "{name}{{component=\"{component}\"}} {}",
-                elapsed.as_secs_f64()
-            );
+        for (component, record) in &self.lock().records {
+            if let Some(load) = &record.loaded {
+                let _ = writeln!(
+                    out,
+                    "{name}{{component=\"{component}\"}} {}",
+                    load.load_seconds
+                );
+            }
         }
     }
 }
@@ -141,5 +302,51 @@ mod tests {
         assert!(text.contains(&format!(
             "wasmq_http_request_duration_seconds_count{{{missing}}} 1"
         )));
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let mut h = Histogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for _ in 0..50 {
+            h.observe(Duration::from_micros(500)); // (0, 1 ms]
+        }
+        for _ in 0..50 {
+            h.observe(Duration::from_millis(4)); // (2.5 ms, 5 ms]
+        }
+        let p50 = h.quantile(0.5).unwrap();
+        assert!((p50 - 0.001).abs() < 1e-12, "{p50}");
+        let p99 = h.quantile(0.99).unwrap();
+        assert!((p99 - (0.0025 + 0.0025 * 0.98)).abs() < 1e-12, "{p99}");
+        assert_eq!(h.count(), 100);
+        h.observe(Duration::from_secs(100)); // +Inf
+        assert_eq!(h.quantile(1.0), Some(30.0));
+    }
+
+    #[test]
+    fn a_component_record_keeps_its_load_swaps_and_last_failure() {
+        let stats = ComponentStats::default();
+        let load = |digest: &str| ComponentLoad {
+            digest: digest.into(),
+            source: "worker.wasm".into(),
+            queue: Some("jobs".into()),
+            route: None,
+            at_ms: 1,
+            load_seconds: 0.25,
+            from_cache: false,
+        };
+        stats.loaded("worker", load("aaa"));
+        stats.failed("worker", "not a component".into());
+        let record = stats.get("worker").unwrap();
+        assert_eq!(record.loaded.as_ref().unwrap().digest, "aaa");
+        assert_eq!(record.failure.as_ref().unwrap().error, "not a component");
+        stats.loaded("worker", load("bbb"));
+        let record = stats.get("worker").unwrap();
+        assert_eq!((record.swaps, record.failure), (1, None));
+        let mut text = String::new();
+        stats.write_prometheus(&mut text);
+        assert!(text.contains("wasmq_component_load_seconds{component=\"worker\"} 0.25"));
+        stats.retain(|name| name != "worker");
+        assert_eq!(stats.snapshot().0, vec![]);
     }
 }

@@ -338,7 +338,7 @@ consumer = { queue = "jobs", max_retries = -1 }
 [components.web]
 source = "web.wasm"
 build = "make"
-route = "/"
+route = "/web"
 producers = { JOBS = 1 }
 "#,
         "components.web.producers.JOBS",
@@ -350,7 +350,7 @@ producers = { JOBS = 1 }
 [components.web]
 source = "web.wasm"
 build = "make"
-route = "/"
+route = "/web"
 allowed_outbound_hosts = "https://api.example.com"
 "#,
         "components.web.allowed_outbound_hosts",
@@ -807,7 +807,7 @@ fn a_producer_binding_must_name_a_declared_queue() {
 [components.web]
 source = "web.wasm"
 build = "make"
-route = "/"
+route = "/web"
 producers = { JOBS = "jobs", AUDIT = "audit" }
 "#,
         "components.web.producers.AUDIT",
@@ -823,7 +823,7 @@ fn a_binding_name_uses_letters_digits_and_underscores() {
 [components.web]
 source = "web.wasm"
 build = "make"
-route = "/"
+route = "/web"
 producers = { "MY-JOBS" = "jobs" }
 "#,
         "components.web.producers.MY-JOBS",
@@ -1002,7 +1002,7 @@ fn allowed_outbound_hosts_must_be_origins() {
 [components.web]
 source = "web.wasm"
 build = "make"
-route = "/"
+route = "/web"
 allowed_outbound_hosts = [
   "https://api.example.com",
   "{bad}",
@@ -1023,7 +1023,7 @@ fn env_names_are_checked() {
 [components.web]
 source = "web.wasm"
 build = "make"
-route = "/"
+route = "/web"
 env = { OK = "1", "1BAD" = "2" }
 "#,
         "components.web.env.1BAD",

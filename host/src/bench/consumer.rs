@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use tokio::sync::{mpsc, watch};
 
+use super::dashboard::{self, DashboardLoad};
 use super::{body, histogram, print_latency, tempdir};
 use crate::dispatch::Dispatcher;
 use crate::engine::{
@@ -42,6 +43,8 @@ pub struct ConsumerBench {
     pub pooling: bool,
     /// Redb only, or PostgreSQL as well (measured after redb, with one and with two hosts).
     pub storage: Storage,
+    /// Also measure each redb throughput run while the dashboard is served to pollers.
+    pub dashboard: Option<DashboardLoad>,
 }
 
 /// Where one run keeps its queue.
@@ -198,11 +201,16 @@ pub async fn run_consumer(bench: &ConsumerBench) -> Result<()> {
     };
     let mut figures = Vec::new();
     for &concurrency in &bench.concurrency {
-        let mut row = vec![throughput(Store::Redb(&dir), bench, &component, concurrency, 1).await?];
+        if let Some(load) = &bench.dashboard {
+            dashboard_cost(&dir, bench, &component, concurrency, load).await?;
+            continue;
+        }
+        let redb = Store::Redb(&dir);
+        let mut row = vec![throughput(redb, bench, &component, concurrency, 1, None).await?];
         if let Some(url) = postgres {
             for hosts in [1, 2] {
                 let store = Store::Postgres(url);
-                row.push(throughput(store, bench, &component, concurrency, hosts).await?);
+                row.push(throughput(store, bench, &component, concurrency, hosts, None).await?);
             }
         }
         figures.push((concurrency, row));
@@ -229,6 +237,37 @@ pub async fn run_consumer(bench: &ConsumerBench) -> Result<()> {
     Ok(())
 }
 
+/// Throughput without and with the dashboard served, alternating (without, with, without,
+/// with) so that drift (page cache, the other core's load) falls on both; prints the ratio of
+/// the means.
+async fn dashboard_cost(
+    dir: &Path,
+    bench: &ConsumerBench,
+    component: &ConsumerComponent,
+    concurrency: u32,
+    load: &DashboardLoad,
+) -> Result<()> {
+    let store = Store::Redb(dir);
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let run = Some((load, false));
+        without.push(throughput(store, bench, component, concurrency, 1, run).await?);
+        let run = Some((load, true));
+        with.push(throughput(store, bench, component, concurrency, 1, run).await?);
+    }
+    let mean = |rates: &[f64]| rates.iter().sum::<f64>() / rates.len() as f64;
+    println!(
+        "dashboard cost, max_concurrency {concurrency}: {:.0} msgs/s without, {:.0} msgs/s with {} pollers of the summary every {} ms ({} idle queues besides): ratio {:.3}",
+        mean(&without),
+        mean(&with),
+        load.pollers,
+        load.interval.as_millis(),
+        load.queues,
+        mean(&with) / mean(&without)
+    );
+    Ok(())
+}
+
 /// The `n`th message of a run.
 fn message(bench: &ConsumerBench, n: u64) -> SendRequest {
     match &bench.body {
@@ -239,13 +278,15 @@ fn message(bench: &ConsumerBench, n: u64) -> SendRequest {
 
 /// 4 producers send batches of 100 while the consumer (batches of `batch_size`) keeps up.
 /// With several hosts, each has its own broker and dispatcher, and the producers are spread
-/// over them. Returns msgs/s.
+/// over them. With `dashboard`, the store also has its idle queues, and the dashboard is
+/// served to its pollers during the run when the flag says so. Returns msgs/s.
 async fn throughput(
     store: Store<'_>,
     bench: &ConsumerBench,
     component: &ConsumerComponent,
     concurrency: u32,
     hosts: usize,
+    dashboard: Option<(&DashboardLoad, bool)>,
 ) -> Result<f64> {
     let batch_size = bench.batch_size;
     let consumer = ConsumerSettings {
@@ -255,6 +296,7 @@ async fn throughput(
     };
     let opened = Opened::open(store, "throughput", &consumer, hosts).await?;
     let brokers = opened.brokers.clone();
+    let serving = dashboard::prepare(&brokers[0], dashboard).await?;
     let (stop, stopped) = watch::channel(false);
     let mut running = Vec::new();
     for broker in &brokers {
@@ -299,6 +341,16 @@ async fn throughput(
         tokio::time::sleep(poll).await;
     }
     let elapsed = started.elapsed();
+    let polled = match serving {
+        Some(serving) => {
+            let (requests, bytes) = serving.stop().await?;
+            format!(
+                " while serving {requests} dashboard summaries ({} kB)",
+                bytes / 1000
+            )
+        }
+        None => String::new(),
+    };
     stop.send(true)?;
     for task in running {
         task.await?;
@@ -314,7 +366,7 @@ async fn throughput(
         String::new()
     };
     println!(
-        "end to end, {}{how}, max_batch_size {batch_size}, max_concurrency {concurrency}{}: {rate:.0} msgs/s ({total} messages sent, handled and acked durably in {:.2} s; sending alone took {:.2} s)",
+        "end to end, {}{how}, max_batch_size {batch_size}, max_concurrency {concurrency}{}: {rate:.0} msgs/s ({total} messages sent, handled and acked durably in {:.2} s; sending alone took {:.2} s){polled}",
         store.label(hosts),
         if hosts > 1 { " each" } else { "" },
         elapsed.as_secs_f64(),

@@ -2,6 +2,7 @@
 //! assert nothing; the README lists the figures measured and the targets.
 
 mod consumer;
+mod dashboard;
 mod engine;
 mod http;
 mod lifecycle;
@@ -12,6 +13,7 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 
 pub use self::consumer::{ConsumerBench, run_consumer};
+pub use self::dashboard::DashboardLoad;
 pub use self::engine::{EngineBench, open_backlog, run_engine};
 pub use self::http::{HttpBench, run_http};
 pub use self::lifecycle::{StartupBench, SwapBench, run_startup, run_swap};

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use crate::bench::{self, ConsumerBench, EngineBench, HttpBench, StartupBench, SwapBench};
+use crate::bench::{
+    self, ConsumerBench, DashboardLoad, EngineBench, HttpBench, StartupBench, SwapBench,
+};
 use crate::manifest::Storage;
 
 /// `wasmq bench WHAT`.
@@ -64,6 +66,18 @@ enum BenchSubcommand {
         /// to redb; with one host and with two), in a schema of its own dropped afterwards.
         #[arg(long, default_value = "redb", value_parser = parse_storage)]
         storage: Storage,
+        /// Also measure the cost of serving the dashboard: each throughput run is repeated
+        /// with this many clients polling `/dashboard/api/summary` (as open browsers do), and
+        /// the ratio printed.
+        #[arg(long, default_value_t = 0)]
+        dashboard_pollers: u32,
+        /// How often each dashboard poller asks, in ms (the page asks every 2000).
+        #[arg(long, default_value_t = 2000)]
+        dashboard_interval_ms: u64,
+        /// Idle queues added next to the benchmark's in the dashboard runs (the summary has a
+        /// row for each).
+        #[arg(long, default_value_t = 0)]
+        dashboard_queues: u32,
     },
     /// Publishing through the HTTP API over loopback, and pull / ack.
     Http {
@@ -142,6 +156,9 @@ impl BenchCommand {
                 body,
                 pooling,
                 storage,
+                dashboard_pollers,
+                dashboard_interval_ms,
+                dashboard_queues,
             } => {
                 bench::run_consumer(&ConsumerBench {
                     concurrency,
@@ -152,6 +169,11 @@ impl BenchCommand {
                     body,
                     pooling,
                     storage,
+                    dashboard: (dashboard_pollers > 0).then(|| DashboardLoad {
+                        pollers: dashboard_pollers,
+                        interval: std::time::Duration::from_millis(dashboard_interval_ms),
+                        queues: dashboard_queues,
+                    }),
                 })
                 .await
             }

@@ -21,7 +21,7 @@ mod plan;
 mod stats;
 
 use self::plan::{Plan, Scaler, plan};
-pub use self::stats::ConsumerStats;
+pub use self::stats::{BatchPercentiles, ConsumerSnapshot, ConsumerStats};
 
 /// Longest sleep between two looks at the queue when nothing wakes the dispatcher (lease
 /// expiries and sweeps do not signal).

@@ -1,10 +1,12 @@
-//! Per-consumer batch statistics for `GET /metrics`: how long the component took per batch (a
+//! Per-consumer batch statistics for `GET /metrics` and the dashboard: how long the component took per batch (a
 //! Prometheus histogram) and how many batches succeeded or failed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use serde::Serialize;
 
 use crate::metrics::{Histogram, family};
 use crate::runtime::Failure;
@@ -26,6 +28,35 @@ struct BatchStats {
     failed: u64,
     /// Failed batches by kind (`error`, `trap`, `out_of_memory`, `timeout`, `host_busy`).
     failures: BTreeMap<&'static str, u64>,
+}
+
+/// One consumer's statistics as the dashboard shows them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConsumerSnapshot {
+    /// Batches it may run at once now.
+    pub concurrency: u32,
+    /// Batches that succeeded.
+    pub batches_ok: u64,
+    /// Batches that failed.
+    pub batches_failed: u64,
+    /// Failed batches by kind (`error`, `trap`, `out_of_memory`, `timeout`, `host_busy`).
+    pub failures: BTreeMap<String, u64>,
+    /// How long the component took per batch.
+    pub batch_seconds: BatchPercentiles,
+}
+
+/// Batch-time percentiles in seconds, estimated from the histogram's buckets (none before the
+/// first batch).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BatchPercentiles {
+    /// Median.
+    pub p50: Option<f64>,
+    /// 90th percentile.
+    pub p90: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+    /// Mean (exact).
+    pub mean: Option<f64>,
 }
 
 /// The kind of a failure, for `wasmq_consumer_failures_total`.
@@ -83,6 +114,30 @@ impl ConsumerStats {
         let all = self.0.lock().expect("consumer stats lock");
         all.get(&(component.to_owned(), queue.to_owned()))
             .map_or((0, 0), |s| (s.ok, s.failed))
+    }
+
+    /// Everything recorded for `component` on `queue`, with batch-time percentiles (none: the
+    /// consumer has not started).
+    pub fn snapshot(&self, component: &str, queue: &str) -> Option<ConsumerSnapshot> {
+        let all = self.0.lock().expect("consumer stats lock");
+        let stats = all.get(&(component.to_owned(), queue.to_owned()))?;
+        let seconds = |q| stats.duration.quantile(q);
+        Some(ConsumerSnapshot {
+            concurrency: stats.concurrency,
+            batches_ok: stats.ok,
+            batches_failed: stats.failed,
+            failures: stats
+                .failures
+                .iter()
+                .map(|(kind, count)| ((*kind).to_owned(), *count))
+                .collect(),
+            batch_seconds: BatchPercentiles {
+                p50: seconds(0.5),
+                p90: seconds(0.9),
+                p99: seconds(0.99),
+                mean: stats.duration.mean_seconds(),
+            },
+        })
     }
 
     /// Appends the statistics in the Prometheus text format to `out`.
@@ -199,6 +254,13 @@ mod tests {
             "1"
         );
         assert_eq!(stats.batches("worker", "jobs"), (2, 1));
+        let snapshot = stats.snapshot("worker", "jobs").unwrap();
+        assert_eq!((snapshot.batches_ok, snapshot.batches_failed), (2, 1));
+        assert_eq!(snapshot.failures.get("timeout"), Some(&1));
+        let p50 = snapshot.batch_seconds.p50.unwrap();
+        assert!((0.01..=0.025).contains(&p50), "{p50}");
+        assert_eq!(snapshot.batch_seconds.p99, Some(30.0));
+        assert!(stats.snapshot("worker", "other").is_none());
         assert_eq!(stats.batches("worker", "other"), (0, 0));
     }
 

@@ -66,10 +66,16 @@ pub fn router(config: ServeConfig) -> Router {
         .with_state(config.broker.clone())
         .merge(super::operator::metrics_route(
             config.broker.clone(),
-            config.consumer_stats,
+            config.consumer_stats.clone(),
             http_stats.clone(),
-            config.component_stats,
+            config.component_stats.clone(),
         ))
+        .merge(super::dashboard::api_routes(super::dashboard::Sources {
+            broker: config.broker.clone(),
+            consumers: config.consumers.clone(),
+            consumer_stats: config.consumer_stats,
+            component_stats: config.component_stats,
+        }))
         .merge(super::pull::routes(
             config.broker.clone(),
             config.consumers.clone(),
@@ -101,6 +107,8 @@ pub fn router(config: ServeConfig) -> Router {
         })),
         None => api,
     };
+    // The dashboard's page asks for the token itself: it is served to anyone.
+    let api = api.merge(super::dashboard::page_routes());
     let api = api.layer(middleware::from_fn_with_state(
         http_stats.clone(),
         record_request,

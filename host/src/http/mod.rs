@@ -1,12 +1,13 @@
 //! The HTTP surface on the manifest's `listen` address: wasmq's own API (publish, queue
 //! information, pull consumers, operator routes, metrics; the CLI is its client), Cloudflare's
-//! Queues REST API under `/client/v4` (so Cloudflare's SDKs work unchanged), and the producer
-//! components' routes.
+//! Queues REST API under `/client/v4` (so Cloudflare's SDKs work unchanged), the web dashboard
+//! at `/`, and the producer components' routes.
 
 mod api;
 mod body;
 mod cloudflare;
 mod consumers;
+mod dashboard;
 mod operator;
 mod producer;
 mod pull;

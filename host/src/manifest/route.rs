@@ -3,8 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Paths the host's own API answers; producer routes may not take them.
-pub(super) const RESERVED_PATHS: &[&str] = &["/queues", "/metrics", "/reload"];
+/// Paths the host's own API answers (and everything under them); producer routes may not
+/// take them.
+pub(super) const RESERVED_PATHS: &[&str] = &["/queues", "/metrics", "/reload", "/dashboard"];
 
 /// A producer's route: an exact path (`"/webhook"`), or every path under a prefix when it
 /// ends in `/...` (`"/hooks/..."` answers `/hooks`, `/hooks/github`, `/hooks/a/b`…).
@@ -62,6 +63,12 @@ impl FromStr for Route {
             ));
         }
         let route = Route { path, prefix };
+        // `/` itself is the dashboard's page (a catch-all `/...` still gets every other path).
+        if route.path == "/" && !route.prefix {
+            return Err(format!(
+                "`{text}` is the host's dashboard; pick another path (or `/...` for every other path)"
+            ));
+        }
         // A catch-all such as `/...` is fine: the API's own routes are matched first.
         if let Some(reserved) = RESERVED_PATHS
             .iter()
@@ -134,9 +141,15 @@ mod tests {
             "/metrics",
             "/reload",
             "/queues/...",
+            "/",
+            "/dashboard",
+            "/dashboard/api/summary",
         ] {
             let err = text.parse::<Route>().unwrap_err();
-            assert!(err.contains("overlaps the host's own API"), "{text}: {err}");
+            assert!(
+                err.contains("overlaps the host's own API") || err.contains("dashboard"),
+                "{text}: {err}"
+            );
         }
         // A catch-all is fine: the API's routes are matched first.
         assert!("/...".parse::<Route>().is_ok());

@@ -20,7 +20,8 @@ use crate::engine::{Broker, BrokerError};
 use crate::http::wire::{FailedComponent, ReloadReport};
 use crate::http::{ProducerRoute, ProducerRoutes, QueueConsumers, Wiring};
 use crate::manifest::{self, ComponentConfig, Manifest};
-use crate::metrics::ComponentStats;
+use crate::metrics::{ComponentLoad, ComponentStats, now_ms};
+use crate::runtime::CacheOutcome;
 
 /// One loaded component and what it was loaded from.
 struct Running {
@@ -97,8 +98,15 @@ impl Supervisor {
     }
 
     /// Reads the manifest file again and applies it. An invalid manifest changes nothing.
+    /// What came of it is kept for the dashboard.
     #[tracing::instrument(name = "reload", skip_all, fields(manifest = %self.manifest_path.display()))]
     pub(super) async fn reload(&self) -> Result<ReloadReport> {
+        let outcome = self.try_reload().await;
+        self.components.reloaded(outcome.as_ref());
+        outcome
+    }
+
+    async fn try_reload(&self) -> Result<ReloadReport> {
         let manifest = manifest::load(&self.manifest_path)?;
         manifest.check_sources()?;
         let report = self.apply(&manifest, None).await?;
@@ -157,11 +165,12 @@ impl Supervisor {
                 Err(err) if strict => return Err(err),
                 Err(err) => {
                     tracing::error!(component = %name, error = format!("{err:#}"), "the new version failed to load; the old one keeps serving");
+                    self.components.failed(name, format!("{err:#}"));
                     report.failed.push(failed(name, &err));
                     continue;
                 }
             };
-            self.components.loaded(name, done.took);
+            self.components.loaded(name, load_record(config, &done));
             let swapped = self.install(&mut running, config, done, loaded);
             if swapped {
                 report.swapped.push(name.clone());
@@ -181,6 +190,8 @@ impl Supervisor {
                 report.stopped.push(name);
             }
         }
+        self.components
+            .retain(|name| manifest.components.contains_key(name));
         self.producers.replace(
             running
                 .values()
@@ -309,6 +320,19 @@ impl Supervisor {
         for task in tasks {
             let _ = task.await;
         }
+    }
+}
+
+/// What the dashboard shows of a load that succeeded.
+fn load_record(config: &ComponentConfig, done: &Compiled) -> ComponentLoad {
+    ComponentLoad {
+        digest: done.digest.clone(),
+        source: config.source.display().to_string(),
+        queue: config.consumer.as_ref().map(|c| c.queue.clone()),
+        route: config.route.as_ref().map(ToString::to_string),
+        at_ms: now_ms(),
+        load_seconds: done.took.as_secs_f64(),
+        from_cache: done.outcome == CacheOutcome::Hit,
     }
 }
 
