@@ -206,11 +206,16 @@ pub async fn run_consumer(bench: &ConsumerBench) -> Result<()> {
             continue;
         }
         let redb = Store::Redb(&dir);
-        let mut row = vec![throughput(redb, bench, &component, concurrency, 1, None).await?];
+        let mut row = vec![
+            throughput(redb, bench, &component, concurrency, 1, None)
+                .await?
+                .rate,
+        ];
         if let Some(url) = postgres {
             for hosts in [1, 2] {
                 let store = Store::Postgres(url);
-                row.push(throughput(store, bench, &component, concurrency, hosts, None).await?);
+                let run = throughput(store, bench, &component, concurrency, hosts, None).await?;
+                row.push(run.rate);
             }
         }
         figures.push((concurrency, row));
@@ -237,9 +242,9 @@ pub async fn run_consumer(bench: &ConsumerBench) -> Result<()> {
     Ok(())
 }
 
-/// Throughput without and with the dashboard served, alternating (without, with, without,
-/// with) so that drift (page cache, the other core's load) falls on both; prints the ratio of
-/// the means.
+/// Throughput without and with the dashboard served, in `load.rounds` pairs whose order
+/// alternates (without, with, with, without, …) so that drift (page cache, the other core's
+/// load) falls on both; prints the ratio of the means.
 async fn dashboard_cost(
     dir: &Path,
     bench: &ConsumerBench,
@@ -249,23 +254,59 @@ async fn dashboard_cost(
 ) -> Result<()> {
     let store = Store::Redb(dir);
     let (mut without, mut with) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
-        let run = Some((load, false));
-        without.push(throughput(store, bench, component, concurrency, 1, run).await?);
-        let run = Some((load, true));
-        with.push(throughput(store, bench, component, concurrency, 1, run).await?);
+    for round in 0..load.rounds.max(1) {
+        // Without first in even rounds, with first in odd ones: a drift from one run to the
+        // next falls on both sides.
+        for serve in [round % 2 == 1, round % 2 == 0] {
+            let run = throughput(store, bench, component, concurrency, 1, Some((load, serve)));
+            let run = run.await?;
+            if serve { &mut with } else { &mut without }.push(run);
+        }
     }
-    let mean = |rates: &[f64]| rates.iter().sum::<f64>() / rates.len() as f64;
+    let mean =
+        |runs: &[Run], of: fn(&Run) -> f64| runs.iter().map(of).sum::<f64>() / runs.len() as f64;
+    let rate = |run: &Run| run.rate;
+    // CPU time per message: what serving the dashboard adds, however busy the machine is.
+    let cpu = |run: &Run| run.cpu_per_message.as_secs_f64() * 1e6;
+    // Each pair ran back to back: its ratio is the least disturbed by drift over the runs.
+    let mut pairs: Vec<f64> = with
+        .iter()
+        .zip(&without)
+        .map(|(w, o)| w.rate / o.rate)
+        .collect();
+    pairs.sort_by(f64::total_cmp);
+    let median = match pairs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => pairs[n / 2],
+        n => (pairs[n / 2 - 1] + pairs[n / 2]) / 2.0,
+    };
     println!(
-        "dashboard cost, max_concurrency {concurrency}: {:.0} msgs/s without, {:.0} msgs/s with {} pollers of the summary every {} ms ({} idle queues besides): ratio {:.3}",
-        mean(&without),
-        mean(&with),
+        "dashboard cost, max_concurrency {concurrency}, {} pollers of the summary every {} ms, {} idle queues besides: {:.0} msgs/s without, {:.0} msgs/s with (means of {} runs each, ratio {:.3}); pairs' ratios {}, median {median:.3}; CPU per message {:.2} µs without, {:.2} µs with (ratio {:.3})",
         load.pollers,
         load.interval.as_millis(),
         load.queues,
-        mean(&with) / mean(&without)
+        mean(&without, rate),
+        mean(&with, rate),
+        without.len(),
+        mean(&with, rate) / mean(&without, rate),
+        pairs
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        mean(&without, cpu),
+        mean(&with, cpu),
+        mean(&with, cpu) / mean(&without, cpu),
     );
     Ok(())
+}
+
+/// What one throughput run measured.
+struct Run {
+    /// Messages per second, end to end.
+    rate: f64,
+    /// CPU time the process used during the run, per message.
+    cpu_per_message: Duration,
 }
 
 /// The `n`th message of a run.
@@ -279,7 +320,7 @@ fn message(bench: &ConsumerBench, n: u64) -> SendRequest {
 /// 4 producers send batches of 100 while the consumer (batches of `batch_size`) keeps up.
 /// With several hosts, each has its own broker and dispatcher, and the producers are spread
 /// over them. With `dashboard`, the store also has its idle queues, and the dashboard is
-/// served to its pollers during the run when the flag says so. Returns msgs/s.
+/// served to its pollers during the run when the flag says so.
 async fn throughput(
     store: Store<'_>,
     bench: &ConsumerBench,
@@ -287,7 +328,7 @@ async fn throughput(
     concurrency: u32,
     hosts: usize,
     dashboard: Option<(&DashboardLoad, bool)>,
-) -> Result<f64> {
+) -> Result<Run> {
     let batch_size = bench.batch_size;
     let consumer = ConsumerSettings {
         max_batch_size: batch_size,
@@ -308,6 +349,7 @@ async fn throughput(
 
     let batches = bench.messages.div_ceil(100);
     let started = Instant::now();
+    let cpu_started = dashboard::cpu_time();
     let mut producers = Vec::new();
     for p in 0..4u64 {
         let broker = brokers[p as usize % brokers.len()].clone();
@@ -341,6 +383,7 @@ async fn throughput(
         tokio::time::sleep(poll).await;
     }
     let elapsed = started.elapsed();
+    let cpu = dashboard::cpu_time().saturating_sub(cpu_started);
     let polled = match serving {
         Some(serving) => {
             let (requests, bytes) = serving.stop().await?;
@@ -372,7 +415,10 @@ async fn throughput(
         elapsed.as_secs_f64(),
         sent.as_secs_f64()
     );
-    Ok(rate)
+    Ok(Run {
+        rate,
+        cpu_per_message: cpu / total as u32,
+    })
 }
 
 /// One message at a time at light load, `max_batch_timeout = 0`: time from the send being

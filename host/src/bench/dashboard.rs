@@ -23,11 +23,14 @@ pub struct DashboardLoad {
     pub interval: Duration,
     /// Idle queues added next to the benchmark's, so that the summary has rows to build.
     pub queues: u32,
+    /// Pairs of runs (without, then with) per `max_concurrency`.
+    pub rounds: u32,
 }
 
 /// The API served on a loopback port with pollers asking for the summary.
 pub(super) struct Serving {
-    stop: watch::Sender<bool>,
+    stop_pollers: watch::Sender<bool>,
+    stop_server: watch::Sender<bool>,
     server: JoinHandle<()>,
     pollers: Vec<JoinHandle<Result<(u64, u64)>>>,
 }
@@ -76,32 +79,55 @@ impl Serving {
             reloader: None,
             access_log: false,
         });
-        let (stop, stopped) = watch::channel(false);
-        let server = tokio::spawn(http::serve(listener, router, 1024, stopped.clone()));
+        let (stop_server, server_stopped) = watch::channel(false);
+        let server = tokio::spawn(http::serve(listener, router, 1024, server_stopped));
+        let (stop_pollers, pollers_stopped) = watch::channel(false);
         let pollers = (0..load.pollers)
             .map(|i| {
                 let offset = load.interval * i / load.pollers.max(1);
-                tokio::spawn(poll(url.clone(), offset, load.interval, stopped.clone()))
+                tokio::spawn(poll(
+                    url.clone(),
+                    offset,
+                    load.interval,
+                    pollers_stopped.clone(),
+                ))
             })
             .collect();
         Ok(Self {
-            stop,
+            stop_pollers,
+            stop_server,
             server,
             pollers,
         })
     }
 
-    /// Stops the pollers and the server; returns the requests made and the bytes received.
+    /// Stops the pollers (each after its request in progress), then the server; returns the
+    /// requests made and the bytes received.
     pub(super) async fn stop(self) -> Result<(u64, u64)> {
-        self.stop.send(true)?;
+        self.stop_pollers.send(true)?;
         let mut total = (0, 0);
         for poller in self.pollers {
             let (requests, bytes) = poller.await??;
             total = (total.0 + requests, total.1 + bytes);
         }
+        self.stop_server.send(true)?;
         self.server.await?;
         Ok(total)
     }
+}
+
+/// CPU time this process has used so far (user and system, every thread).
+pub(super) fn cpu_time() -> Duration {
+    // SAFETY: `getrusage` only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// Asks for `url` every `interval` (first after `offset`) until stopped.

@@ -78,6 +78,9 @@ enum BenchSubcommand {
         /// row for each).
         #[arg(long, default_value_t = 0)]
         dashboard_queues: u32,
+        /// Pairs of runs, without and with the pollers, per max_concurrency.
+        #[arg(long, default_value_t = 3)]
+        dashboard_rounds: u32,
     },
     /// Publishing through the HTTP API over loopback, and pull / ack.
     Http {
@@ -159,6 +162,7 @@ impl BenchCommand {
                 dashboard_pollers,
                 dashboard_interval_ms,
                 dashboard_queues,
+                dashboard_rounds,
             } => {
                 bench::run_consumer(&ConsumerBench {
                     concurrency,
@@ -173,6 +177,7 @@ impl BenchCommand {
                         pollers: dashboard_pollers,
                         interval: std::time::Duration::from_millis(dashboard_interval_ms),
                         queues: dashboard_queues,
+                        rounds: dashboard_rounds,
                     }),
                 })
                 .await
