@@ -49,22 +49,19 @@ impl Swappable {
 
     /// The manifest: the swappable consumer on `jobs`, forwarding to `handled-by-v2`.
     fn manifest(&self) -> Manifest {
+        self.manifest_with(swappable_consumer())
+    }
+
+    /// The manifest with `consumer` (the swappable one, with more keys) in its place.
+    fn manifest_with(&self, consumer: Component) -> Manifest {
         let mut manifest = Manifest::new();
         if let Some(url) = &self.storage {
             manifest = manifest.host("storage", url.as_str());
         }
-        let consumer = Consumer::on("jobs")
-            .max_batch_size(10)
-            .max_batch_timeout(0)
-            .max_concurrency(2);
         manifest
             .queue("jobs")
             .queue(Queue::new("handled-by-v2").pull_consumer(Table::new()))
-            .component(
-                Component::new("consumer", "consumer.wasm")
-                    .consumer(consumer)
-                    .producer("OUT", "handled-by-v2"),
-            )
+            .component(consumer)
     }
 
     /// Writes `manifest` in place of the host's.
@@ -79,6 +76,34 @@ impl Swappable {
 
     async fn start(&self) -> RunningHost {
         start_host(&self.manifest_path()).await
+    }
+}
+
+/// The consumer on `jobs` whose two versions tell themselves apart through `handled-by-v2`.
+fn swappable_consumer() -> Component {
+    let consumer = Consumer::on("jobs")
+        .max_batch_size(10)
+        .max_batch_timeout(0)
+        .max_concurrency(2);
+    Component::new("consumer", "consumer.wasm")
+        .consumer(consumer)
+        .producer("OUT", "handled-by-v2")
+}
+
+/// Sends probes to `jobs` until one is handled by v2; fails with `never` after 10 s.
+async fn probe_until_v2(broker: &dyn Broker, never: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        broker
+            .send("jobs", SendRequest::text("probe"))
+            .await
+            .unwrap();
+        wait_drained(broker, "jobs").await;
+        if broker.metrics("handled-by-v2").await.unwrap().backlog.count > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -304,20 +329,7 @@ async fn watch_swaps_when_the_file_changes() {
 
     let changed = Instant::now();
     setup.install(&v2());
-    // Probes until one is handled by v2.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        broker
-            .send("jobs", SendRequest::text("probe"))
-            .await
-            .unwrap();
-        wait_drained(&*broker, "jobs").await;
-        if broker.metrics("handled-by-v2").await.unwrap().backlog.count > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "--watch never swapped");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    probe_until_v2(&*broker, "--watch never swapped").await;
     println!(
         "file change to first batch on the new version: {:.0} ms (includes compiling it)",
         changed.elapsed().as_secs_f64() * 1000.0
@@ -338,22 +350,10 @@ async fn watch_rebuilds_when_a_source_changes() {
     std::fs::create_dir(dir.join("src")).unwrap();
     std::fs::write(dir.join("src/version.txt"), "v1").unwrap();
     let build = "cp \"$(cat src/version.txt).wasm\" consumer.wasm.tmp && mv consumer.wasm.tmp consumer.wasm";
-    let manifest = Manifest::new()
-        .queue("jobs")
-        .queue(Queue::new("handled-by-v2").pull_consumer(Table::new()))
-        .component(
-            Component::new("consumer", "consumer.wasm")
-                .consumer(
-                    Consumer::on("jobs")
-                        .max_batch_size(10)
-                        .max_batch_timeout(0)
-                        .max_concurrency(2),
-                )
-                .producer("OUT", "handled-by-v2")
-                .set("build", build)
-                .set("watch", Value::Array(vec!["src/*.txt".into()])),
-        );
-    setup.write_manifest(&manifest);
+    let consumer = swappable_consumer()
+        .set("build", build)
+        .set("watch", Value::Array(vec!["src/*.txt".into()]));
+    setup.write_manifest(&setup.manifest_with(consumer));
     let mut host = setup.start().await;
     host.watch().unwrap();
     let broker = host.broker();
@@ -373,22 +373,7 @@ async fn watch_rebuilds_when_a_source_changes() {
 
     let edited = Instant::now();
     std::fs::write(dir.join("src/version.txt"), "v2").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        broker
-            .send("jobs", SendRequest::text("probe"))
-            .await
-            .unwrap();
-        wait_drained(&*broker, "jobs").await;
-        if broker.metrics("handled-by-v2").await.unwrap().backlog.count > 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "--watch never rebuilt and swapped"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    probe_until_v2(&*broker, "--watch never rebuilt and swapped").await;
     println!(
         "source edit to first batch on the rebuilt version: {:.0} ms (build, compile, swap)",
         edited.elapsed().as_secs_f64() * 1000.0
