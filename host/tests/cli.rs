@@ -376,9 +376,9 @@ fn the_log_tells_each_batch_and_each_dead_letter_move_in_json() {
 }
 
 /// A component that is not wasm, or of the wrong world, stops the start with an error that
-/// names the manifest's line and key and the file, before any queue is stored.
+/// names the manifest's line and key and the file.
 #[test]
-fn a_bad_component_stops_the_start_before_anything_is_stored() {
+fn a_bad_component_stops_the_start_with_where_and_why() {
     for (source, says) in [
         (guest_path("webhook"), "is not a consumer"),
         (std::path::PathBuf::from("not-wasm.txt"), "not-wasm.txt"),
@@ -402,11 +402,87 @@ fn a_bad_component_stops_the_start_before_anything_is_stored() {
             "{stderr}"
         );
         assert!(stderr.contains(says), "{stderr}");
-        assert!(
-            !dir.path().join("data/queues.redb").exists(),
-            "a failed start stored the queues"
-        );
     }
+}
+
+/// The API listens before the components are built and compiled: a send is accepted at once,
+/// a producer route answers 503 `starting` meanwhile, and when the build fails the host exits
+/// non-zero without losing what it accepted — the next start consumes it.
+#[test]
+fn sends_are_accepted_while_components_build_and_outlive_a_failed_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = |build: Option<&str>| {
+        let mut worker =
+            Component::new("worker", guest_path("worker")).consumer(Consumer::on("jobs"));
+        if let Some(build) = build {
+            worker = worker.set("build", build);
+        }
+        Manifest::new()
+            .host("data_dir", "data")
+            .queue("jobs")
+            .component(
+                Component::new("hook", guest_path("webhook"))
+                    .route("/hook")
+                    .producer("JOBS", "jobs"),
+            )
+            .component(worker)
+            .write(dir.path())
+    };
+    let path = manifest(Some("sleep 4 && echo broken && false"));
+    let mut host = HostRun::new(&path)
+        .spawn()
+        .listening(Duration::from_secs(30));
+    let out = host.cli(&["send", "jobs", "print:kept while starting"]);
+    assert!(out.status.success(), "{out:?}");
+    // The route answers before reading the body.
+    let (status, answer) = raw_post_head(&host.url, "/hook", 100);
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert!(answer.contains("\"code\":\"starting\""), "{answer}");
+    assert!(!host.wait_exit(Duration::from_secs(60)).success());
+    let log = host.log_text();
+    assert!(log.contains("broken"), "{log}");
+    assert!(!log.contains("wasmq host ready"), "{log}");
+
+    let host = HostRun::new(&manifest(None)).start();
+    host.wait_log("kept while starting");
+    let answer: Value =
+        serde_json::from_str(&host.post_json("/hook", &json!("print:then served"))).unwrap();
+    assert_eq!(answer["queued"], 1, "{answer}");
+    host.wait_log("then served");
+}
+
+/// With `--watch`, a start whose build fails keeps the host up (and what it accepts) and loads
+/// the component once a watched source changes and the build succeeds.
+#[test]
+fn with_watch_a_failed_build_at_start_is_loaded_once_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let build = format!(
+        "test -f fixed && cp {} worker.wasm",
+        guest_path("worker").display()
+    );
+    let path = Manifest::new()
+        .host("data_dir", "data")
+        .queue("jobs")
+        .component(
+            Component::new("worker", dir.path().join("worker.wasm"))
+                .consumer(Consumer::on("jobs"))
+                .set("build", build)
+                .set("watch", vec!["fixed"]),
+        )
+        .write(dir.path());
+    let host = HostRun::new(&path)
+        .watch()
+        .spawn()
+        .listening(Duration::from_secs(30));
+    host.wait_log("still running: --watch loads the component once it is fixed");
+    let out = host.cli(&["send", "jobs", "print:waited for the fix"]);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(dir.path().join("fixed"), "").unwrap();
+    host.wait_log("waited for the fix");
 }
 
 /// Sends only the head of a POST declaring `length` body bytes, plus a few of them, and reads

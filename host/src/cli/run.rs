@@ -28,7 +28,7 @@ impl RunCommand {
         // Listen for signals before announcing the host, so a signal right after the
         // announcement is a clean stop rather than the default (immediate) death.
         let mut signals = StopSignals::install()?;
-        let mut host = run::start(&manifest).await?;
+        let mut host = run::launch(&manifest).await?;
         if self.watch {
             host.watch()?;
         }
@@ -36,7 +36,21 @@ impl RunCommand {
             "wasmq host listening on http://{} (Ctrl-C stops)",
             host.addr()
         );
-        signals.next().await;
+        tokio::select! {
+            ready = host.ready() => {
+                match ready {
+                    Ok(ready) => println!("wasmq host ready: {}", ready.map_or_else(String::new, |r| r.to_string())),
+                    // While watching, the host stays up: fixing the source loads it.
+                    Err(err) if self.watch => eprintln!("error: {err:#}\n(still running: --watch loads the component once it is fixed)"),
+                    Err(err) => {
+                        host.shutdown().await?;
+                        return Err(err);
+                    }
+                }
+                signals.next().await;
+            }
+            _ = signals.next() => {}
+        }
         println!("stopping: finishing running batches");
         tokio::select! {
             result = host.shutdown() => result,

@@ -37,32 +37,73 @@ const RETRY_AFTER_SECONDS: u32 = 1;
 /// The producer routes being served. Cheap to clone; [`ProducerRoutes::replace`] swaps the
 /// whole table at once, so a request sees either the old table or the new one.
 #[derive(Clone, Default)]
-pub struct ProducerRoutes(Arc<RwLock<Arc<[ProducerRoute]>>>);
+pub struct ProducerRoutes(Arc<RwLock<Table>>);
+
+#[derive(Default)]
+struct Table {
+    serving: Arc<[ProducerRoute]>,
+    /// Routes whose component is still being built or compiled at the start, with its name:
+    /// they answer 503 until it serves, rather than 404.
+    starting: Arc<[(Route, String)]>,
+}
+
+/// What answers a path.
+enum Found {
+    Serving(Box<ProducerRoute>),
+    Starting(String),
+}
 
 impl ProducerRoutes {
     /// A table holding `routes`.
     pub fn new(routes: Vec<ProducerRoute>) -> Self {
-        Self(Arc::new(RwLock::new(routes.into())))
+        let table = Self::default();
+        table.replace(routes);
+        table
     }
 
     /// Serves `routes` from now on; requests already running finish on the old components.
+    /// Routes marked as starting are no longer.
     pub fn replace(&self, routes: Vec<ProducerRoute>) {
-        *self.0.write().expect("producer routes lock") = routes.into();
+        *self.0.write().expect("producer routes lock") = Table {
+            serving: routes.into(),
+            starting: Arc::new([]),
+        };
+    }
+
+    /// Marks `routes` (with their components' names) as starting: until [`Self::replace`],
+    /// a request for one answers 503 with `Retry-After`.
+    pub fn starting(&self, routes: Vec<(Route, String)>) {
+        self.0.write().expect("producer routes lock").starting = routes.into();
     }
 
     /// Whether no route is served.
     pub fn is_empty(&self) -> bool {
-        self.0.read().expect("producer routes lock").is_empty()
+        self.0
+            .read()
+            .expect("producer routes lock")
+            .serving
+            .is_empty()
     }
 
-    /// The route that answers `path`, if any.
-    fn find(&self, path: &str) -> Option<ProducerRoute> {
-        let routes = self.0.read().expect("producer routes lock").clone();
-        routes
+    /// What answers `path`, if anything: the most specific route served, else the most
+    /// specific one starting.
+    fn find(&self, path: &str) -> Option<Found> {
+        let (serving, starting) = {
+            let table = self.0.read().expect("producer routes lock");
+            (table.serving.clone(), table.starting.clone())
+        };
+        let serving = serving
             .iter()
             .filter(|r| r.route.matches(path))
-            .max_by_key(|r| r.route.specificity())
-            .cloned()
+            .max_by_key(|r| r.route.specificity());
+        if let Some(route) = serving {
+            return Some(Found::Serving(Box::new(route.clone())));
+        }
+        starting
+            .iter()
+            .filter(|(route, _)| route.matches(path))
+            .max_by_key(|(route, _)| route.specificity())
+            .map(|(_, name)| Found::Starting(name.clone()))
     }
 }
 
@@ -92,13 +133,24 @@ pub(super) fn router(
 
 async fn serve(State(producers): State<Producers>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
-    let Some(route) = producers.routes.find(&path) else {
-        return fail(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no route or API path matches `{path}`"),
-        )
-        .into_response();
+    let route = match producers.routes.find(&path) {
+        Some(Found::Serving(route)) => *route,
+        Some(Found::Starting(name)) => {
+            return unavailable(
+                "starting",
+                format!(
+                    "component `{name}` is starting (being built or compiled); try again shortly"
+                ),
+            );
+        }
+        None => {
+            return fail(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route or API path matches `{path}`"),
+            )
+            .into_response();
+        }
     };
     if route.requires_token
         && let Some(token) = &producers.token
@@ -159,7 +211,12 @@ async fn serve(State(producers): State<Producers>, request: Request) -> Response
 
 /// 503 with `Retry-After`: the host is at capacity, not failing.
 fn busy(message: String) -> Response {
-    let mut response = fail(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message).into_response();
+    unavailable("overloaded", message)
+}
+
+/// 503 with `Retry-After` and error `code`: try again shortly.
+fn unavailable(code: &str, message: String) -> Response {
+    let mut response = fail(StatusCode::SERVICE_UNAVAILABLE, code, message).into_response();
     response.headers_mut().insert(
         axum::http::header::RETRY_AFTER,
         axum::http::HeaderValue::from(RETRY_AFTER_SECONDS),

@@ -7,16 +7,17 @@ mod components;
 mod supervisor;
 mod watch;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::Instrument;
 
-use self::components::{ComponentFile, Runtimes};
+use self::components::Runtimes;
 use self::supervisor::Supervisor;
+use crate::config::ConfigErrors;
 use crate::dispatch::ConsumerStats;
 use crate::engine::{self, Broker, PostgresOptions, RedbOptions};
 use crate::http::{self, wire::ReloadReport};
@@ -47,6 +48,30 @@ pub struct RunningHost {
     shutdown_timeout: Duration,
     stop_tasks: tokio::sync::watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// Building, compiling and starting the components, from [`launch`] until
+    /// [`RunningHost::ready`] has seen it finish.
+    loading: Option<JoinHandle<Result<Ready>>>,
+}
+
+/// The components of a host that started.
+#[derive(Debug)]
+pub struct Ready {
+    /// How many components serve.
+    pub components: usize,
+    /// From the launch until they all served (builds included).
+    pub took: Duration,
+}
+
+impl std::fmt::Display for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = if self.components == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{} component{s} serving after {:.1} s",
+            self.components,
+            self.took.as_secs_f64()
+        )
+    }
 }
 
 impl RunningHost {
@@ -63,6 +88,16 @@ impl RunningHost {
     /// The runtime (engine, cache) the consumer components run in.
     pub fn runtime(&self) -> &Runtime {
         &self.runtimes.consumers
+    }
+
+    /// Waits until the components of the launch are built, compiled and serving. The error
+    /// names each component that failed and why (those that loaded keep serving, and a reload
+    /// may fix the others). After the first call, answers at once.
+    pub async fn ready(&mut self) -> Result<Option<Ready>> {
+        match self.loading.take() {
+            Some(task) => Ok(Some(task.await.context("loading the components")??)),
+            None => Ok(None),
+        }
     }
 
     /// Reads the manifest file again and applies it: new queues and components start, changed
@@ -83,6 +118,10 @@ impl RunningHost {
     /// still running at the deadline are abandoned: their messages are delivered again after
     /// the next start, with the attempt counted.
     pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(loading) = self.loading.take() {
+            loading.abort();
+            let _ = loading.await;
+        }
         let finished =
             tokio::time::timeout(self.shutdown_timeout, self.supervisor.stop_all()).await;
         if finished.is_err() {
@@ -97,15 +136,33 @@ impl RunningHost {
     }
 }
 
-/// Builds what the manifest asks to build, compiles every component and checks it against
-/// its world, then opens the queues and starts serving. A problem with a component (a failed
-/// build, a file that is not a component, a component of the wrong world) stops the start
-/// with an error naming the manifest, the line and the key, before anything is stored.
-#[tracing::instrument(name = "start", skip_all, fields(manifest = %manifest.path.display()))]
+/// [`launch`]es the host and waits until its components serve ([`RunningHost::ready`]). If
+/// one fails (a failed build, a file that is not a component, a component of the wrong world),
+/// the host is shut down and the error names the manifest, the line and the key; messages
+/// accepted meanwhile stay in their queues.
 pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
-    build_components(manifest).await?;
-    manifest.check_sources()?;
+    let mut host = launch(manifest).await?;
+    match host.ready().await {
+        Ok(_) => Ok(host),
+        Err(err) => {
+            if let Err(stop) = host.shutdown().await {
+                tracing::warn!(
+                    error = format!("{stop:#}"),
+                    "shutting down after a failed start"
+                );
+            }
+            Err(err)
+        }
+    }
+}
 
+/// Opens the queues (creating and configuring the manifest's), listens, and builds, compiles
+/// and starts the components in the background: sends are accepted at once, a producer route
+/// answers 503 (`starting`, with `Retry-After`) until its component serves, and each consumer
+/// starts taking batches as soon as its component is loaded. [`RunningHost::ready`] waits for
+/// the components.
+#[tracing::instrument(name = "start", skip_all, fields(manifest = %manifest.path.display()))]
+pub async fn launch(manifest: &Manifest) -> Result<RunningHost> {
     let data_dir = &manifest.host.data_dir;
     let runtimes = Runtimes::new(&RuntimeConfig {
         cache_dir: manifest
@@ -115,22 +172,10 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
         pooling_allocator: manifest.host.pooling_allocator,
         ..RuntimeConfig::default()
     })?;
-    let mut compiled = BTreeMap::new();
-    for config in manifest.components.values() {
-        let done = match ComponentFile::read(config) {
-            Ok(file) => components::compile(&runtimes, config, file).await,
-            Err(err) => Err(err),
-        }
-        .map_err(|err| {
-            let message = format!("{}: {err:#}", config.source.display());
-            manifest.source_error(&config.name, message)
-        })?;
-        compiled.insert(config.name.clone(), done);
-    }
-
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating data_dir {}", data_dir.display()))?;
     let broker = open_queues(manifest).await?;
+    supervisor::sync_queues(&*broker, manifest).await?;
     let stats = ConsumerStats::default();
     let supervisor = Arc::new(Supervisor::new(
         runtimes.clone(),
@@ -138,7 +183,15 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
         manifest,
         stats.clone(),
     ));
-    supervisor.apply(manifest, Some(compiled)).await?;
+    supervisor.producers().starting(
+        manifest
+            .components
+            .values()
+            .filter_map(|c| Some((c.route.clone()?, c.name.clone())))
+            .collect(),
+    );
+    let loading =
+        tokio::spawn(load_components(manifest.clone(), supervisor.clone()).in_current_span());
 
     let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -177,8 +230,9 @@ pub async fn start(manifest: &Manifest) -> Result<RunningHost> {
     ));
     #[cfg(unix)]
     tasks.spawn(reload_on_sighup(supervisor.clone(), stopped));
-    tracing::info!(%addr, storage = ?manifest.host.storage, queues = manifest.queues.len(), components = manifest.components.len(), pooling = runtimes.consumers.pooling(), "wasmq host running");
+    tracing::info!(%addr, storage = ?manifest.host.storage, queues = manifest.queues.len(), components = manifest.components.len(), pooling = runtimes.consumers.pooling(), "wasmq host listening; loading components");
     Ok(RunningHost {
+        loading: Some(loading),
         addr,
         broker,
         supervisor,
@@ -222,12 +276,43 @@ async fn reload_on_sighup(
     }
 }
 
-/// Runs each component's `build` command in the manifest's folder.
-async fn build_components(manifest: &Manifest) -> Result<()> {
-    for component in manifest.components.values() {
-        build::build(&manifest.dir, component).await?;
+/// Runs each component's `build` command in the manifest's folder, then compiles and starts
+/// every component. Any failure is an error naming the component's `source` in the manifest.
+async fn load_components(manifest: Manifest, supervisor: Arc<Supervisor>) -> Result<Ready> {
+    let started = std::time::Instant::now();
+    let built = async {
+        for component in manifest.components.values() {
+            build::build(&manifest.dir, component).await?;
+        }
+        Ok::<_, anyhow::Error>(manifest.check_sources()?)
+    };
+    if let Err(err) = built.await {
+        // Nothing will serve the routes that were starting.
+        supervisor.producers().replace(Vec::new());
+        return Err(err);
     }
-    Ok(())
+    let report = supervisor.apply(&manifest).await?;
+    let errors = report
+        .failed
+        .iter()
+        .map(|failed| {
+            let source = manifest.components[&failed.component].source.display();
+            manifest.source_error(&failed.component, format!("{source}: {}", failed.error))
+        })
+        .collect();
+    if let Some(errors) = ConfigErrors::new(errors) {
+        return Err(errors.into());
+    }
+    let ready = Ready {
+        components: report.started.len(),
+        took: started.elapsed(),
+    };
+    tracing::info!(
+        components = ready.components,
+        took_ms = ready.took.as_millis() as u64,
+        "components serving"
+    );
+    Ok(ready)
 }
 
 async fn sweep(broker: Arc<dyn Broker>, mut stopped: tokio::sync::watch::Receiver<bool>) {

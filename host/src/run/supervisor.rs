@@ -109,7 +109,7 @@ impl Supervisor {
     async fn try_reload(&self) -> Result<ReloadReport> {
         let manifest = manifest::load(&self.manifest_path)?;
         manifest.check_sources()?;
-        let report = self.apply(&manifest, None).await?;
+        let report = self.apply(&manifest).await?;
         tracing::info!(
             started = ?report.started,
             swapped = ?report.swapped,
@@ -121,15 +121,11 @@ impl Supervisor {
         Ok(report)
     }
 
-    /// Makes the running set match `manifest`. At the first start every component comes
-    /// `compiled` already (checked before anything was stored) and any failure is an error;
-    /// on a reload a component that fails to load is reported and its old version kept.
-    pub(super) async fn apply(
-        &self,
-        manifest: &Manifest,
-        mut compiled: Option<BTreeMap<String, Compiled>>,
-    ) -> Result<ReloadReport> {
-        let strict = compiled.is_some();
+    /// Makes the running set match `manifest`: new and changed components are compiled and
+    /// started or swapped in, removed ones stopped. A component that fails to load is reported
+    /// (and kept off the dashboard's list of loaded versions) while its old version, if any,
+    /// keeps serving.
+    pub(super) async fn apply(&self, manifest: &Manifest) -> Result<ReloadReport> {
         let mut running = self.running.lock().await;
         let mut report = ReloadReport {
             queues_created: sync_queues(&*self.broker, manifest).await?,
@@ -140,21 +136,17 @@ impl Supervisor {
 
         for config in manifest.components.values() {
             let name = &config.name;
-            let done = match compiled.as_mut().and_then(|c| c.remove(name)) {
-                // Compiled moments ago, at the start, before the store was opened.
-                Some(done) => Ok(done),
-                None => match ComponentFile::read(config) {
-                    Ok(file)
-                        if running.get(name).is_some_and(|old| {
-                            old.digest == file.digest && old.config == *config
-                        }) =>
-                    {
-                        report.unchanged.push(name.clone());
-                        continue;
-                    }
-                    Ok(file) => components::compile(&self.runtimes, config, file).await,
-                    Err(err) => Err(err),
-                },
+            let done = match ComponentFile::read(config) {
+                Ok(file)
+                    if running
+                        .get(name)
+                        .is_some_and(|old| old.digest == file.digest && old.config == *config) =>
+                {
+                    report.unchanged.push(name.clone());
+                    continue;
+                }
+                Ok(file) => components::compile(&self.runtimes, config, file).await,
+                Err(err) => Err(err),
             };
             let loaded = done.and_then(|done| {
                 let loaded = components::link(&self.runtimes, config, &done, self.broker.clone())?;
@@ -162,9 +154,13 @@ impl Supervisor {
             });
             let (loaded, done) = match loaded {
                 Ok(loaded) => loaded,
-                Err(err) if strict => return Err(err),
                 Err(err) => {
-                    tracing::error!(component = %name, error = format!("{err:#}"), "the new version failed to load; the old one keeps serving");
+                    let keeps = if running.contains_key(name) {
+                        "the old version keeps serving"
+                    } else {
+                        "it is not running"
+                    };
+                    tracing::error!(component = %name, error = format!("{err:#}"), "failed to load; {keeps}");
                     self.components.failed(name, format!("{err:#}"));
                     report.failed.push(failed(name, &err));
                     continue;
@@ -357,7 +353,7 @@ fn stop(name: &str, old: Running) {
 /// Creates the manifest's queues that do not exist and updates the settings of those that do;
 /// returns the names created. Dead-letter queues are set in a second pass, once every queue
 /// exists.
-async fn sync_queues(broker: &dyn Broker, manifest: &Manifest) -> Result<Vec<String>> {
+pub(super) async fn sync_queues(broker: &dyn Broker, manifest: &Manifest) -> Result<Vec<String>> {
     let mut created = Vec::new();
     for (name, settings) in &manifest.queues {
         let mut without_dlq = settings.clone();

@@ -33,6 +33,7 @@ pub struct HostRun {
     dir: Option<TempDir>,
     env: Vec<(String, String)>,
     file_limit: Option<u32>,
+    watch: bool,
 }
 
 impl HostRun {
@@ -43,6 +44,7 @@ impl HostRun {
             dir: None,
             env: Vec::new(),
             file_limit: None,
+            watch: false,
         }
     }
 
@@ -68,6 +70,12 @@ impl HostRun {
         self
     }
 
+    /// `wasmq run --watch`.
+    pub fn watch(mut self) -> Self {
+        self.watch = true;
+        self
+    }
+
     /// The command, for tests that run it themselves (to read a failed start's output).
     pub fn command(&self) -> Command {
         let mut command = match self.file_limit {
@@ -84,6 +92,7 @@ impl HostRun {
         command
             .arg("run")
             .arg(&self.manifest)
+            .args(self.watch.then_some("--watch"))
             .env("NO_COLOR", "1")
             .env_remove("WASMQ_API_TOKEN")
             .env_remove("WASMQ_STORAGE");
@@ -93,7 +102,8 @@ impl HostRun {
         command
     }
 
-    /// Starts the host and collects its output; [`Spawned::ready`] waits until it listens.
+    /// Starts the host and collects its output; [`Spawned::ready`] waits until it listens and
+    /// its components serve.
     pub fn spawn(self) -> Spawned {
         let mut child = self
             .command()
@@ -103,27 +113,33 @@ impl HostRun {
             .spawn()
             .unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (announce, announcement) = std::sync::mpsc::channel();
+        let (announce, announcements) = std::sync::mpsc::channel();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let stdout_log = log.clone();
         std::thread::spawn(move || {
+            // The first line says where it listens, a later one that its components serve.
             let mut first = String::new();
             let _ = stdout.read_line(&mut first);
             let _ = announce.send(first);
-            collect(stdout, &stdout_log);
+            for line in stdout.lines().map_while(Result::ok) {
+                if line.starts_with("wasmq host ready") {
+                    let _ = announce.send(line.clone());
+                }
+                stdout_log.lock().unwrap().push((Instant::now(), line));
+            }
         });
         let stderr = BufReader::new(child.stderr.take().unwrap());
         let stderr_log = log.clone();
         std::thread::spawn(move || collect(stderr, &stderr_log));
         Spawned {
             child,
-            announcement,
+            announcements,
             log,
             dir: self.dir,
         }
     }
 
-    /// Starts the host and waits (up to 60 s) until it listens.
+    /// Starts the host and waits (up to 60 s) until it listens and its components serve.
     pub fn start(self) -> HostProcess {
         self.spawn().ready(Duration::from_secs(60))
     }
@@ -132,16 +148,33 @@ impl HostRun {
 /// A `wasmq run` child that has not announced its address yet (several can start at once).
 pub struct Spawned {
     child: Child,
-    announcement: std::sync::mpsc::Receiver<String>,
+    announcements: std::sync::mpsc::Receiver<String>,
     log: Arc<Mutex<Vec<LogLine>>>,
     dir: Option<TempDir>,
 }
 
 impl Spawned {
-    /// Waits for `wasmq host listening on http://…` on stdout; panics with the host's log if
-    /// it does not come within `within`.
-    pub fn ready(mut self, within: Duration) -> HostProcess {
-        let line = self.announcement.recv_timeout(within).unwrap_or_default();
+    /// Waits for `wasmq host listening on http://…` on stdout, then for `wasmq host ready`;
+    /// panics with the host's log if they do not come within `within`.
+    pub fn ready(self, within: Duration) -> HostProcess {
+        let deadline = Instant::now() + within;
+        let host = self.listening(within);
+        let line = host
+            .announcements
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_default();
+        assert!(
+            line.starts_with("wasmq host ready"),
+            "the host's components did not start; its log:\n{}",
+            host.log_text()
+        );
+        host
+    }
+
+    /// Waits for `wasmq host listening on http://…` on stdout (its components may still be
+    /// loading); panics with the host's log if it does not come within `within`.
+    pub fn listening(mut self, within: Duration) -> HostProcess {
+        let line = self.announcements.recv_timeout(within).unwrap_or_default();
         let url = line
             .split_whitespace()
             .find(|word| word.starts_with("http://"))
@@ -159,6 +192,7 @@ impl Spawned {
             child: self.child,
             url,
             log: self.log,
+            announcements: self.announcements,
             _dir: self.dir,
         }
     }
@@ -183,6 +217,7 @@ pub struct HostProcess {
     pub url: String,
     /// Everything it logged so far.
     pub log: Arc<Mutex<Vec<LogLine>>>,
+    announcements: std::sync::mpsc::Receiver<String>,
     _dir: Option<TempDir>,
 }
 
