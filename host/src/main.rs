@@ -13,9 +13,15 @@ async fn main() -> std::process::ExitCode {
     // `WASMQ_LOG` takes tracing's filter syntax, e.g. `debug` or `info,wasmq_engine=debug`.
     let filter = EnvFilter::try_from_env("WASMQ_LOG")
         .unwrap_or_else(|_| EnvFilter::new(cli.default_log_level()));
+    // Log lines are formatted where they happen and written by a thread of their own, so a
+    // guest printing a line per message does not make the batch wait for a write to stderr.
+    // Never lossy: when the writer falls behind, logging waits rather than drops lines.
+    let (writer, flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match cli.log_format {
         LogFormat::Json => log.json().init(),
         LogFormat::Text => {
@@ -23,7 +29,10 @@ async fn main() -> std::process::ExitCode {
             log.with_ansi(colour).init();
         }
     }
-    match cli.execute().await {
+    let result = cli.execute().await;
+    // Every log line is out before the error, and before the process exits.
+    drop(flush_on_exit);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

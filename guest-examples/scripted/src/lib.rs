@@ -39,6 +39,8 @@
 //! | `print:TEXT` | print TEXT on a line of stdout |
 //! | `print-flood:BYTES` | write BYTES `x` characters to stdout with no newline (an output flood) |
 //! | `sleep:MS` | `std::thread::sleep` for MS milliseconds |
+//! | `count` | add one to a global counter and print `count <n>`: how many times this instance counted (a warm instance keeps its globals) |
+//! | `hold:MIB` | allocate MIB mebibytes, touch them and keep them in a global (memory a warm instance keeps) |
 //! | `noop`, empty | nothing |
 //!
 //! Extensions for the send paths the commands above cannot reach (large bodies, JSON bodies,
@@ -126,6 +128,11 @@ impl Guest for Scripted {
 
 export!(Scripted);
 
+/// What `count` counted in this instance.
+static COUNTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// What `hold` allocated in this instance.
+static HELD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
 /// One command of a script.
 #[derive(Debug, PartialEq, Eq)]
 enum Command<'a> {
@@ -143,6 +150,8 @@ enum Command<'a> {
     SendBatch(&'a str, u32, Body<'a>),
     Print(&'a str),
     Sleep(u64),
+    Count,
+    Hold(u32),
     HttpGet(&'a str),
     Noop,
 }
@@ -273,6 +282,8 @@ fn parse(text: &str) -> Result<Command<'_>, String> {
         ("oom", None) => Command::Oom,
         ("print", t) => Command::Print(t.unwrap_or("")),
         ("print-flood", Some(n)) => Command::PrintFlood(number(n)?),
+        ("count", None) => Command::Count,
+        ("hold", Some(mib)) => Command::Hold(number(mib)?),
         ("sleep", Some(ms)) => Command::Sleep(
             ms.trim()
                 .parse()
@@ -350,6 +361,14 @@ fn run(batch: &MessageBatch, id: &str, command: Command<'_>) -> Result<(), Strin
         Command::Print(text) => println!("{text}"),
         Command::PrintFlood(bytes) => print_flood(bytes as usize),
         Command::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
+        Command::Count => {
+            let n = COUNTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            println!("count {n}");
+        }
+        Command::Hold(mib) => HELD
+            .lock()
+            .map_err(|_| "the held memory's lock is poisoned".to_string())?
+            .push(vec![1u8; (mib as usize) << 20]),
         Command::Send(binding, body, delay, dedup) => {
             let request = body.request(0, delay, dedup);
             if let Err(e) = producer::send(binding, &request) {
@@ -508,6 +527,8 @@ mod tests {
     #[test]
     fn parses_the_commands() {
         assert_eq!(parse("ack"), Ok(Command::Ack));
+        assert_eq!(parse("count"), Ok(Command::Count));
+        assert_eq!(parse("hold:3"), Ok(Command::Hold(3)));
         assert_eq!(parse("ack-times:3"), Ok(Command::AckTimes(3)));
         assert_eq!(parse(" retry "), Ok(Command::Retry(None)));
         assert_eq!(parse("retry:5"), Ok(Command::Retry(Some(5))));

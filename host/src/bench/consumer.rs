@@ -21,7 +21,7 @@ use crate::engine::{
     self, Broker, ConsumerSettings, PostgresOptions, QueueSettings, RedbOptions, SendRequest,
 };
 use crate::manifest::Storage;
-use crate::runtime::{ComponentOptions, ConsumerComponent, Runtime, RuntimeConfig};
+use crate::runtime::{ComponentOptions, ConsumerComponent, InstanceReuse, Runtime, RuntimeConfig};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -41,6 +41,8 @@ pub struct ConsumerBench {
     pub body: Option<String>,
     /// Use the pooling instance allocator.
     pub pooling: bool,
+    /// A fresh instance per batch rather than warm ones.
+    pub fresh_instance: bool,
     /// Redb only, or PostgreSQL as well (measured after redb, with one and with two hosts).
     pub storage: Storage,
     /// Also measure each redb throughput run while the dashboard is served to pollers.
@@ -179,9 +181,17 @@ pub async fn run_consumer(bench: &ConsumerBench) -> Result<()> {
         ..RuntimeConfig::default()
     })?;
     let started = Instant::now();
-    let component = ConsumerComponent::new(&runtime, "bench", &wasm, ComponentOptions::default())?;
+    let options = ComponentOptions {
+        reuse: if bench.fresh_instance {
+            InstanceReuse::FRESH
+        } else {
+            InstanceReuse::default()
+        },
+        ..ComponentOptions::default()
+    };
+    let component = ConsumerComponent::new(&runtime, "bench", &wasm, options)?;
     println!(
-        "wasmq consumer bench: component {} ({} KB) compiled in {:.0} ms; {} allocator",
+        "wasmq consumer bench: component {} ({} KB) compiled in {:.0} ms; {} allocator; {} instances",
         bench.wasm.display(),
         wasm.len() / 1000,
         started.elapsed().as_secs_f64() * 1000.0,
@@ -189,6 +199,11 @@ pub async fn run_consumer(bench: &ConsumerBench) -> Result<()> {
             "pooling"
         } else {
             "on-demand"
+        },
+        if bench.fresh_instance {
+            "fresh"
+        } else {
+            "warm"
         }
     );
     let dir = tempdir()?;

@@ -62,6 +62,9 @@ enum BenchSubcommand {
         /// Use the pooling instance allocator.
         #[arg(long)]
         pooling: bool,
+        /// A fresh instance for every batch (`fresh_instance = true`) instead of warm ones.
+        #[arg(long)]
+        fresh_instance: bool,
         /// `redb`, or a `postgres://user@host:port/db` URL to measure PostgreSQL too (next
         /// to redb; with one host and with two), in a schema of its own dropped afterwards.
         #[arg(long, default_value = "redb", value_parser = parse_storage)]
@@ -158,6 +161,7 @@ impl BenchCommand {
                 batch_size,
                 body,
                 pooling,
+                fresh_instance,
                 storage,
                 dashboard_pollers,
                 dashboard_interval_ms,
@@ -172,6 +176,7 @@ impl BenchCommand {
                     batch_size,
                     body,
                     pooling,
+                    fresh_instance,
                     storage,
                     dashboard: (dashboard_pollers > 0).then(|| DashboardLoad {
                         pollers: dashboard_pollers,

@@ -14,7 +14,7 @@ use super::error::{ConfigError, ConfigErrors, KeyPath, Position, line_of};
 use super::raw::{RawConsumer, RawLimits};
 use super::units::{format_duration, parse_duration, parse_size};
 use crate::engine::{BrokerError, BrokerResult, ConsumerSettings};
-use crate::runtime::ComponentLimits;
+use crate::runtime::{ComponentLimits, InstanceReuse};
 
 /// Largest `max_concurrency` of a consumer.
 pub const MAX_CONCURRENCY: u32 = 250;
@@ -134,6 +134,26 @@ impl<'a> Checker<'a> {
         let n = *value.get_ref();
         self.in_range(table, "max_concurrency", value, 1..=MAX_CONCURRENCY);
         Some(n)
+    }
+
+    /// A consumer table's `fresh_instance` and `max_batches_per_instance` (not both).
+    pub(crate) fn instance_reuse(&mut self, table: &KeyPath, raw: &RawConsumer) -> InstanceReuse {
+        let max_batches = self.number_or(
+            table,
+            "max_batches_per_instance",
+            &raw.max_batches_per_instance,
+            1..=InstanceReuse::MAX_BATCHES,
+            InstanceReuse::DEFAULT_MAX_BATCHES,
+        );
+        match (&raw.fresh_instance, &raw.max_batches_per_instance) {
+            (Some(fresh), Some(_)) if *fresh.get_ref() => {
+                let message = "set fresh_instance or max_batches_per_instance, not both";
+                self.report(&table.child("fresh_instance"), fresh.span(), message);
+                InstanceReuse::FRESH
+            }
+            (Some(fresh), _) if *fresh.get_ref() => InstanceReuse::FRESH,
+            _ => InstanceReuse { max_batches },
+        }
     }
 
     /// Blames `value` at `table.name` if it is outside `range`.

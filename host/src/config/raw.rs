@@ -31,6 +31,13 @@ pub(crate) struct RawConsumer {
     /// Most batches handled at once (1..=250); unset lets the host scale.
     #[schemars(with = "Option<u32>")]
     pub max_concurrency: Option<Spanned<u32>>,
+    /// Run every batch in a fresh instance (default false: an instance runs batch after
+    /// batch, its globals persisting, until it fails or is recycled).
+    #[schemars(with = "Option<bool>")]
+    pub fresh_instance: Option<Spanned<bool>>,
+    /// Batches one instance runs before it is replaced (1..=1000000). Default 1000.
+    #[schemars(with = "Option<u32>")]
+    pub max_batches_per_instance: Option<Spanned<u32>>,
 }
 
 /// A limits table: `components.NAME.limits` in a manifest, `[limits]` (and a case's `limits`)

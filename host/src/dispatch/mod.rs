@@ -196,6 +196,7 @@ impl Dispatcher {
                 Step::Leased => continue,
                 Step::Wait(wait) => wait,
             };
+            spec.component.trim_idle();
             tokio::select! {
                 _ = changes.changed() => {}
                 _ = shutdown.changed() => {}

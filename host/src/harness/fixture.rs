@@ -547,6 +547,8 @@ impl Checker<'_> {
             base.max_batch_size_key = Some(consumer_key.child("max_batch_size"));
         }
         self.base.max_concurrency(consumer_key, consumer);
+        // Checked as in a manifest, though every case runs in a fresh instance.
+        self.base.instance_reuse(consumer_key, consumer);
         base.limits = self.base.limits(limits_key, limits, base.limits);
         base
     }

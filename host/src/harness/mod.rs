@@ -63,7 +63,8 @@ use self::recorder::{CaseQueues, Recorder, binding_queue};
 use crate::engine::precedence::{self, BatchCall, Fate, IgnoredCall};
 use crate::engine::{Backlog, ConsumerSettings, ContentType, Message, MessageId, Outcome};
 use crate::runtime::{
-    BatchInput, ComponentLimits, ComponentOptions, ConsumerComponent, Failure, Runtime, SendTarget,
+    BatchInput, ComponentLimits, ComponentOptions, ConsumerComponent, Failure, InstanceReuse,
+    Runtime, SendTarget,
 };
 
 /// The time the harness's clock stands at, and the default `timestamp` of test messages:
@@ -457,6 +458,8 @@ impl Harness {
                         .collect(),
                 ),
             }),
+            // Every case starts from a fresh instance, whatever ran before it.
+            reuse: InstanceReuse::FRESH,
             ..ComponentOptions::default()
         };
         let runtime = self.runtime.clone();

@@ -536,11 +536,13 @@ impl Checker<'_> {
         }
 
         let max_concurrency = self.base.max_concurrency(&key, consumer);
+        let reuse = self.base.instance_reuse(&key, consumer);
 
         ConsumerConfig {
             queue,
             settings,
             max_concurrency,
+            reuse,
         }
     }
 }

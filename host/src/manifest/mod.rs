@@ -42,7 +42,7 @@ use crate::engine::{ConsumerSettings, QueueSettings};
 
 pub use self::route::Route;
 use crate::config::{ConfigError, ConfigErrors, KeyPath, Position};
-use crate::runtime::{AllowedHost, ComponentLimits};
+use crate::runtime::{AllowedHost, ComponentLimits, InstanceReuse};
 
 /// `host.data_dir` when the manifest gives none.
 pub const DEFAULT_DATA_DIR: &str = ".wasmq";
@@ -237,6 +237,8 @@ pub struct ConsumerConfig {
     pub settings: ConsumerSettings,
     /// Most batches handled at once (1..=250); `None` lets the host decide.
     pub max_concurrency: Option<u32>,
+    /// How many batches one instance runs (`fresh_instance`, `max_batches_per_instance`).
+    pub reuse: InstanceReuse,
 }
 
 /// The JSON Schema of a manifest, derived from the types that read it (so it cannot drift from

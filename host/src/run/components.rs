@@ -9,8 +9,8 @@ use wasmtime::component::Component;
 use crate::engine::Broker;
 use crate::manifest::ComponentConfig;
 use crate::runtime::{
-    CacheOutcome, ComponentOptions, ConsumerComponent, ProducerComponent, Runtime, SendTarget,
-    digest,
+    CacheOutcome, ComponentOptions, ConsumerComponent, InstanceReuse, ProducerComponent, Runtime,
+    SendTarget, digest,
 };
 
 /// A component file read from disk, with its digest.
@@ -49,6 +49,10 @@ pub(super) fn options(component: &ComponentConfig, broker: Arc<dyn Broker>) -> C
             bindings: Arc::new(component.bindings.clone()),
         }),
         allowed_outbound_hosts: component.allowed_outbound_hosts.clone(),
+        reuse: component
+            .consumer
+            .as_ref()
+            .map_or(InstanceReuse::FRESH, |consumer| consumer.reuse),
     }
 }
 
@@ -98,8 +102,12 @@ fn runtime_of<'a>(runtimes: &'a Runtimes, component: &ComponentConfig) -> &'a Ru
     }
 }
 
+/// How often a compile that is still running says so.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Compiles (or loads from the cache) `component` on a blocking thread and checks it against
-/// its world: `consumer` when it has a consumer, `http-producer` when it has a route.
+/// its world: `consumer` when it has a consumer, `http-producer` when it has a route. A long
+/// compile (a Python or JavaScript guest takes tens of seconds) logs a line every few seconds.
 pub(super) async fn compile(
     runtimes: &Runtimes,
     component: &ComponentConfig,
@@ -107,9 +115,10 @@ pub(super) async fn compile(
 ) -> Result<Compiled> {
     let runtime = runtime_of(runtimes, component).clone();
     let config = component.clone();
-    tracing::info!(component = %component.name, bytes = file.wasm.len(), "loading component");
-    tokio::task::spawn_blocking(move || {
-        let started = std::time::Instant::now();
+    let bytes = file.wasm.len();
+    tracing::info!(component = %component.name, bytes, "loading component");
+    let started = std::time::Instant::now();
+    let mut work = tokio::task::spawn_blocking(move || {
         let (compiled, outcome) = runtime.load(&config.name, &file.wasm)?;
         link_with(&runtime, &config, &compiled, ComponentOptions::default())?;
         Ok(Compiled {
@@ -118,9 +127,20 @@ pub(super) async fn compile(
             outcome,
             took: started.elapsed(),
         })
-    })
-    .await
-    .context("compiling a component")?
+    });
+    let mut progress =
+        tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    loop {
+        tokio::select! {
+            done = &mut work => return done.context("compiling a component")?,
+            _ = progress.tick() => tracing::info!(
+                component = %component.name,
+                bytes,
+                elapsed_s = started.elapsed().as_secs(),
+                "still compiling"
+            ),
+        }
+    }
 }
 
 /// Links a compiled component with what the manifest grants it.

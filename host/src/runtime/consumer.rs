@@ -1,6 +1,11 @@
 //! Consumer components: the `consumer` world, the host side of its `batch` import, and one
-//! call of `handle` per batch in a fresh store (see `guest.rs` for what every store holds),
-//! asynchronous, so that the time limit holds while the guest waits in a host call.
+//! call of `handle` per batch (see `guest.rs` for what every store holds), asynchronous, so
+//! that the time limit holds while the guest waits in a host call.
+//!
+//! An instance runs batch after batch while it stays healthy ([`InstanceReuse`]): a Python or
+//! JavaScript guest spends most of a fresh instance's cost setting up its interpreter, and a
+//! Worker's globals persist between batches in a warm isolate too. An instance that trapped or
+//! timed out is never reused (its state is whatever the interrupted call left).
 //!
 //! Besides the wasmq interfaces a consumer may import the WASI interfaces mainstream toolchains
 //! use: `wasi:cli`, `clocks`, `filesystem`, `random`, `sockets`, `io` (wasmtime-wasi, with no
@@ -8,13 +13,14 @@
 //! in its `allowed_outbound_hosts`, see `outbound.rs`).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use wasmtime::Store;
 use wasmtime::component::{HasSelf, InstancePre, Linker, Resource};
 
 use super::bindings::{self, wit};
-use super::guest::{self, GuestState};
+use super::guest::{self, GuestState, InstanceReuse};
 use super::guest_log::GuestLog;
 use super::world::{LoadedComponent, World, WorldId};
 use crate::engine::precedence::{BatchCall, HandlerResult};
@@ -89,6 +95,7 @@ pub struct Consumer;
 impl World for Consumer {
     const ID: WorldId = WorldId::Consumer;
     type Pre = bindings::ConsumerPre<GuestState>;
+    type Idle = IdleInstances;
 
     fn add_imports(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
         bindings::wasmq::queues::batch::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
@@ -101,22 +108,35 @@ impl World for Consumer {
     }
 }
 
-/// A consumer component, compiled and linked once, instantiated per batch.
+/// A consumer component, compiled and linked once; its instances are reused across batches as
+/// its [`InstanceReuse`] allows.
 pub type ConsumerComponent = LoadedComponent<Consumer>;
 
 impl ConsumerComponent {
-    /// Instantiates the component in a fresh store, ready for one batch; its time limit runs
-    /// from now. [`HostBusy`] means the host has no instance slot free at the moment: take no
-    /// messages, wait and try again. A failure of the guest's own (its start traps, it is over
-    /// its limits) is kept for [`Instance::run`] to report as the batch's failure.
+    /// An instance ready for one batch: an idle warm one, else a new one in a fresh store; its
+    /// time limit runs from now. [`HostBusy`] means the host has no instance slot free at the
+    /// moment: take no messages, wait and try again. A failure of the guest's own (its start
+    /// traps, it is over its limits) is kept for [`Instance::run`] to report as the batch's
+    /// failure.
     pub async fn instantiate(&self) -> Result<Instance, HostBusy> {
-        let (mut store, stdout, stderr) = self.guest.new_store();
-        let deadline = store.data().deadline;
-        let instantiated =
-            guest::with_deadline(deadline, self.pre.instantiate_async(&mut store)).await;
-        let consumer = match guest::outcome(instantiated, store.data()) {
-            Err(Failure::HostBusy(why)) => return Err(HostBusy(why)),
-            other => other,
+        let deadline = Instant::now() + self.limits().timeout;
+        let (store, stdout, stderr, consumer, batches) = match self.idle.take() {
+            Some(mut warm) => {
+                warm.store.data_mut().renew(deadline);
+                warm.store.set_epoch_deadline(1);
+                let consumer = Ok(warm.consumer);
+                (warm.store, warm.stdout, warm.stderr, consumer, warm.batches)
+            }
+            None => {
+                let (mut store, stdout, stderr) = self.guest.new_store();
+                let instantiated =
+                    guest::with_deadline(deadline, self.pre.instantiate_async(&mut store)).await;
+                let consumer = match guest::outcome(instantiated, store.data()) {
+                    Err(Failure::HostBusy(why)) => return Err(HostBusy(why)),
+                    other => other,
+                };
+                (store, stdout, stderr, consumer, 0)
+            }
         };
         Ok(Instance {
             name: self.guest.name.clone(),
@@ -124,11 +144,21 @@ impl ConsumerComponent {
             stdout,
             stderr,
             consumer,
+            batches,
+            reuse: self.guest.options.reuse,
+            memory_bound: self.limits().memory_bytes / 2,
+            idle: self.idle.clone(),
         })
     }
 
-    /// Instantiates the component and runs it on `batch` (see [`Instance::run`]); a host
-    /// without a free instance slot is reported as [`Failure::HostBusy`].
+    /// Drops the instances idle for longer than [`InstanceReuse::IDLE`].
+    pub fn trim_idle(&self) {
+        self.idle.trim();
+    }
+
+    /// Runs the component on `batch` in an instance from [`Self::instantiate`] (see
+    /// [`Instance::run`]); a host without a free instance slot is reported as
+    /// [`Failure::HostBusy`].
     pub async fn run_batch(&self, batch: BatchInput) -> BatchRun {
         match self.instantiate().await {
             Ok(instance) => instance.run(batch).await,
@@ -141,13 +171,57 @@ impl ConsumerComponent {
     }
 }
 
+/// A consumer's instances waiting for their next batch, the most recently used last.
+#[derive(Default)]
+pub struct IdleInstances(std::sync::Mutex<Vec<Warm>>);
+
+/// An instance between batches.
+struct Warm {
+    store: Store<GuestState>,
+    stdout: GuestLog,
+    stderr: GuestLog,
+    consumer: bindings::Consumer,
+    /// Batches it has run.
+    batches: u32,
+    /// When it last finished one.
+    since: Instant,
+}
+
+impl IdleInstances {
+    /// The most recently used instance not idle for too long.
+    fn take(&self) -> Option<Warm> {
+        let mut idle = self.0.lock().expect("idle instances lock");
+        let fresh = idle.pop()?;
+        // The rest were used before it: drop those gone stale.
+        idle.retain(|warm| warm.since.elapsed() < InstanceReuse::IDLE);
+        (fresh.since.elapsed() < InstanceReuse::IDLE).then_some(fresh)
+    }
+
+    fn put(&self, warm: Warm) {
+        self.0.lock().expect("idle instances lock").push(warm);
+    }
+
+    fn trim(&self) {
+        let stale = {
+            let mut idle = self.0.lock().expect("idle instances lock");
+            let keep = idle
+                .iter()
+                .position(|warm| warm.since.elapsed() < InstanceReuse::IDLE)
+                .unwrap_or(idle.len());
+            idle.drain(..keep).collect::<Vec<_>>()
+        };
+        // Stores are dropped outside the lock.
+        drop(stale);
+    }
+}
+
 /// The host had no instance slot free for a call: a capacity problem of the host, not a
 /// failure of the guest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the host has no instance slot free right now: {0}")]
 pub struct HostBusy(String);
 
-/// A consumer component instantiated in its own store, for one batch.
+/// A consumer component's instance in its own store, ready for one batch.
 pub struct Instance {
     name: Arc<str>,
     store: Store<GuestState>,
@@ -155,6 +229,13 @@ pub struct Instance {
     stderr: GuestLog,
     /// The instance, or why instantiating it failed.
     consumer: Result<bindings::Consumer, Failure>,
+    /// Batches it ran before this one.
+    batches: u32,
+    reuse: InstanceReuse,
+    /// Past this much linear memory it is not reused.
+    memory_bound: usize,
+    /// Where it waits for its next batch if it may run one.
+    idle: Arc<IdleInstances>,
 }
 
 impl Instance {
@@ -165,16 +246,21 @@ impl Instance {
 
     /// Calls `handle` on `batch`, until the component's time limit, whether the guest
     /// computes or waits in a host call. A trap, a timeout or running out of memory are
-    /// reported as a [`Failure`]; the calls the guest made before stand.
+    /// reported as a [`Failure`]; the calls the guest made before stand. Afterwards the
+    /// instance waits for another batch if its [`InstanceReuse`] allows.
     pub async fn run(self, batch: BatchInput) -> BatchRun {
         let Instance {
             mut store,
             stdout,
             stderr,
             consumer,
+            batches,
+            reuse,
+            memory_bound,
+            idle,
             ..
         } = self;
-        let failure = match consumer {
+        let failure = match &consumer {
             Ok(consumer) => {
                 let deadline = store.data().deadline;
                 let called =
@@ -185,12 +271,28 @@ impl Instance {
                     Err(failure) => Some(failure),
                 }
             }
-            Err(failure) => Some(failure),
+            Err(failure) => Some(failure.clone()),
         };
-        let mut output = stdout.lines();
-        output.extend(stderr.lines());
+        let mut output = stdout.take_lines();
+        output.extend(stderr.take_lines());
+        let calls = std::mem::take(&mut store.data_mut().calls);
+        let healthy = matches!(failure, None | Some(Failure::Error(_)));
+        if let Ok(consumer) = consumer
+            && healthy
+            && batches + 1 < reuse.max_batches
+            && store.data().memory_bytes() <= memory_bound
+        {
+            idle.put(Warm {
+                store,
+                stdout,
+                stderr,
+                consumer,
+                batches: batches + 1,
+                since: Instant::now(),
+            });
+        }
         BatchRun {
-            calls: std::mem::take(&mut store.data_mut().calls),
+            calls,
             failure,
             output,
         }
@@ -198,7 +300,7 @@ impl Instance {
 }
 
 async fn call_handle(
-    consumer: bindings::Consumer,
+    consumer: &bindings::Consumer,
     store: &mut Store<GuestState>,
     batch: BatchInput,
 ) -> wasmtime::Result<Result<(), String>> {

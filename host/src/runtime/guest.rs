@@ -69,6 +69,39 @@ pub struct ComponentOptions {
     /// The origins it may send `wasi:http` requests to (none by default: every request fails
     /// in the guest with `HTTP-request-denied`).
     pub allowed_outbound_hosts: Vec<AllowedHost>,
+    /// How many batches one instance of a consumer runs (producers: a fresh instance per
+    /// request, whatever this says).
+    pub reuse: InstanceReuse,
+}
+
+/// How many batches one instance of a consumer runs before it is replaced. As Cloudflare runs
+/// consecutive batches in a warm isolate, an instance is reused (its globals persist) until it
+/// traps or times out, holds more than half its memory limit, has run `max_batches`, or has
+/// been idle for [`InstanceReuse::IDLE`]; instantiating is most of a Python or JavaScript
+/// guest's cost per batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceReuse {
+    /// Batches per instance; 1 gives every batch a fresh instance (`fresh_instance = true`).
+    pub max_batches: u32,
+}
+
+impl InstanceReuse {
+    /// A fresh instance for every batch.
+    pub const FRESH: Self = Self { max_batches: 1 };
+    /// Default of `max_batches_per_instance`.
+    pub const DEFAULT_MAX_BATCHES: u32 = 1000;
+    /// Largest `max_batches_per_instance`.
+    pub const MAX_BATCHES: u32 = 1_000_000;
+    /// How long an instance may wait unused before it is dropped.
+    pub const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+}
+
+impl Default for InstanceReuse {
+    fn default() -> Self {
+        Self {
+            max_batches: Self::DEFAULT_MAX_BATCHES,
+        }
+    }
 }
 
 /// Everything one store holds (opaque outside the runtime: a [`World`](super::World) names it
@@ -85,6 +118,20 @@ pub struct GuestState {
     component: Arc<str>,
     /// When the call must be over.
     pub(super) deadline: Instant,
+}
+
+impl GuestState {
+    /// Readies a warm store for its next call: a new deadline, no calls recorded.
+    pub(super) fn renew(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        self.outbound.renew(deadline);
+        self.calls.clear();
+    }
+
+    /// Linear memory the store holds now.
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.limits.memory_bytes()
+    }
 }
 
 impl WasiView for GuestState {
@@ -189,8 +236,8 @@ fn new_store(
     // thread; past the deadline it is interrupted (a guest waiting in a host call is dropped
     // by the caller's timeout instead, see `with_deadline`).
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        Ok(if Instant::now() >= deadline {
+    store.epoch_deadline_callback(|store| {
+        Ok(if Instant::now() >= store.data().deadline {
             UpdateDeadline::Interrupt
         } else {
             UpdateDeadline::Yield(1)

@@ -52,11 +52,13 @@ impl GuestLog {
         }
     }
 
-    /// The complete lines written so far (and the unterminated last one), up to the cap.
-    pub fn lines(&self) -> Vec<String> {
+    /// The lines written since the last call (and the unterminated last one), up to the cap;
+    /// a warm instance's next batch starts afresh.
+    pub fn take_lines(&self) -> Vec<String> {
         let mut buffer = self.inner.lock().expect("guest log lock");
         buffer.flush_partial(&self.component, self.stream);
-        buffer.kept.clone()
+        buffer.kept_bytes = 0;
+        std::mem::take(&mut buffer.kept)
     }
 
     /// Appends `bytes`: each complete line is logged once, found by scanning only the new
@@ -186,7 +188,7 @@ mod tests {
         let out = log();
         out.write(b"a\nb");
         out.write(b"c\n\nd");
-        assert_eq!(out.lines(), ["a", "bc", "", "d"]);
+        assert_eq!(out.take_lines(), ["a", "bc", "", "d"]);
     }
 
     #[test]
@@ -201,7 +203,7 @@ mod tests {
         // 200 000 bytes: three full lines were emitted, the rest waits for its newline.
         assert_eq!(buffer.partial.len(), 200_000 - 3 * MAX_LINE);
         drop(buffer);
-        let lines = out.lines();
+        let lines = out.take_lines();
         assert_eq!(
             lines.len(),
             1,

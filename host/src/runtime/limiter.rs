@@ -23,6 +23,11 @@ impl StoreBudget {
             table_elements: 0,
         }
     }
+
+    /// Linear memory the store holds now, all its memories together.
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.memory_bytes
+    }
 }
 
 /// Adds the growth `current → desired` to `used` if the total stays within `limit`; past it,

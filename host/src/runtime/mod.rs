@@ -24,9 +24,10 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use self::cache::{CacheOutcome, ComponentCache, digest, user_cache_dir};
 pub use self::consumer::Consumer;
 pub use self::consumer::{
-    BatchInput, BatchRun, ConsumerComponent, Failure, HostBusy, Instance, MAX_CALLS_PER_BATCH,
+    BatchInput, BatchRun, ConsumerComponent, Failure, HostBusy, IdleInstances, Instance,
+    MAX_CALLS_PER_BATCH,
 };
-pub use self::guest::{ComponentOptions, GuestState, Publish, SendTarget};
+pub use self::guest::{ComponentOptions, GuestState, InstanceReuse, Publish, SendTarget};
 pub use self::guest_log::{GuestLog, Stream};
 pub use self::hosts::AllowedHost;
 pub use self::producer::{HttpProducer, ProducerComponent};

@@ -44,6 +44,13 @@ impl OutboundHttp {
         }
     }
 
+    /// Bounds the next call's requests by `deadline` (a warm instance's next batch); a request
+    /// of an earlier call cut off later does not count against this one.
+    pub(super) fn renew(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        self.deadline_hit = Arc::new(AtomicBool::new(false));
+    }
+
     /// True once a request or response of this store was cut off by the deadline.
     pub(super) fn deadline_hit(&self) -> bool {
         self.deadline_hit.load(Ordering::Relaxed)

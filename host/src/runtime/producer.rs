@@ -20,6 +20,7 @@ pub struct HttpProducer;
 impl World for HttpProducer {
     const ID: WorldId = WorldId::HttpProducer;
     type Pre = ProxyPre<GuestState>;
+    type Idle = ();
 
     fn add_imports(_: &mut Linker<GuestState>) -> anyhow::Result<()> {
         // Producers import only what every component gets.
@@ -77,8 +78,8 @@ impl ProducerComponent {
                 };
                 let result = guest::with_deadline(deadline, run).await;
                 // Flush unterminated output lines to the log.
-                stdout.lines();
-                stderr.lines();
+                stdout.take_lines();
+                stderr.take_lines();
                 guest::outcome(result, store.data())
             },
             tracing::Span::current(),

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use anyhow::Context;
 use wasmtime::component::{Component, InstancePre, Linker};
@@ -63,17 +64,20 @@ pub trait World: 'static {
     const ID: WorldId;
     /// The world's typed, pre-linked bindings.
     type Pre: Clone + Send + Sync;
+    /// What a component of this world keeps between calls (consumers: warm instances).
+    type Idle: Default + Send + Sync + 'static;
     /// Adds the imports of this world beyond the ones every component gets.
     fn add_imports(linker: &mut Linker<GuestState>) -> anyhow::Result<()>;
     /// Types `instance` as this world (fails if an export has the wrong shape).
     fn bind(instance: InstancePre<GuestState>) -> wasmtime::Result<Self::Pre>;
 }
 
-/// A component compiled, checked against its world `W` and linked once; instantiated afresh
-/// for every call.
+/// A component compiled, checked against its world `W` and linked once; instantiated for
+/// calls as its world says (clones share what it keeps between calls).
 pub struct LoadedComponent<W: World> {
     pub(super) guest: Guest,
     pub(super) pre: W::Pre,
+    pub(super) idle: Arc<W::Idle>,
     world: PhantomData<W>,
 }
 
@@ -82,6 +86,7 @@ impl<W: World> Clone for LoadedComponent<W> {
         Self {
             guest: self.guest.clone(),
             pre: self.pre.clone(),
+            idle: self.idle.clone(),
             world: PhantomData,
         }
     }
@@ -134,6 +139,7 @@ impl<W: World> LoadedComponent<W> {
         Ok(Self {
             guest: Guest::new(runtime, name, options),
             pre,
+            idle: Arc::default(),
             world: PhantomData,
         })
     }
