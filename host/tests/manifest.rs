@@ -8,7 +8,7 @@ use std::time::Duration;
 use wasmq_host::config::{ConfigError, Position};
 use wasmq_host::engine::{ConsumerSettings, QueueSettings};
 use wasmq_host::manifest::{self, Manifest, Storage};
-use wasmq_host::runtime::{AllowedHost, ComponentLimits};
+use wasmq_host::runtime::{AllowedHost, ComponentLimits, InstanceReuse};
 
 /// Parses `text` as if read from `manifest.toml` in the current folder; an error is the
 /// first of the file's problems.
@@ -607,6 +607,46 @@ fn consumer_settings_out_of_range_are_refused() {
         ", max_batch_size = 100, max_batch_timeout = 0, max_retries = 0, retry_delay = 86400, max_concurrency = 250",
     ))
     .unwrap();
+}
+
+/// A consumer's instance is reused for 1000 batches unless the manifest says otherwise;
+/// `fresh_instance` and `max_batches_per_instance` are checked and cannot be combined.
+#[test]
+fn instance_reuse_is_read_and_checked() {
+    let reuse = |extra: &str| {
+        let manifest = parse(&with_consumer(extra)).unwrap();
+        manifest.components["worker"]
+            .consumer
+            .as_ref()
+            .unwrap()
+            .reuse
+    };
+    assert_eq!(reuse(""), InstanceReuse { max_batches: 1000 });
+    assert_eq!(reuse(", fresh_instance = true"), InstanceReuse::FRESH);
+    assert_eq!(reuse(", fresh_instance = false"), InstanceReuse::default());
+    assert_eq!(
+        reuse(", max_batches_per_instance = 7"),
+        InstanceReuse { max_batches: 7 }
+    );
+    for (extra, key, message) in [
+        (
+            ", max_batches_per_instance = 0",
+            "max_batches_per_instance",
+            "0 is out of range (1..=1000000)",
+        ),
+        (
+            ", fresh_instance = true, max_batches_per_instance = 5",
+            "fresh_instance",
+            "set fresh_instance or max_batches_per_instance, not both",
+        ),
+    ] {
+        let e = error_at(
+            &with_consumer(extra),
+            &format!("components.worker.consumer.{key}"),
+            6,
+        );
+        assert_eq!(e.message, message);
+    }
 }
 
 /// A one-consumer manifest whose `limits` are `limits`, on line 7.
