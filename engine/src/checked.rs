@@ -23,7 +23,7 @@ use crate::types::{
 
 /// A backend behind the checks; the backend may assume every input is in range.
 #[derive(Debug)]
-pub(crate) struct Checked<B>(pub(crate) Arc<B>);
+pub(crate) struct Checked<B>(pub(crate) B);
 
 /// The checks shared by creating and reconfiguring a queue.
 fn check_settings(name: &str, settings: &QueueSettings) -> BrokerResult<()> {
@@ -132,8 +132,10 @@ impl<B: Broker> Broker for Checked<B> {
     }
 
     async fn close(self: Arc<Self>) -> BrokerResult<()> {
-        let backend = Arc::clone(&self.0);
-        drop(self);
-        backend.close().await
+        match Arc::try_unwrap(self) {
+            Ok(Checked(backend)) => Arc::new(backend).close().await,
+            // Another handle is still open: this one only drops itself.
+            Err(_) => Ok(()),
+        }
     }
 }

@@ -17,14 +17,14 @@ use crate::postgres::{PostgresBroker, PostgresOptions};
 use crate::redb::{RedbBroker, RedbOptions};
 
 /// Opens redb on a storage backend chosen by the caller.
-type OpenRedb = Box<dyn FnOnce(RedbOptions) -> anyhow::Result<RedbBroker> + Send>;
+type OpenRedb = Box<dyn FnOnce() -> anyhow::Result<RedbBroker> + Send>;
 
 /// Where the queues are kept, and how to open them.
 pub struct Storage(Kind);
 
 enum Kind {
     RedbFile(PathBuf, RedbOptions),
-    RedbOn(OpenRedb, RedbOptions),
+    RedbOn(OpenRedb),
     Postgres(String, PostgresOptions),
 }
 
@@ -47,10 +47,9 @@ impl Storage {
     /// A redb database on any storage backend (the power-loss tests use a disk that keeps
     /// only synced bytes).
     pub fn redb_on(backend: impl StorageBackend, options: RedbOptions) -> Self {
-        Self(Kind::RedbOn(
-            Box::new(move |options| RedbBroker::open_with_backend(backend, options)),
-            options,
-        ))
+        Self(Kind::RedbOn(Box::new(move || {
+            RedbBroker::open_with_backend(backend, options)
+        })))
     }
 
     /// A redb database in memory, gone when the broker closes (the fixture harness).
@@ -77,12 +76,13 @@ impl Storage {
 /// broker with [`Broker::close`] to finish queued writes and release the storage.
 pub async fn open(storage: Storage) -> anyhow::Result<Arc<dyn Broker>> {
     Ok(match storage.0 {
-        Kind::RedbFile(path, options) => {
-            Arc::new(Checked(Arc::new(RedbBroker::open(path, options)?)))
-        }
-        Kind::RedbOn(open, options) => Arc::new(Checked(Arc::new(open(options)?))),
-        Kind::Postgres(url, options) => Arc::new(Checked(Arc::new(
-            PostgresBroker::connect(&url, options).await?,
-        ))),
+        Kind::RedbFile(path, options) => checked(RedbBroker::open(path, options)?),
+        Kind::RedbOn(open) => checked(open()?),
+        Kind::Postgres(url, options) => checked(PostgresBroker::connect(&url, options).await?),
     })
+}
+
+/// Puts `backend` behind the input checks, as the handle callers get.
+fn checked(backend: impl Broker) -> Arc<dyn Broker> {
+    Arc::new(Checked(backend))
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::engine::{Clock, SystemClock};
 use crate::http::wire::ReloadReport;
 
 /// Upper bounds (seconds) of every latency histogram's buckets.
@@ -57,17 +58,15 @@ impl Histogram {
             return None;
         }
         let rank = q.clamp(0.0, 1.0) * self.count as f64;
-        let mut below = 0u64;
-        for (i, &count) in self.buckets.iter().enumerate() {
-            let Some(&upper) = BUCKETS.get(i) else {
-                return BUCKETS.last().copied();
-            };
+        let (mut below, mut lower) = (0u64, 0.0);
+        // The finite buckets; past them, the rank is in `+Inf`.
+        for (&upper, count) in BUCKETS.iter().zip(self.buckets) {
             if count > 0 && (below + count) as f64 >= rank {
-                let lower = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
                 let within = (rank - below as f64) / count as f64;
                 return Some(lower + (upper - lower) * within);
             }
             below += count;
+            lower = upper;
         }
         BUCKETS.last().copied()
     }
@@ -122,13 +121,6 @@ impl HttpStats {
             histogram.write(out, name, &labels);
         }
     }
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One successful load of a component: the version serving now.
@@ -203,26 +195,37 @@ impl ComponentStats {
         self.0.lock().expect("component stats lock")
     }
 
+    /// Changes `component`'s record (made on first use) with `change`.
+    fn update(&self, component: &str, change: impl FnOnce(&mut ComponentRecord)) {
+        let mut all = self.lock();
+        let record = all
+            .records
+            .entry(component.to_owned())
+            .or_insert_with(|| ComponentRecord {
+                name: component.to_owned(),
+                ..ComponentRecord::default()
+            });
+        change(record);
+    }
+
     /// Notes that `component` was loaded (for the first time, or swapped in).
     pub fn loaded(&self, component: &str, load: ComponentLoad) {
-        let mut all = self.lock();
-        let record = all.records.entry(component.to_owned()).or_default();
-        record.name = component.to_owned();
-        if record.loaded.is_some() {
-            record.swaps += 1;
-        }
-        record.loaded = Some(load);
-        record.failure = None;
+        self.update(component, |record| {
+            if record.loaded.is_some() {
+                record.swaps += 1;
+            }
+            record.loaded = Some(load);
+            record.failure = None;
+        });
     }
 
     /// Notes that loading `component` failed with `error`.
     pub fn failed(&self, component: &str, error: String) {
-        let mut all = self.lock();
-        let record = all.records.entry(component.to_owned()).or_default();
-        record.name = component.to_owned();
-        record.failure = Some(LoadFailure {
-            at_ms: now_ms(),
-            error,
+        self.update(component, |record| {
+            record.failure = Some(LoadFailure {
+                at_ms: SystemClock.now_ms(),
+                error,
+            });
         });
     }
 
@@ -238,7 +241,7 @@ impl ComponentStats {
             Err(err) => (None, Some(format!("{err:#}"))),
         };
         self.lock().last_reload = Some(ReloadRecord {
-            at_ms: now_ms(),
+            at_ms: SystemClock.now_ms(),
             report,
             error,
         });

@@ -6,7 +6,7 @@ pub mod common;
 
 use std::io::Read;
 use std::process::{Command, ExitStatus};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -54,7 +54,7 @@ fn queue_info(host: &HostProcess, name: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Ctrl-C; the exit status (within 30 s).
+/// Ctrl-C, for tests that do not check how the host exits; the exit status (within 30 s).
 fn interrupt(mut host: HostProcess) -> ExitStatus {
     host.signal("-INT");
     host.wait_exit(Duration::from_secs(30))
@@ -62,7 +62,7 @@ fn interrupt(mut host: HostProcess) -> ExitStatus {
 
 #[test]
 fn a_message_goes_from_host_send_through_fanout_to_the_worker() {
-    let host = start();
+    let mut host = start();
     let out = host.cli(&["send", "incoming", "hello wasmq"]);
     assert!(
         out.status.success(),
@@ -73,15 +73,7 @@ fn a_message_goes_from_host_send_through_fanout_to_the_worker() {
 
     let line = host.wait_log("hello wasmq");
     assert!(line.contains("worker"), "{line}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while queue_info(&host, "jobs")["metrics"]["acked"] != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "jobs never acked: {}",
-            queue_info(&host, "jobs")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    host.wait_queue("jobs", "acked", |q| q["metrics"]["acked"] == 1);
     assert_eq!(queue_info(&host, "incoming")["metrics"]["acked"], 1);
     assert_eq!(queue_info(&host, "jobs")["metrics"]["backlog"]["count"], 0);
 
@@ -90,10 +82,8 @@ fn a_message_goes_from_host_send_through_fanout_to_the_worker() {
     for queue in ["incoming", "jobs", "jobs-dlq"] {
         assert!(table.contains(queue), "{table}");
     }
-    assert!(
-        interrupt(host).success(),
-        "Ctrl-C must stop the host cleanly"
-    );
+    // Ctrl-C must stop the host cleanly.
+    host.stop("-INT");
 }
 
 #[test]
@@ -389,7 +379,7 @@ fn a_bad_component_stops_the_start_with_where_and_why() {
         std::fs::write(
             &manifest,
             format!(
-                "[host]\ndata_dir = \"data\"\n\n[queues.jobs]\n\n[components.worker]\nsource = \"{}\"\nconsumer = {{ queue = \"jobs\" }}\n",
+                "[host]\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n\n[queues.jobs]\n\n[components.worker]\nsource = \"{}\"\nconsumer = {{ queue = \"jobs\" }}\n",
                 source.display()
             ),
         )
@@ -398,7 +388,7 @@ fn a_bad_component_stops_the_start_with_where_and_why() {
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains("manifest.toml:7:10: components.worker.source: "),
+            stderr.contains("manifest.toml:8:10: components.worker.source: "),
             "{stderr}"
         );
         assert!(stderr.contains(says), "{stderr}");
@@ -428,7 +418,11 @@ fn sends_are_accepted_while_components_build_and_outlive_a_failed_start() {
             .component(worker)
             .write(dir.path())
     };
-    let path = manifest(Some("sleep 4 && echo broken && false"));
+    // The build waits for the test's `go` (or for the folder to go, should the test fail
+    // first), then fails.
+    let path = manifest(Some(
+        "while [ ! -f go ] && [ -f manifest.toml ]; do sleep 0.05; done; echo broken; false",
+    ));
     let mut host = HostRun::new(&path)
         .spawn()
         .listening(Duration::from_secs(30));
@@ -442,6 +436,7 @@ fn sends_are_accepted_while_components_build_and_outlive_a_failed_start() {
         "{answer}"
     );
     assert!(answer.contains("\"code\":\"starting\""), "{answer}");
+    std::fs::write(dir.path().join("go"), "").unwrap();
     assert!(!host.wait_exit(Duration::from_secs(60)).success());
     let log = host.log_text();
     assert!(log.contains("broken"), "{log}");
@@ -515,7 +510,7 @@ fn raw_post_head(url: &str, path: &str, length: usize) -> (u16, String) {
     reason = "one operator session told in order, each step checked through the CLI"
 )]
 fn operators_pause_purge_peek_replay_and_read_metrics() {
-    let host = start();
+    let mut host = start();
     let ok = |args: &[&str]| {
         let out = host.cli(args);
         assert!(
@@ -524,17 +519,6 @@ fn operators_pause_purge_peek_replay_and_read_metrics() {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let wait_for = |queue: &str, what: &dyn Fn(&Value) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !what(&queue_info(&host, queue)) {
-            assert!(
-                Instant::now() < deadline,
-                "{queue}: {}",
-                queue_info(&host, queue)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     };
 
     // Three messages wait (delayed) in the dead-letter queue, which has no consumer.
@@ -554,7 +538,7 @@ fn operators_pause_purge_peek_replay_and_read_metrics() {
 
     // Replay moves them to `incoming`, visible at once: fanout forwards them, worker acks them.
     assert!(ok(&["dlq", "replay", "jobs-dlq", "--to", "incoming"]).contains("replayed 3"));
-    wait_for("jobs", &|q| q["metrics"]["acked"] == 3);
+    host.wait_queue("jobs", "acked 3", |q| q["metrics"]["acked"] == 3);
     assert_eq!(
         queue_info(&host, "jobs-dlq")["metrics"]["backlog"]["count"],
         0
@@ -564,12 +548,12 @@ fn operators_pause_purge_peek_replay_and_read_metrics() {
     ok(&["queues", "pause", "jobs"]);
     assert_eq!(queue_info(&host, "jobs")["paused"], true);
     ok(&["send", "incoming", "while paused"]);
-    wait_for("incoming", &|q| q["metrics"]["acked"] == 4);
+    host.wait_queue("incoming", "acked 4", |q| q["metrics"]["acked"] == 4);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(queue_info(&host, "jobs")["metrics"]["backlog"]["count"], 1);
     assert_eq!(queue_info(&host, "jobs")["metrics"]["acked"], 3);
     ok(&["queues", "resume", "jobs"]);
-    wait_for("jobs", &|q| q["metrics"]["acked"] == 4);
+    host.wait_queue("jobs", "acked 4", |q| q["metrics"]["acked"] == 4);
 
     // Purge asks first (and refuses without a terminal), then deletes delayed messages too.
     ok(&["send", "jobs-dlq", "a", "--delay", "600"]);
@@ -640,7 +624,7 @@ fn operators_pause_purge_peek_replay_and_read_metrics() {
         )),
         batches
     );
-    assert!(interrupt(host).success());
+    host.stop("-INT");
 }
 
 #[test]

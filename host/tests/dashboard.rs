@@ -724,6 +724,28 @@ async fn a_thousand_queues_stay_usable() {
         assert!(*bytes < 400_000, "{bytes} bytes");
         assert!(*took < Duration::from_secs(2), "{took:?}");
     }
+    // Pollers share one sample: a second request right after the first gets the same bytes,
+    // unless the first got a sample about to expire (then the second's is ~1.5 s newer).
+    let summary = || async {
+        let body = api
+            .request(reqwest::Method::GET, "/dashboard/api/summary")
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let at_ms = serde_json::from_slice::<Value>(&body).unwrap()["result"]["at_ms"]
+            .as_u64()
+            .unwrap();
+        (body, at_ms)
+    };
+    let (first, first_at) = summary().await;
+    let (second, second_at) = summary().await;
+    assert!(
+        first == second || second_at >= first_at + 1400,
+        "two samples {first_at} and {second_at} ms within one sampling period"
+    );
 
     let browser = Browser::start("thousand").await;
     let started = Instant::now();

@@ -88,36 +88,35 @@ fn stderr(out: &Output) -> String {
 
 impl Project {
     /// Starts `wasmq run` on the project (which builds it first) with the build tools on the
-    /// path, and returns it listening, with how long that took.
+    /// path and npm taking packages from its cache when it has them
+    /// (`npm_config_prefer_offline`), and returns it listening, with how long that took.
     fn run(&self) -> (HostProcess, Duration) {
         let started = Instant::now();
-        let (path, prefer_offline) = build_tools_env();
         let host = HostRun::new(&self.dir.join("manifest.toml"))
-            .env("PATH", &path)
-            .env("npm_config_prefer_offline", prefer_offline)
+            .env("PATH", &build_tools_path())
+            .env("npm_config_prefer_offline", "true")
             .spawn()
             .ready(START_WITHIN);
         (host, started.elapsed())
     }
-
-    /// `host ARGS` against the running `host`.
-    fn cli(&self, host: &HostProcess, args: &[&str]) -> Output {
-        let out = host.cli(args);
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-        out
-    }
-
-    /// `host ARGS --json` against the running `host`, parsed.
-    fn cli_json(&self, host: &HostProcess, args: &[&str]) -> Value {
-        let args: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
-        serde_json::from_slice(&self.cli(host, &args).stdout).unwrap()
-    }
 }
 
-/// The environment the builds need: `PATH` with the Python's script folder on it (where pip
-/// puts `componentize-py`, whether or not a shim for it exists), and npm taking packages from
-/// its cache when it has them (`npm_config_prefer_offline`).
-fn build_tools_env() -> (String, &'static str) {
+/// `host ARGS` against the running `host`, which must succeed.
+fn cli(host: &HostProcess, args: &[&str]) -> Output {
+    let out = host.cli(args);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    out
+}
+
+/// `host ARGS --json` against the running `host`, parsed.
+fn cli_json(host: &HostProcess, args: &[&str]) -> Value {
+    let args: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+    serde_json::from_slice(&cli(host, &args).stdout).unwrap()
+}
+
+/// The `PATH` the builds need: this one with the Python's script folder on it (where pip puts
+/// `componentize-py`, whether or not a shim for it exists).
+fn build_tools_path() -> String {
     let scripts = Command::new("python3")
         .args([
             "-c",
@@ -132,7 +131,7 @@ fn build_tools_env() -> (String, &'static str) {
         &std::env::var_os("PATH").unwrap_or_default(),
     ));
     let path = std::env::join_paths(path).unwrap();
-    (path.to_string_lossy().into_owned(), "true")
+    path.to_string_lossy().into_owned()
 }
 
 /// Creates, builds and runs a consumer project; sends it a message and waits until it is
@@ -142,19 +141,13 @@ fn consumer_builds_consumes_and_passes_its_fixtures(name: &str, lang: &str) {
     let (mut host, started) = project.run();
 
     let body = format!("hello from {lang}");
-    let out = project.cli(&host, &["send", "jobs", &body]);
+    let out = cli(&host, &["send", "jobs", &body]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("sent to jobs;"));
     let line = host.wait_log(&format!("[{name}] "));
     assert!(line.contains(&format!("attempt 1: {body}")), "{line}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = project.cli_json(&host, &["queues", "info", "jobs"]);
-        if info["metrics"]["acked"] == 1 && info["metrics"]["backlog"]["count"] == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never acked: {info}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    host.wait_queue("jobs", "acked it", |info| {
+        info["metrics"]["acked"] == 1 && info["metrics"]["backlog"]["count"] == 0
+    });
     host.stop("-INT");
 
     // The fixtures run against what `wasmq run` built; the compiled code `wasmq run` cached is
@@ -218,7 +211,7 @@ fn producer_builds_and_queues_what_is_posted(name: &str, lang: &str) {
             (405, json!({"error": "use POST"})),
         ]
     );
-    let peeked = project.cli_json(&host, &["messages", "peek", "jobs"]);
+    let peeked = cli_json(&host, &["messages", "peek", "jobs"]);
     let messages: Vec<(Value, Value)> = peeked
         .as_array()
         .unwrap()

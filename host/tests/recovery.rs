@@ -68,15 +68,14 @@ fn sigterm_mid_load_finishes_running_batches_and_exits_0() {
         .max_batch_timeout(0)
         .max_concurrency(2);
     let dir = manifest_dir(consumer, "20s");
-    let host = start(dir.path());
+    let mut host = start(dir.path());
     let bodies = vec!["sleep:30"; 100];
     for chunk in bodies.chunks(50) {
         send_batch(&host, chunk);
     }
     host.wait_queue("jobs", "got busy", |q| q["metrics"]["in_flight"] != 0);
-    host.signal("-TERM");
-    let (status, log) = wait(host, Duration::from_secs(20));
-    assert!(status.success(), "exit status {status}");
+    host.stop("-TERM");
+    let log = host.lines();
     assert!(
         log.iter()
             .any(|l| l.contains("stopping: finishing running batches"))
@@ -89,13 +88,12 @@ fn sigterm_mid_load_finishes_running_batches_and_exits_0() {
         "{handled} handled before the stop"
     );
 
-    let host = start(dir.path());
+    let mut host = start(dir.path());
     let q = host.wait_queue("jobs", "drained", |q| q["metrics"]["acked"] == 100);
     assert_eq!(q["metrics"]["retried"], 0, "{q}");
     assert_eq!(q["metrics"]["backlog"]["count"], 0, "{q}");
-    host.signal("-INT");
-    let (status, log) = wait(host, Duration::from_secs(20));
-    assert!(status.success());
+    host.stop("-INT");
+    let log = host.lines();
     assert_eq!(attempts_logged(&log, 2), 0);
     assert_eq!(attempts_logged(&log, 1), 100 - handled);
 }
@@ -132,12 +130,11 @@ fn after_sigkill_in_flight_messages_come_back_with_the_attempt_counted() {
     host.signal("-KILL");
     wait(host, Duration::from_secs(5));
 
-    let host = start(dir.path());
+    let mut host = start(dir.path());
     let q = host.wait_queue("jobs", "drained", |q| q["metrics"]["acked"] == 40);
     assert_eq!(q["metrics"]["backlog"]["count"], 0, "{q}");
-    host.signal("-INT");
-    let (status, log) = wait(host, Duration::from_secs(20));
-    assert!(status.success());
+    host.stop("-INT");
+    let log = host.lines();
     // The batches killed in flight come back once each, as attempt 2, and count as retries.
     let second = attempts_logged(&log, 2);
     assert!((1..=10).contains(&second), "{second} redelivered");
@@ -170,7 +167,5 @@ fn a_message_that_kills_the_host_every_time_ends_in_the_dead_letter_queue() {
     let jobs = host.queue("jobs");
     assert_eq!(jobs["metrics"]["backlog"]["count"], 0, "{jobs}");
     assert_eq!(jobs["metrics"]["dead_lettered"], 1, "{jobs}");
-    host.signal("-INT");
-    let (status, log) = wait(host, Duration::from_secs(20));
-    assert!(status.success(), "{status}: {log:#?}");
+    host.stop("-INT");
 }

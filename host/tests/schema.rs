@@ -23,16 +23,19 @@ fn as_json(text: &str) -> serde_json::Value {
 /// The manifests the project ships: the example and every template's.
 fn shipped_manifests() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut templates: Vec<PathBuf> = std::fs::read_dir(root.join("templates"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path().join("manifest.toml"))
+        .filter(|path| path.is_file())
+        .collect();
+    templates.sort();
+    assert!(
+        !templates.is_empty(),
+        "no template manifest found under {}",
+        root.join("templates").display()
+    );
     let mut found = vec![root.join("examples/manifest.toml")];
-    let templates = root.join("templates");
-    if templates.is_dir() {
-        for entry in std::fs::read_dir(&templates).unwrap() {
-            let path = entry.unwrap().path().join("manifest.toml");
-            if path.is_file() {
-                found.push(path);
-            }
-        }
-    }
+    found.extend(templates);
     found
 }
 

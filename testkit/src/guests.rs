@@ -29,11 +29,17 @@ pub fn guest(name: &str) -> Vec<u8> {
     read(&guest_path(name))
 }
 
-/// The bytes of polyglot example component `name` (`worker-py`, `worker-js`), built by
-/// `scripts/build-polyglot-guests.sh`; panics with how to build it when it is missing.
-pub fn polyglot_guest(name: &str) -> Vec<u8> {
+/// The path of polyglot example component `name` (`worker-py`, `worker-js`, `webhook-py`,
+/// `webhook-js`), built by `scripts/build-polyglot-guests.sh`; panics with how to build it when
+/// it is missing.
+pub fn polyglot_guest_path(name: &str) -> PathBuf {
     let path = target().join("polyglot").join(format!("{name}.wasm"));
-    read(&built(path, "scripts/build-polyglot-guests.sh"))
+    built(path, "scripts/build-polyglot-guests.sh")
+}
+
+/// The bytes of polyglot example component `name` (see [`polyglot_guest_path`]).
+pub fn polyglot_guest(name: &str) -> Vec<u8> {
+    read(&polyglot_guest_path(name))
 }
 
 fn read(path: &Path) -> Vec<u8> {

@@ -5,12 +5,14 @@
 
 use std::path::Path;
 
+use wasmq_host::engine::{ContentType, Message, MessageId};
 use wasmq_host::run::{self, RunningHost};
+use wasmq_host::runtime::BatchInput;
 
 pub mod test_host;
 
 pub use test_host::{RunningDispatcher, TestConsumer, TestHost, TestHostBuilder};
-pub use wasmq_testkit::guests::{guest, guest_path, polyglot_guest};
+pub use wasmq_testkit::guests::{guest, guest_path, polyglot_guest, polyglot_guest_path};
 pub use wasmq_testkit::{Ctx, START_MS, manifest, postgres};
 
 /// Loads the manifest at `path` and starts a host on it in this process (as `wasmq run` does);
@@ -20,4 +22,21 @@ pub async fn start_host(path: &Path) -> RunningHost {
     run::start(&manifest)
         .await
         .unwrap_or_else(|e| panic!("starting a host: {e:#}"))
+}
+
+/// A batch of queue `jobs` holding one text message with `body` (a fixed id, timestamp 0,
+/// first attempt), for tests that run a component's `run_batch` themselves.
+pub fn one_message_batch(body: &[u8]) -> BatchInput {
+    let message = Message {
+        id: MessageId([7; 16]),
+        timestamp_ms: 0,
+        content_type: ContentType::Text,
+        body: body.to_vec(),
+        attempts: 1,
+    };
+    BatchInput {
+        queue: "jobs".into(),
+        messages: vec![message],
+        backlog: Default::default(),
+    }
 }

@@ -4,11 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use wasmq_host::engine::{ContentType, Message, MessageId};
 use wasmq_host::runtime::{
-    BatchInput, CacheOutcome, ComponentOptions, ConsumerComponent, Runtime, RuntimeConfig,
+    CacheOutcome, ComponentOptions, ConsumerComponent, Runtime, RuntimeConfig,
 };
-use wasmq_tests::guest;
+use wasmq_tests::{guest, one_message_batch};
 
 fn runtime(cache: &Path) -> Runtime {
     Runtime::with_config(&RuntimeConfig {
@@ -32,18 +31,7 @@ fn cache_files(dir: &Path) -> Vec<PathBuf> {
 fn run_worker(runtime: &Runtime, wasm: &[u8]) -> Vec<String> {
     let worker =
         ConsumerComponent::new(runtime, "worker", wasm, ComponentOptions::default()).unwrap();
-    let message = Message {
-        id: MessageId([7; 16]),
-        timestamp_ms: 0,
-        content_type: ContentType::Text,
-        body: b"cached hello".to_vec(),
-        attempts: 1,
-    };
-    let batch = worker.run_batch(BatchInput {
-        queue: "jobs".into(),
-        messages: vec![message],
-        backlog: Default::default(),
-    });
+    let batch = worker.run_batch(one_message_batch(b"cached hello"));
     let run = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -359,17 +359,16 @@ async fn dispatcher_flushes_on_size_and_on_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_concurrency_batches_run_at_once_and_never_more() {
-    let mut s = setup(one_message_batches(), ComponentLimits::default()).await;
-    let (observe, mut started) = tokio::sync::mpsc::unbounded_channel();
-    let dispatcher = s
-        .take_dispatcher("jobs")
-        .with_concurrency(4)
-        .observe(observe);
-    let broker = &s.broker;
+    let scripted = TestConsumer::guest("scripted")
+        .settings(one_message_batches())
+        .observed();
+    let mut s = TestHost::builder().consumer("jobs", scripted).build().await;
+    let dispatcher = s.take_dispatcher("jobs").with_concurrency(4);
     let batch = (0..8).map(|_| SendRequest::text("sleep:400")).collect();
-    broker.send_batch("jobs", batch, None).await.unwrap();
+    s.send("jobs", batch).await;
     let running = RunningDispatcher::start(dispatcher);
 
+    let started = s.started("jobs");
     let mut starts = Vec::new();
     for _ in 0..8 {
         let batch = tokio::time::timeout(Duration::from_secs(10), started.recv())
@@ -394,7 +393,7 @@ async fn max_concurrency_batches_run_at_once_and_never_more() {
             .collect::<Vec<_>>()
     );
     running.stop().await;
-    assert_eq!(broker.metrics("jobs").await.unwrap().acked, 8);
+    assert_eq!(s.broker.metrics("jobs").await.unwrap().acked, 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

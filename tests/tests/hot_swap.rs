@@ -338,9 +338,9 @@ async fn watch_swaps_when_the_file_changes() {
 }
 
 /// `--watch` with `watch` globs: editing a source runs the component's `build` and swaps the
-/// result in; a build that fails leaves the running version serving. The "build" copies the
-/// version the source names into place, so the test exercises the watching, the build and
-/// the swap without a compiler in the loop.
+/// result in; a build that fails leaves the running version serving. The "build" records the
+/// version the source names in `builds.log`, then copies that version into place, so the test
+/// exercises the watching, the build and the swap without a compiler in the loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_rebuilds_when_a_source_changes() {
     let setup = Swappable::new();
@@ -349,18 +349,28 @@ async fn watch_rebuilds_when_a_source_changes() {
     std::fs::write(dir.join("v2.wasm"), v2()).unwrap();
     std::fs::create_dir(dir.join("src")).unwrap();
     std::fs::write(dir.join("src/version.txt"), "v1").unwrap();
-    let build = "cp \"$(cat src/version.txt).wasm\" consumer.wasm.tmp && mv consumer.wasm.tmp consumer.wasm";
+    let build = "v=\"$(cat src/version.txt)\" && echo \"$v\" >> builds.log \
+        && cp \"$v.wasm\" consumer.wasm.tmp && mv consumer.wasm.tmp consumer.wasm";
     let consumer = swappable_consumer()
         .set("build", build)
         .set("watch", Value::Array(vec!["src/*.txt".into()]));
     setup.write_manifest(&setup.manifest_with(consumer));
     let mut host = setup.start().await;
+    assert_eq!(builds(dir), ["v1"], "the start runs the build once");
     host.watch().unwrap();
     let broker = host.broker();
 
-    // A build that fails (no such version) keeps v1.
+    // A build that runs and fails (there is no v9.wasm) keeps v1.
     std::fs::write(dir.join("src/version.txt"), "v9").unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !builds(dir).iter().any(|v| v == "v9") {
+        assert!(
+            Instant::now() < deadline,
+            "--watch never ran the build: {:?}",
+            builds(dir)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     broker
         .send("jobs", SendRequest::text("after a failed build"))
         .await
@@ -379,4 +389,13 @@ async fn watch_rebuilds_when_a_source_changes() {
         edited.elapsed().as_secs_f64() * 1000.0
     );
     host.shutdown().await.unwrap();
+}
+
+/// The versions the `build` of [`watch_rebuilds_when_a_source_changes`] ran for, in order.
+fn builds(dir: &Path) -> Vec<String> {
+    match std::fs::read_to_string(dir.join("builds.log")) {
+        Ok(log) => log.lines().map(str::to_owned).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("builds.log: {e}"),
+    }
 }

@@ -8,12 +8,13 @@
 //! Each test starts its own host with one component: the Python and JavaScript components take
 //! seconds to compile, and the tests run in parallel.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use wasmq_host::manifest;
-use wasmq_host::run::{self, RunningHost};
+use wasmq_host::run::RunningHost;
+use wasmq_tests::manifest::{Component, Manifest, Queue};
+use wasmq_tests::{guest_path, polyglot_guest_path, start_host};
 
 /// A host serving one webhook component on `/webhook`, queueing into `incoming`.
 struct Host {
@@ -23,44 +24,17 @@ struct Host {
     _dir: TempDir,
 }
 
-/// `guest-examples/target/FILE`, which must exist.
-fn component(file: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../guest-examples/target")
-        .join(file);
-    let build = if file.starts_with("polyglot/") {
-        "scripts/build-polyglot-guests.sh"
-    } else {
-        "scripts/build-guests.sh"
-    };
-    assert!(path.exists(), "{} is missing; run {build}", path.display());
-    path
-}
-
-async fn start(file: &str) -> Host {
+/// Starts a host serving the webhook component at `source`.
+async fn start(source: &Path) -> Host {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        r#"
-[host]
-data_dir = "data"
-listen = "127.0.0.1:0"
-
-[queues.incoming]
-dedup_window = 60
-
-[components.webhook]
-source = "{}"
-route = "/webhook"
-producers = {{ JOBS = "incoming" }}
-"#,
-        component(file).display(),
-    );
-    let path = dir.path().join("manifest.toml");
-    std::fs::write(&path, text).unwrap();
-    let manifest = manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let host = run::start(&manifest)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let manifest = Manifest::new()
+        .queue(Queue::new("incoming").set("dedup_window", 60u32))
+        .component(
+            Component::new("webhook", source)
+                .route("/webhook")
+                .producer("JOBS", "incoming"),
+        );
+    let host = start_host(&manifest.write(dir.path())).await;
     Host {
         url: format!("http://{}", host.addr()),
         _host: host,
@@ -105,9 +79,9 @@ async fn fetch(request: reqwest::RequestBuilder) -> (u16, Value) {
     (status, value)
 }
 
-/// Every answer of the Rust `webhook`, and the messages it queues, from the webhook in `file`.
-async fn answers_and_queues_like_the_rust_webhook(file: &str) {
-    let host = start(file).await;
+/// Every answer of the Rust `webhook`, and the messages it queues, from the webhook at `source`.
+async fn answers_and_queues_like_the_rust_webhook(source: &Path) {
+    let host = start(source).await;
     let signup = json!({"event": "signup", "user": 7, "name": "Zoë"});
 
     // One value: one message. An array: one message per element, in one batch.
@@ -181,16 +155,16 @@ async fn answers_and_queues_like_the_rust_webhook(file: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_webhook_answers_and_queues_like_the_rust_one() {
-    answers_and_queues_like_the_rust_webhook("polyglot/webhook-py.wasm").await;
+    answers_and_queues_like_the_rust_webhook(&polyglot_guest_path("webhook-py")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_webhook_answers_and_queues_like_the_rust_one() {
-    answers_and_queues_like_the_rust_webhook("polyglot/webhook-js.wasm").await;
+    answers_and_queues_like_the_rust_webhook(&polyglot_guest_path("webhook-js")).await;
 }
 
 /// The reference: the Rust original passes the same checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_webhook_answers_and_queues_as_described() {
-    answers_and_queues_like_the_rust_webhook("wasm32-wasip2/release/webhook.wasm").await;
+    answers_and_queues_like_the_rust_webhook(&guest_path("webhook")).await;
 }

@@ -5,12 +5,10 @@
 
 use std::time::Duration;
 
-use wasmq_host::engine::{ContentType, Message, MessageId};
 use wasmq_host::runtime::{
-    BatchInput, BatchRun, ComponentLimits, ComponentOptions, ConsumerComponent, Failure,
-    InstanceReuse, Runtime,
+    BatchRun, ComponentLimits, ComponentOptions, ConsumerComponent, Failure, InstanceReuse, Runtime,
 };
-use wasmq_tests::guest;
+use wasmq_tests::{guest, one_message_batch};
 
 fn scripted(reuse: InstanceReuse) -> ConsumerComponent {
     let options = ComponentOptions {
@@ -33,19 +31,8 @@ fn scripted(reuse: InstanceReuse) -> ConsumerComponent {
 
 /// Runs one batch of one message with `body`.
 async fn batch(component: &ConsumerComponent, body: &str) -> BatchRun {
-    let message = Message {
-        id: MessageId([3; 16]),
-        timestamp_ms: 0,
-        content_type: ContentType::Text,
-        body: body.as_bytes().to_vec(),
-        attempts: 1,
-    };
     component
-        .run_batch(BatchInput {
-            queue: "jobs".into(),
-            messages: vec![message],
-            backlog: Default::default(),
-        })
+        .run_batch(one_message_batch(body.as_bytes()))
         .await
 }
 

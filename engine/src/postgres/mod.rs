@@ -625,12 +625,9 @@ impl Broker for PostgresBroker {
         self.shared.changes.subscribe()
     }
 
-    /// Stops the background tasks and closes every connection.
+    /// Closes every connection; dropping the broker stops the background tasks.
     async fn close(self: Arc<Self>) -> BrokerResult<()> {
         if let Ok(broker) = Arc::try_unwrap(self) {
-            for task in &broker.tasks {
-                task.abort();
-            }
             broker.shared.pool.close();
         }
         Ok(())

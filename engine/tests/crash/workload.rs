@@ -366,8 +366,7 @@ pub(crate) async fn consumer(
             .settle(queue, outcomes)
             .await
             .map_err(|e| stop("settle", e))?;
-        let applied =
-            (report.acked + report.retried + report.dead_lettered + report.dropped) as usize;
+        let applied = (report.acked + report.retries()) as usize;
         if !report.stale.is_empty() || applied != expected || report.acked as usize != acks.len() {
             return Err(Stop::Bug(format!(
                 "settle of {expected} live leases ({} acks) reported {report:?}",

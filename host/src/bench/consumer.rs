@@ -15,7 +15,7 @@ use anyhow::{Context, Result, ensure};
 use tokio::sync::{mpsc, watch};
 
 use super::dashboard::{self, DashboardLoad};
-use super::{body, histogram, print_latency, tempdir};
+use super::{body, cpu_time, histogram, print_latency, tempdir};
 use crate::dispatch::Dispatcher;
 use crate::engine::{
     self, Broker, ConsumerSettings, PostgresOptions, QueueSettings, RedbOptions, SendRequest,
@@ -364,7 +364,7 @@ async fn throughput(
 
     let batches = bench.messages.div_ceil(100);
     let started = Instant::now();
-    let cpu_started = dashboard::cpu_time();
+    let cpu_started = cpu_time();
     let mut producers = Vec::new();
     for p in 0..4u64 {
         let broker = brokers[p as usize % brokers.len()].clone();
@@ -398,7 +398,7 @@ async fn throughput(
         tokio::time::sleep(poll).await;
     }
     let elapsed = started.elapsed();
-    let cpu = dashboard::cpu_time().saturating_sub(cpu_started);
+    let cpu = cpu_time().saturating_sub(cpu_started);
     let polled = match serving {
         Some(serving) => {
             let (requests, bytes) = serving.stop().await?;

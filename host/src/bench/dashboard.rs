@@ -11,8 +11,8 @@ use anyhow::{Context, Result, ensure};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::Served;
 use crate::engine::{Broker, QueueSettings};
-use crate::http;
 
 /// The dashboard load to measure.
 #[derive(Debug, Clone)]
@@ -30,8 +30,7 @@ pub struct DashboardLoad {
 /// The API served on a loopback port with pollers asking for the summary.
 pub(super) struct Serving {
     stop_pollers: watch::Sender<bool>,
-    stop_server: watch::Sender<bool>,
-    server: JoinHandle<()>,
+    served: Served,
     pollers: Vec<JoinHandle<Result<(u64, u64)>>>,
 }
 
@@ -66,21 +65,9 @@ pub(super) async fn prepare(
 impl Serving {
     /// Serves the API for `broker` and starts `load.pollers` pollers, spread over the interval
     /// as independent browsers would be.
-    pub(super) async fn start(broker: Arc<dyn Broker>, load: &DashboardLoad) -> Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}/dashboard/api/summary", listener.local_addr()?);
-        let router = http::router(http::ServeConfig {
-            broker,
-            consumers: http::QueueConsumers::default(),
-            token: None,
-            producers: http::ProducerRoutes::default(),
-            consumer_stats: Default::default(),
-            component_stats: Default::default(),
-            reloader: None,
-            access_log: false,
-        });
-        let (stop_server, server_stopped) = watch::channel(false);
-        let server = tokio::spawn(http::serve(listener, router, 1024, server_stopped));
+    async fn start(broker: Arc<dyn Broker>, load: &DashboardLoad) -> Result<Self> {
+        let served = Served::start(broker, Default::default(), Default::default(), 1024).await?;
+        let url = format!("{}/dashboard/api/summary", served.base);
         let (stop_pollers, pollers_stopped) = watch::channel(false);
         let pollers = (0..load.pollers)
             .map(|i| {
@@ -95,8 +82,7 @@ impl Serving {
             .collect();
         Ok(Self {
             stop_pollers,
-            stop_server,
-            server,
+            served,
             pollers,
         })
     }
@@ -110,24 +96,9 @@ impl Serving {
             let (requests, bytes) = poller.await??;
             total = (total.0 + requests, total.1 + bytes);
         }
-        self.stop_server.send(true)?;
-        self.server.await?;
+        self.served.stop().await;
         Ok(total)
     }
-}
-
-/// CPU time this process has used so far (user and system, every thread).
-pub(super) fn cpu_time() -> Duration {
-    // SAFETY: `getrusage` only writes the struct it is given.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let time = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// Asks for `url` every `interval` (first after `offset`) until stopped.

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
-use super::{histogram, print_latency, tempdir};
+use super::{Served, histogram, print_latency, tempdir};
 use crate::engine::{self, Broker, QueueSettings, RedbOptions, Storage};
 use crate::http::{self, ProducerRoute, ProducerRoutes};
 use crate::manifest::PullConsumerConfig;
@@ -128,20 +128,14 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
         )]),
         ..http::Wiring::default()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let router = http::router(http::ServeConfig {
-        broker: broker.clone(),
-        consumers: http::QueueConsumers::new(wiring),
-        token: None,
-        producers: producers.clone(),
-        consumer_stats: Default::default(),
-        component_stats: Default::default(),
-        reloader: None,
-        access_log: false,
-    });
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(http::serve(listener, router, 10_000, stopped));
+    let served = Served::start(
+        broker.clone(),
+        http::QueueConsumers::new(wiring),
+        producers.clone(),
+        10_000,
+    )
+    .await?;
+    let base = served.base.clone();
     println!(
         "wasmq HTTP bench: {} messages in batches of 100 over {} keep-alive connections, durable",
         bench.messages, bench.connections
@@ -231,8 +225,7 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
     if !producers.is_empty() {
         webhooks(bench, &base, &broker).await?;
     }
-    let _ = stop.send(true);
-    server.abort();
+    served.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -17,7 +17,70 @@ pub use self::dashboard::DashboardLoad;
 pub use self::engine::{EngineBench, open_backlog, run_engine};
 pub use self::http::{HttpBench, run_http};
 pub use self::lifecycle::{StartupBench, SwapBench, run_startup, run_swap};
-use crate::engine::SendRequest;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::engine::{Broker, SendRequest};
+use crate::http::{self as api, ProducerRoutes, QueueConsumers};
+
+/// The HTTP API of a bench, served on a free loopback port until [`Served::stop`].
+struct Served {
+    /// `http://127.0.0.1:PORT`.
+    base: String,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<()>,
+}
+
+impl Served {
+    /// Serves the API over `broker`, with `consumers` and `producers` wired, no token, no
+    /// access log, and at most `max_connections` connections at once.
+    async fn start(
+        broker: Arc<dyn Broker>,
+        consumers: QueueConsumers,
+        producers: ProducerRoutes,
+        max_connections: usize,
+    ) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let router = api::router(api::ServeConfig {
+            broker,
+            consumers,
+            token: None,
+            producers,
+            consumer_stats: Default::default(),
+            component_stats: Default::default(),
+            reloader: None,
+            access_log: false,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(api::serve(listener, router, max_connections, stopped));
+        Ok(Self { base, stop, server })
+    }
+
+    /// Stops serving; connections still open (keep-alive clients) are dropped.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.server.abort();
+        let _ = self.server.await;
+    }
+}
+
+/// CPU time this process has used so far (user and system, every thread).
+fn cpu_time() -> Duration {
+    // SAFETY: `getrusage` only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
 
 fn tempdir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("wasmq-bench-{}", std::process::id()));

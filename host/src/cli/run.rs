@@ -39,7 +39,7 @@ impl RunCommand {
         tokio::select! {
             ready = host.ready() => {
                 match ready {
-                    Ok(ready) => println!("wasmq host ready: {}", ready.map_or_else(String::new, |r| r.to_string())),
+                    Ok(ready) => println!("wasmq host ready: {ready}"),
                     // While watching, the host stays up: fixing the source loads it.
                     Err(err) if self.watch => eprintln!("error: {err:#}\n(still running: --watch loads the component once it is fixed)"),
                     Err(err) => {

@@ -41,9 +41,13 @@ impl TestCommand {
         })?);
         let start = Instant::now();
         let mut run = RunReport::default();
-        for file in files {
+        for Found { path: file, text } in files {
             println!("{}", file.display());
-            let report = match fixture::load(&file) {
+            let loaded = match &text {
+                Some(text) => fixture::parse(text, &file),
+                None => fixture::load(&file),
+            };
+            let report = match loaded {
                 Ok(fixture) => {
                     harness
                         .run_fixture_with(&fixture, |case| print!("{}", case_text(case)))
@@ -70,10 +74,20 @@ impl TestCommand {
     }
 }
 
+/// A fixture file [`discover`] found.
+#[derive(Debug, PartialEq, Eq)]
+struct Found {
+    /// The file.
+    path: PathBuf,
+    /// Its text, if finding it meant reading it (a file found in a folder), so that it is not
+    /// read twice; `None` for a file named on the command line.
+    text: Option<String>,
+}
+
 /// The fixture files `paths` name: files as given; folders searched (recursively, skipping
 /// hidden folders, `target` and `node_modules`) for fixture files, each folder's entries in
 /// name order. A folder without any is an error.
-fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+fn discover(paths: &[PathBuf]) -> Result<Vec<Found>> {
     let mut files = Vec::new();
     for path in paths {
         let metadata =
@@ -88,14 +102,17 @@ fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 );
             }
         } else {
-            files.push(path.clone());
+            files.push(Found {
+                path: path.clone(),
+                text: None,
+            });
         }
     }
     Ok(files)
 }
 
-/// Adds the fixture files below `dir` to `files`.
-fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+/// Adds the fixture files below `dir` to `files`, with their text.
+fn walk(dir: &Path, files: &mut Vec<Found>) -> Result<()> {
     let mut entries = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .map(|entry| entry.map(|e| e.path()))
@@ -108,17 +125,22 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
             if !(name.starts_with('.') || name == "target" || name == "node_modules") {
                 walk(&path, files)?;
             }
-        } else if path.extension().is_some_and(|e| e == "toml") && has_cases(&path) {
-            files.push(path);
+        } else if path.extension().is_some_and(|e| e == "toml")
+            && let Some(text) = fixture_text(&path)
+        {
+            files.push(Found {
+                path,
+                text: Some(text),
+            });
         }
     }
     Ok(())
 }
 
-/// Whether the file has a `[[case]]` table header. A text search, not a parse: a fixture with
-/// a syntax error must still be found, to be reported.
-fn has_cases(path: &Path) -> bool {
-    std::fs::read_to_string(path).is_ok_and(|text| {
+/// The file's text, if it has a `[[case]]` table header. A text search, not a parse: a fixture
+/// with a syntax error must still be found, to be reported.
+fn fixture_text(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok().filter(|text| {
         text.lines()
             .any(|line| line.trim_start().starts_with("[[case]]"))
     })
@@ -180,12 +202,20 @@ mod tests {
 
         let found = discover(&[root.to_owned()]).unwrap();
         assert_eq!(
-            found,
+            found.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
             ["a.toml", "b.toml", "sub/c.toml"].map(|f| root.join(f))
         );
-        // A file named on the command line is run whatever it holds.
+        // Each is read once: the text read to find it is the one run.
+        assert!(found.iter().all(|f| f.text.as_deref() == Some(case)));
+        // A file named on the command line is run whatever it holds (and read when it is).
         let named = [root.join("Cargo.toml")];
-        assert_eq!(discover(&named).unwrap(), named);
+        assert_eq!(
+            discover(&named).unwrap(),
+            [Found {
+                path: root.join("Cargo.toml"),
+                text: None,
+            }]
+        );
 
         let empty = root.join("sub/empty");
         std::fs::create_dir(&empty).unwrap();

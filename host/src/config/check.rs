@@ -7,12 +7,13 @@
 
 use std::ops::{Range, RangeInclusive};
 use std::path::Path;
+use std::time::Duration;
 
 use toml::Spanned;
 
 use super::error::{ConfigError, ConfigErrors, KeyPath, Position, line_of};
 use super::raw::{RawConsumer, RawLimits};
-use super::units::{format_duration, parse_duration, parse_size};
+use super::units::{format_duration, format_size, parse_duration, parse_size};
 use crate::engine::{BrokerError, BrokerResult, ConsumerSettings};
 use crate::runtime::{ComponentLimits, InstanceReuse};
 
@@ -179,18 +180,57 @@ impl<'a> Checker<'a> {
 
     /// The number written at `table.name`, if it is in `range`; else `default` (blaming an
     /// out-of-range value).
-    pub(crate) fn number_or(
+    pub(crate) fn number_or<T: Copy + PartialOrd + std::fmt::Display>(
         &mut self,
         table: &KeyPath,
         name: &str,
-        value: &Option<Spanned<u32>>,
-        range: RangeInclusive<u32>,
-        default: u32,
-    ) -> u32 {
+        value: &Option<Spanned<T>>,
+        range: RangeInclusive<T>,
+        default: T,
+    ) -> T {
         match value {
             Some(value) if self.in_range(table, name, value, range) => *value.get_ref(),
             _ => default,
         }
+    }
+
+    /// The duration written at `table.name` (such as `"30s"`), if it reads as one within
+    /// `range`; else `None`, blaming the value.
+    pub(crate) fn duration(
+        &mut self,
+        table: &KeyPath,
+        name: &str,
+        value: &Spanned<String>,
+        range: RangeInclusive<Duration>,
+    ) -> Option<Duration> {
+        let text = value.get_ref();
+        let message = match parse_duration(text) {
+            Ok(duration) if range.contains(&duration) => return Some(duration),
+            Ok(_) => format!(
+                "`{text}` is out of range ({}..={})",
+                format_duration(*range.start()),
+                format_duration(*range.end())
+            ),
+            Err(message) => message,
+        };
+        self.report(&table.child(name), value.span(), message);
+        None
+    }
+
+    /// Blames `dlq`, the dead-letter queue written at `key` for a consumer of `queue`, if it
+    /// is `queue` itself; says whether it did.
+    pub(crate) fn own_dead_letter_queue(
+        &mut self,
+        key: &KeyPath,
+        dlq: &Spanned<String>,
+        queue: &str,
+    ) -> bool {
+        let own = dlq.get_ref() == queue;
+        if own {
+            let message = format!("queue `{queue}` cannot be its own dead_letter_queue");
+            self.report(key, dlq.span(), message);
+        }
+        own
     }
 
     /// A limits table applied over `base`.
@@ -200,21 +240,15 @@ impl<'a> Checker<'a> {
         raw: &RawLimits,
         mut base: ComponentLimits,
     ) -> ComponentLimits {
-        if let Some(timeout) = &raw.timeout {
-            let text = timeout.get_ref();
-            let range = ComponentLimits::MIN_TIMEOUT..=ComponentLimits::MAX_TIMEOUT;
-            match parse_duration(text) {
-                Ok(duration) if range.contains(&duration) => base.timeout = duration,
-                Ok(_) => {
-                    let message = format!(
-                        "`{text}` is out of range ({}..={})",
-                        format_duration(*range.start()),
-                        format_duration(*range.end())
-                    );
-                    self.report(&table.child("timeout"), timeout.span(), message);
-                }
-                Err(message) => self.report(&table.child("timeout"), timeout.span(), message),
-            }
+        if let Some(timeout) = &raw.timeout
+            && let Some(duration) = self.duration(
+                table,
+                "timeout",
+                timeout,
+                ComponentLimits::MIN_TIMEOUT..=ComponentLimits::MAX_TIMEOUT,
+            )
+        {
+            base.timeout = duration;
         }
         if let Some(memory) = &raw.memory {
             let text = memory.get_ref();
@@ -222,7 +256,11 @@ impl<'a> Checker<'a> {
             match parse_size(text).map(usize::try_from) {
                 Ok(Ok(bytes)) if range.contains(&bytes) => base.memory_bytes = bytes,
                 Ok(_) => {
-                    let message = format!("`{text}` is out of range (1MiB..=4GiB)");
+                    let message = format!(
+                        "`{text}` is out of range ({}..={})",
+                        format_size(*range.start() as u64),
+                        format_size(*range.end() as u64)
+                    );
                     self.report(&table.child("memory"), memory.span(), message);
                 }
                 Err(message) => self.report(&table.child("memory"), memory.span(), message),

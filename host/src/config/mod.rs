@@ -15,4 +15,3 @@ mod units;
 pub use self::check::MAX_CONCURRENCY;
 pub(crate) use self::error::KeyPath;
 pub use self::error::{ConfigError, ConfigErrors, Position};
-pub(crate) use self::units::parse_duration;

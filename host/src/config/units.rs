@@ -45,6 +45,20 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
+/// Writes a size the way [`parse_size`] reads it, in the largest binary unit that divides it
+/// exactly: `"4GiB"`, `"1MiB"`, `"1536KiB"`, `"100B"`.
+pub(crate) fn format_size(bytes: u64) -> String {
+    SIZE_UNITS
+        .iter()
+        .rev()
+        .filter(|(name, _)| name.ends_with("iB"))
+        .find(|&&(_, unit_bytes)| bytes != 0 && bytes.is_multiple_of(unit_bytes))
+        .map_or_else(
+            || format!("{bytes}B"),
+            |&(name, unit_bytes)| format!("{}{name}", bytes / unit_bytes),
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +77,25 @@ mod tests {
     }
 
     #[test]
+    fn formatted_sizes() {
+        assert_eq!(format_size(1 << 20), "1MiB");
+        assert_eq!(format_size(4 << 30), "4GiB");
+        assert_eq!(format_size(1536 << 10), "1536KiB");
+        assert_eq!(format_size(100), "100B");
+        assert_eq!(format_size(0), "0B");
+        // The memory range of `limits`, as its error message writes it.
+        let range = format!(
+            "{}..={}",
+            format_size(crate::runtime::ComponentLimits::MIN_MEMORY_BYTES as u64),
+            format_size(crate::runtime::ComponentLimits::MAX_MEMORY_BYTES as u64)
+        );
+        assert_eq!(range, "1MiB..=4GiB");
+        for bytes in [1 << 20, 4 << 30, 1536 << 10, 100, 3 * (1 << 30) + 1] {
+            assert_eq!(parse_size(&format_size(bytes)), Ok(bytes));
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
@@ -71,5 +104,7 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert_eq!(format_duration(Duration::from_secs(15 * 60)), "15m");
         assert_eq!(format_duration(Duration::from_millis(1)), "1ms");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+        assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
     }
 }

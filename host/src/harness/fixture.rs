@@ -402,8 +402,8 @@ struct Checker<'a> {
     base: Base<'a>,
 }
 
-/// A consumer or limits value with where it was written.
-type Located<T> = Option<(T, Key, Range<usize>)>;
+/// A consumer or limits value with where it was written: its span and its key.
+type Located<T> = Option<(Spanned<T>, Key)>;
 
 /// The `[consumer]` and `[limits]` values of the file, then of a case. The queue and the
 /// dead-letter queue keep their origin, so that a queue that is its own dead-letter queue is
@@ -531,14 +531,14 @@ impl Checker<'_> {
             if let Err(e) = check_queue_name(queue.get_ref()) {
                 self.base.report(&key, queue.span(), e.to_string());
             }
-            base.queue = Some((queue.get_ref().clone(), key, queue.span()));
+            base.queue = Some((queue.clone(), key));
         }
         if let Some(dlq) = &consumer.dead_letter_queue {
             let key = consumer_key.child("dead_letter_queue");
             if let Err(e) = check_queue_name(dlq.get_ref()) {
                 self.base.report(&key, dlq.span(), e.to_string());
             }
-            base.dead_letter_queue = Some((dlq.get_ref().clone(), key, dlq.span()));
+            base.dead_letter_queue = Some((dlq.clone(), key));
         }
         base.consumer = self
             .base
@@ -566,10 +566,8 @@ impl Checker<'_> {
         let queue = settings
             .queue
             .as_ref()
-            .map_or(DEFAULT_QUEUE.to_owned(), |q| q.0.clone());
-        if let Some((dlq, key, span)) = &settings.dead_letter_queue
-            && *dlq == queue
-        {
+            .map_or(DEFAULT_QUEUE.to_owned(), |q| q.0.get_ref().clone());
+        if let Some((dlq, key)) = &settings.dead_letter_queue {
             // Blame the value written last, once: in the case that wrote it, or in the file.
             let blamed_here = match case {
                 Some(case) => {
@@ -582,17 +580,16 @@ impl Checker<'_> {
                 None => true,
             };
             if blamed_here {
-                self.base.report(
-                    key,
-                    span.clone(),
-                    format!("queue `{queue}` cannot be its own dead_letter_queue"),
-                );
+                self.base.own_dead_letter_queue(key, dlq, &queue);
             }
         }
         Setup {
             queue,
             consumer: ConsumerSettings {
-                dead_letter_queue: settings.dead_letter_queue.as_ref().map(|d| d.0.clone()),
+                dead_letter_queue: settings
+                    .dead_letter_queue
+                    .as_ref()
+                    .map(|d| d.0.get_ref().clone()),
                 ..settings.consumer.clone()
             },
             bindings: bindings.clone(),
@@ -906,17 +903,9 @@ impl Checker<'_> {
                     &s.base64,
                     &s.content_type,
                 );
-                if let Some(delay) = &s.delay
-                    && *delay.get_ref() > MAX_DELAY_SECONDS
-                {
-                    self.base.report(
-                        &item_key.child("delay"),
-                        delay.span(),
-                        format!(
-                            "{} is out of range (0..={MAX_DELAY_SECONDS})",
-                            delay.get_ref()
-                        ),
-                    );
+                if let Some(delay) = &s.delay {
+                    self.base
+                        .in_range(&item_key, "delay", delay, 0..=MAX_DELAY_SECONDS);
                 }
                 out.push(ExpectedSend {
                     binding: s.binding.get_ref().clone(),

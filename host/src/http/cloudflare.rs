@@ -543,3 +543,15 @@ async fn purge_status(State(state): State<PullState>, Path(path): Path<QueuePath
     resolve(&*state.broker, &path.queue_id).await?;
     Ok(Answer::ok(json!({ "completed": "true" })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::queue_id;
+
+    /// Clients keep queue ids: they must not change between versions of the host.
+    #[test]
+    fn queue_ids_are_stable() {
+        assert_eq!(queue_id("jobs"), "2ab0b5f339da807b1093eccf18d30c71");
+        assert_ne!(queue_id("jobs"), queue_id("jobs-dlq"));
+    }
+}

@@ -27,6 +27,16 @@ pub enum Attached {
     Pull(PullConsumerConfig),
 }
 
+impl Attached {
+    /// The consumer component's name, if a component consumes the queue.
+    pub fn component(&self) -> Option<&str> {
+        match self {
+            Attached::Component { name, .. } => Some(name),
+            Attached::Pull(_) => None,
+        }
+    }
+}
+
 /// What the applied manifest wires to the queues.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Wiring {

@@ -16,7 +16,7 @@ use super::api::{Answer, Api, broker_error, fail, input_error, ok, respond};
 use super::body::{InputError, JsonBody};
 use super::wire::{PeekedMessage, ReplayRequest};
 use crate::dispatch::ConsumerStats;
-use crate::engine::{Broker, QueueInfo};
+use crate::engine::{Broker, Clock, QueueInfo, SystemClock};
 use crate::metrics::{ComponentStats, HttpStats, family};
 
 /// Most messages one peek returns.
@@ -271,9 +271,7 @@ pub fn prometheus_text(queues: &[QueueInfo]) -> String {
         "gauge",
         "Seconds since the oldest stored message was first sent (0: none).",
     );
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = SystemClock.now_ms();
     for queue in queues {
         let age_ms = queue
             .metrics

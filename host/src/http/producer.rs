@@ -47,12 +47,6 @@ struct Table {
     starting: Arc<[(Route, String)]>,
 }
 
-/// What answers a path.
-enum Found {
-    Serving(Box<ProducerRoute>),
-    Starting(String),
-}
-
 impl ProducerRoutes {
     /// A table holding `routes`.
     pub fn new(routes: Vec<ProducerRoute>) -> Self {
@@ -85,25 +79,29 @@ impl ProducerRoutes {
             .is_empty()
     }
 
-    /// What answers `path`, if anything: the most specific route served, else the most
-    /// specific one starting.
-    fn find(&self, path: &str) -> Option<Found> {
-        let (serving, starting) = {
-            let table = self.0.read().expect("producer routes lock");
-            (table.serving.clone(), table.starting.clone())
-        };
-        let serving = serving
+    /// The most specific route served that answers `path`, if any.
+    fn find(&self, path: &str) -> Option<ProducerRoute> {
+        let serving = self.0.read().expect("producer routes lock").serving.clone();
+        serving
             .iter()
             .filter(|r| r.route.matches(path))
-            .max_by_key(|r| r.route.specificity());
-        if let Some(route) = serving {
-            return Some(Found::Serving(Box::new(route.clone())));
-        }
+            .max_by_key(|r| r.route.specificity())
+            .cloned()
+    }
+
+    /// The component that will answer `path` once it has started, if any.
+    fn starting_for(&self, path: &str) -> Option<String> {
+        let starting = self
+            .0
+            .read()
+            .expect("producer routes lock")
+            .starting
+            .clone();
         starting
             .iter()
             .filter(|(route, _)| route.matches(path))
             .max_by_key(|(route, _)| route.specificity())
-            .map(|(_, name)| Found::Starting(name.clone()))
+            .map(|(_, name)| name.clone())
     }
 }
 
@@ -133,9 +131,8 @@ pub(super) fn router(
 
 async fn serve(State(producers): State<Producers>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
-    let route = match producers.routes.find(&path) {
-        Some(Found::Serving(route)) => *route,
-        Some(Found::Starting(name)) => {
+    let Some(route) = producers.routes.find(&path) else {
+        if let Some(name) = producers.routes.starting_for(&path) {
             return unavailable(
                 "starting",
                 format!(
@@ -143,14 +140,12 @@ async fn serve(State(producers): State<Producers>, request: Request) -> Response
                 ),
             );
         }
-        None => {
-            return fail(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no route or API path matches `{path}`"),
-            )
-            .into_response();
-        }
+        return fail(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route or API path matches `{path}`"),
+        )
+        .into_response();
     };
     if route.requires_token
         && let Some(token) = &producers.token

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawComponent, RawHost, RawManifest, RawPullConsumer, RawQueue, value_or};
+use super::raw::{RawComponent, RawHost, RawManifest, RawPullConsumer, RawQueue};
 use super::{
     ComponentConfig, ConsumerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
     DEFAULT_VISIBILITY_TIMEOUT_MS, HostConfig, Manifest, Position, PullConsumerConfig, Route,
@@ -19,7 +19,7 @@ use super::{
 };
 use crate::config::check::{Number, file_problem};
 use crate::config::raw::RawConsumer;
-use crate::config::{self, ConfigError, ConfigErrors, KeyPath, parse_duration};
+use crate::config::{self, ConfigError, ConfigErrors, KeyPath};
 use crate::engine::limits::{MAX_VISIBILITY_TIMEOUT_MS, check_queue_name};
 use crate::engine::{ConsumerSettings, QueueSettings};
 use crate::runtime::{AllowedHost, ComponentLimits};
@@ -193,23 +193,18 @@ impl Checker<'_> {
             1..=HostConfig::MAX_CONNECTIONS,
             HostConfig::DEFAULT_MAX_CONNECTIONS,
         );
-        let shutdown_timeout = match &raw.shutdown_timeout {
-            Some(text) => match parse_duration(text.get_ref()) {
-                Ok(timeout) if timeout <= Duration::from_secs(3600) => timeout,
-                Ok(_) => {
-                    let message = format!("`{}` is out of range (0s..=1h)", text.get_ref());
-                    self.base
-                        .report(&key.child("shutdown_timeout"), text.span(), message);
-                    HostConfig::DEFAULT_SHUTDOWN_TIMEOUT
-                }
-                Err(message) => {
-                    self.base
-                        .report(&key.child("shutdown_timeout"), text.span(), message);
-                    HostConfig::DEFAULT_SHUTDOWN_TIMEOUT
-                }
-            },
-            None => HostConfig::DEFAULT_SHUTDOWN_TIMEOUT,
-        };
+        let shutdown_timeout = raw
+            .shutdown_timeout
+            .as_ref()
+            .and_then(|text| {
+                self.base.duration(
+                    &key,
+                    "shutdown_timeout",
+                    text,
+                    Duration::ZERO..=HostConfig::MAX_SHUTDOWN_TIMEOUT,
+                )
+            })
+            .unwrap_or(HostConfig::DEFAULT_SHUTDOWN_TIMEOUT);
         let storage_text = raw
             .storage
             .as_ref()
@@ -296,26 +291,20 @@ impl Checker<'_> {
             .settings(&key, &numbers, &mut settings, ConsumerSettings::validate);
         if let Some(dlq) = &pull.dead_letter_queue {
             let dlq_key = key.child("dead_letter_queue");
-            if dlq.get_ref() == queue.get_ref() {
-                let message = format!(
-                    "queue `{}` cannot be its own dead_letter_queue",
-                    dlq.get_ref()
-                );
-                self.base.report(&dlq_key, dlq.span(), message);
-            } else {
+            if !self
+                .base
+                .own_dead_letter_queue(&dlq_key, dlq, queue.get_ref())
+            {
                 self.check_declared(&dlq_key, dlq);
             }
         }
-        if let Some(value) = &pull.visibility_timeout_ms {
-            self.base.in_range(
-                &key,
-                "visibility_timeout_ms",
-                value,
-                1..=MAX_VISIBILITY_TIMEOUT_MS,
-            );
-        }
-        let visibility_timeout_ms =
-            value_or(&pull.visibility_timeout_ms, DEFAULT_VISIBILITY_TIMEOUT_MS);
+        let visibility_timeout_ms = self.base.number_or(
+            &key,
+            "visibility_timeout_ms",
+            &pull.visibility_timeout_ms,
+            1..=MAX_VISIBILITY_TIMEOUT_MS,
+            DEFAULT_VISIBILITY_TIMEOUT_MS,
+        );
         (
             settings,
             PullConsumerConfig {
@@ -527,10 +516,7 @@ impl Checker<'_> {
 
         if let Some(dlq) = &consumer.dead_letter_queue {
             let dlq_key = key.child("dead_letter_queue");
-            if *dlq.get_ref() == queue {
-                let message = format!("queue `{queue}` cannot be its own dead_letter_queue");
-                self.base.report(&dlq_key, dlq.span(), message);
-            } else {
+            if !self.base.own_dead_letter_queue(&dlq_key, dlq, &queue) {
                 self.check_declared(&dlq_key, dlq);
             }
         }

@@ -154,6 +154,8 @@ impl HostConfig {
     pub const MAX_BATCHES_IN_FLIGHT: u32 = 500;
     /// Default of `shutdown_timeout`.
     pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Upper bound of `shutdown_timeout`.
+    pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3600);
     /// Default of `max_connections`.
     pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
     /// Upper bound of `max_connections`.

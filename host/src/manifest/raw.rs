@@ -150,8 +150,3 @@ pub(super) struct RawComponent {
     #[schemars(with = "BTreeMap<String, String>")]
     pub env: BTreeMap<Spanned<String>, Spanned<String>>,
 }
-
-/// The value of an optional setting, or its default.
-pub(super) fn value_or<T: Copy>(value: &Option<Spanned<T>>, default: T) -> T {
-    value.as_ref().map_or(default, |v| *v.get_ref())
-}

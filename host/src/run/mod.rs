@@ -92,12 +92,13 @@ impl RunningHost {
 
     /// Waits until the components of the launch are built, compiled and serving. The error
     /// names each component that failed and why (those that loaded keep serving, and a reload
-    /// may fix the others). After the first call, answers at once.
-    pub async fn ready(&mut self) -> Result<Option<Ready>> {
-        match self.loading.take() {
-            Some(task) => Ok(Some(task.await.context("loading the components")??)),
-            None => Ok(None),
-        }
+    /// may fix the others). Only the first call waits; a later one is an error.
+    pub async fn ready(&mut self) -> Result<Ready> {
+        let loading = self
+            .loading
+            .take()
+            .context("the host's start was already awaited")?;
+        loading.await.context("loading the components")?
     }
 
     /// Reads the manifest file again and applies it: new queues and components start, changed

@@ -16,11 +16,11 @@ use tokio::task::JoinHandle;
 
 use super::components::{self, Compiled, ComponentFile, Loaded, Runtimes, short};
 use crate::dispatch::{ConsumerSlot, ConsumerSpec, ConsumerStats, Dispatcher};
-use crate::engine::{Broker, BrokerError};
+use crate::engine::{Broker, BrokerError, Clock, SystemClock};
 use crate::http::wire::{FailedComponent, ReloadReport};
 use crate::http::{ProducerRoute, ProducerRoutes, QueueConsumers, Wiring};
 use crate::manifest::{self, ComponentConfig, Manifest};
-use crate::metrics::{ComponentLoad, ComponentStats, now_ms};
+use crate::metrics::{ComponentLoad, ComponentStats};
 use crate::runtime::CacheOutcome;
 
 /// One loaded component and what it was loaded from.
@@ -326,7 +326,7 @@ fn load_record(config: &ComponentConfig, done: &Compiled) -> ComponentLoad {
         source: config.source.display().to_string(),
         queue: config.consumer.as_ref().map(|c| c.queue.clone()),
         route: config.route.as_ref().map(ToString::to_string),
-        at_ms: now_ms(),
+        at_ms: SystemClock.now_ms(),
         load_seconds: done.took.as_secs_f64(),
         from_cache: done.outcome == CacheOutcome::Hit,
     }

@@ -51,9 +51,11 @@ pub fn user_cache_dir() -> Option<PathBuf> {
         .or_else(|| var("HOME").map(|d| d.join(".cache/wasmq/components")))
 }
 
-/// The SHA-256 of a component binary, in hex: what the cache and the logs call its digest.
-pub fn digest(wasm: &[u8]) -> String {
-    hex(&Sha256::digest(wasm))
+/// The SHA-256 of `bytes` in lowercase hex: what the cache and the logs call a component's
+/// digest, and what the dashboard's asset versions and the Cloudflare queue ids derive from
+/// (so it must stay SHA-256 in hex).
+pub fn digest(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn hex(bytes: &[u8]) -> String {

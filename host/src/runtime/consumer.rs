@@ -188,19 +188,18 @@ struct Warm {
 }
 
 impl IdleInstances {
-    /// The most recently used instance not idle for too long.
+    /// The most recently used instance, once those idle for too long are dropped.
     fn take(&self) -> Option<Warm> {
-        let mut idle = self.0.lock().expect("idle instances lock");
-        let fresh = idle.pop()?;
-        // The rest were used before it: drop those gone stale.
-        idle.retain(|warm| warm.since.elapsed() < InstanceReuse::IDLE);
-        (fresh.since.elapsed() < InstanceReuse::IDLE).then_some(fresh)
+        self.trim();
+        self.0.lock().expect("idle instances lock").pop()
     }
 
     fn put(&self, warm: Warm) {
         self.0.lock().expect("idle instances lock").push(warm);
     }
 
+    /// Drops the instances idle for longer than [`InstanceReuse::IDLE`] (the oldest come
+    /// first).
     fn trim(&self) {
         let stale = {
             let mut idle = self.0.lock().expect("idle instances lock");

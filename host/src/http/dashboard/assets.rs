@@ -11,7 +11,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 /// The page: no script or style from anywhere but this host, no framing (the page has buttons
 /// that purge queues), no referrer.
@@ -29,8 +28,8 @@ pub(super) struct Asset {
 
 impl Asset {
     fn new(body: Bytes, content_type: &'static str) -> Self {
-        let digest = Sha256::digest(&body);
-        let version = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let mut version = crate::runtime::digest(&body);
+        version.truncate(16);
         Self {
             body,
             content_type,

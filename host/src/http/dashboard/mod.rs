@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use self::sampler::{History, Sampler};
 use super::api::{broker_error, ok};
-use super::consumers::{Attached, QueueConsumers};
+use super::consumers::QueueConsumers;
 use crate::dispatch::{ConsumerSnapshot, ConsumerStats};
 use crate::engine::Broker;
 use crate::metrics::{ComponentRecord, ComponentStats, ReloadRecord};
@@ -117,10 +117,11 @@ async fn queue(State(dashboard): Shared, Path(queue): Path<String>) -> Response 
         .filter(|q| q.settings.consumer.dead_letter_queue.as_deref() == Some(queue.as_str()))
         .map(|q| q.name.clone())
         .collect();
-    let component = match dashboard.sources.consumers.get(&queue) {
-        Some(Attached::Component { name, .. }) => Some(name),
-        _ => None,
-    };
+    let component = dashboard
+        .sources
+        .consumers
+        .get(&queue)
+        .and_then(|attached| attached.component().map(str::to_owned));
     let detail = QueueDetail {
         history: dashboard.sampler.history(&queue).await,
         consumer_stats: component

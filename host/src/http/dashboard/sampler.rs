@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::engine::{Broker, BrokerError, QueueInfo};
+use crate::engine::{Broker, BrokerError, Clock, QueueInfo, SystemClock};
 use crate::http::consumers::{Attached, QueueConsumers, Wiring};
 use crate::http::wire::Envelope;
-use crate::metrics::now_ms;
 
 /// How often the page asks for a summary.
 pub(super) const REFRESH: Duration = Duration::from_secs(2);
@@ -284,10 +283,7 @@ fn summary<'a>(
                     .backlog
                     .oldest_timestamp_ms
                     .map(|oldest| at_ms.saturating_sub(oldest)),
-                consumer: match consumer {
-                    Some(Attached::Component { name, .. }) => Some(name.as_str()),
-                    _ => None,
-                },
+                consumer: consumer.and_then(Attached::component),
                 pull: matches!(consumer, Some(Attached::Pull(_))),
                 dead_letter_queue: info.settings.consumer.dead_letter_queue.as_deref(),
                 rates: state
@@ -329,7 +325,7 @@ impl Sampler {
             return Ok(last.clone());
         }
         let queues = self.broker.list_queues().await?;
-        let at_ms = now_ms();
+        let at_ms = SystemClock.now_ms();
         state.record(&queues, at_ms);
         let wiring = self.consumers.wiring();
         let envelope = Envelope {
