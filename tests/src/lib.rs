@@ -40,3 +40,14 @@ pub fn one_message_batch(body: &[u8]) -> BatchInput {
         backlog: Default::default(),
     }
 }
+
+/// Sends `request` and returns the answer's status and JSON body; panics, with the text, on
+/// an answer that is not JSON.
+pub async fn fetch_json(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text:?}"));
+    (status, value)
+}

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use wasmq_host::run::RunningHost;
 use wasmq_tests::manifest::{Component, Manifest, Queue};
-use wasmq_tests::{guest_path, polyglot_guest_path, start_host};
+use wasmq_tests::{fetch_json, guest_path, polyglot_guest_path, start_host};
 
 /// A host serving one webhook component on `/webhook`, queueing into `incoming`.
 struct Host {
@@ -50,12 +50,12 @@ impl Host {
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
-        fetch(request).await
+        fetch_json(request).await
     }
 
     /// The messages of `incoming`, oldest first, as (content type, body).
     async fn queued(&self) -> Vec<(Value, Value)> {
-        let (status, answer) = fetch(
+        let (status, answer) = fetch_json(
             self.client
                 .get(format!("{}/queues/incoming/messages?limit=100", self.url)),
         )
@@ -68,15 +68,6 @@ impl Host {
             .map(|m| (m["content_type"].clone(), m["body"].clone()))
             .collect()
     }
-}
-
-async fn fetch(request: reqwest::RequestBuilder) -> (u16, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    let value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text:?}"));
-    (status, value)
 }
 
 /// Every answer of the Rust `webhook`, and the messages it queues, from the webhook at `source`.
@@ -137,7 +128,7 @@ async fn answers_and_queues_like_the_rust_webhook(source: &Path) {
             json!({"error": "the messages are 300006 bytes; the limit is 256000"})
         )
     );
-    let get = fetch(host.client.get(format!("{}/webhook", host.url))).await;
+    let get = fetch_json(host.client.get(format!("{}/webhook", host.url))).await;
     assert_eq!(get, (405, json!({"error": "use POST with a JSON body"})));
 
     let json_type = json!("json");

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use wasmq_host::run::{self, RunningHost};
 use wasmq_tests::manifest::{Component, Consumer, Manifest, Queue, Table};
-use wasmq_tests::{guest_path, postgres, start_host};
+use wasmq_tests::{fetch_json, guest_path, postgres, start_host};
 
 const TOKEN: &str = "s3cret-token";
 
@@ -57,12 +57,7 @@ impl Host {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        let value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text:?}"));
-        (status, value)
+        fetch_json(request).await
     }
 
     /// The queue's metrics, read from the broker.
