@@ -65,8 +65,9 @@ async fn fresh_broker(dir: &Path, name: &str) -> Result<Arc<dyn Broker>> {
     Ok(broker)
 }
 
-/// `pipelines` tasks each loop: send a batch of 100, lease 100, ack them all.
-async fn full_cycle(dir: &Path, bench: &EngineBench, pipelines: u64) -> Result<()> {
+/// `pipelines` tasks each loop: send a batch of 100, lease 100, ack them all; returns the
+/// messages per second (the engine floor end-to-end runs are compared with).
+pub(super) async fn full_cycle(dir: &Path, bench: &EngineBench, pipelines: u64) -> Result<f64> {
     let broker = fresh_broker(dir, "cycle.redb").await?;
     let cycles = (bench.messages / 100 / pipelines).max(1);
     let started = Instant::now();
@@ -107,13 +108,14 @@ async fn full_cycle(dir: &Path, bench: &EngineBench, pipelines: u64) -> Result<(
         metrics.acked == delivered && metrics.backlog.count == 0,
         "full cycle lost track of messages: {metrics:?}"
     );
+    let rate = delivered as f64 / elapsed.as_secs_f64();
     println!(
-        "full cycle (send 100 → lease 100 → ack 100), {pipelines} pipeline(s): {:.0} msgs/s ({delivered} messages in {:.2} s)",
-        delivered as f64 / elapsed.as_secs_f64(),
+        "full cycle (send 100 → lease 100 → ack 100), {pipelines} pipeline(s): {rate:.0} msgs/s ({delivered} messages in {:.2} s)",
         elapsed.as_secs_f64()
     );
     print_latency("cycle", &h);
-    Ok(broker.close().await?)
+    broker.close().await?;
+    Ok(rate)
 }
 
 /// `senders` tasks each send single messages as fast as they are acknowledged.

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
-use super::{Served, histogram, print_latency, tempdir};
+use super::{Served, histogram, print_latency, publish_over_http, tempdir};
 use crate::engine::{self, Broker, QueueSettings, RedbOptions, Storage};
 use crate::http::{self, ProducerRoute, ProducerRoutes};
 use crate::manifest::PullConsumerConfig;
@@ -106,10 +106,6 @@ pub struct HttpBench {
 }
 
 /// Serves the API on a loopback port and drives it with `connections` clients.
-#[expect(
-    clippy::too_many_lines,
-    reason = "one benchmark run, set up, measured and printed top to bottom"
-)]
 pub async fn run_http(bench: &HttpBench) -> Result<()> {
     let dir = tempdir()?;
     let path = dir.join("http.redb");
@@ -141,41 +137,8 @@ pub async fn run_http(bench: &HttpBench) -> Result<()> {
         bench.messages, bench.connections
     );
 
-    let batches = bench.messages.div_ceil(100);
     let started = Instant::now();
-    let mut clients = Vec::new();
-    for c in 0..bench.connections {
-        let base = base.clone();
-        let connections = bench.connections;
-        clients.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut h = histogram();
-            let mut b = c;
-            while b < batches {
-                let messages: Vec<Value> = (0..100)
-                    .map(|i| json!({ "body": { "n": b * 100 + i }, "content_type": "json" }))
-                    .collect();
-                let t = Instant::now();
-                let response = client
-                    .post(format!("{base}/queues/bench/messages/batch"))
-                    .json(&json!({ "messages": messages }))
-                    .send()
-                    .await?;
-                ensure!(
-                    response.status().is_success(),
-                    "publish failed: {}",
-                    response.status()
-                );
-                h.record(t.elapsed().as_micros().max(1) as u64)?;
-                b += connections;
-            }
-            anyhow::Ok(h)
-        }));
-    }
-    let mut h = histogram();
-    for client in clients {
-        h.add(client.await??)?;
-    }
+    let h = publish_over_http(&base, "bench", bench.messages, bench.connections).await?;
     let elapsed = started.elapsed();
     let sent = broker.metrics("bench").await?.sent;
     println!(

@@ -1,6 +1,7 @@
 //! `wasmq bench`: benchmarks that print numbers (throughput, latency percentiles, memory) and
 //! assert nothing; the README lists the figures measured and the targets.
 
+mod binary;
 mod consumer;
 mod dashboard;
 mod engine;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 
+pub use self::binary::{BinaryBench, run_binary};
 pub use self::consumer::{ConsumerBench, run_consumer};
 pub use self::dashboard::DashboardLoad;
 pub use self::engine::{EngineBench, open_backlog, run_engine};
@@ -68,6 +70,52 @@ impl Served {
     }
 }
 
+/// Publishes `messages` 64-byte text messages to `queue` through the HTTP API at `base`, in
+/// batches of 100 over `connections` keep-alive connections; returns each batch's time.
+async fn publish_over_http(
+    base: &str,
+    queue: &str,
+    messages: u64,
+    connections: u64,
+) -> Result<Histogram<u64>> {
+    let batches = messages.div_ceil(100);
+    let url = format!("{base}/queues/{queue}/messages/batch");
+    let mut clients = Vec::new();
+    for c in 0..connections {
+        let url = url.clone();
+        clients.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut h = histogram();
+            let mut b = c;
+            while b < batches {
+                let first = b * 100;
+                let batch: Vec<serde_json::Value> = (first..(first + 100).min(messages))
+                    .map(|n| serde_json::json!({ "body": text(64, n), "content_type": "text" }))
+                    .collect();
+                let t = std::time::Instant::now();
+                let response = client
+                    .post(&url)
+                    .json(&serde_json::json!({ "messages": batch }))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "publish failed: {}",
+                    response.status()
+                );
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+                b += connections;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let mut h = histogram();
+    for client in clients {
+        h.add(client.await??)?;
+    }
+    Ok(h)
+}
+
 /// CPU time this process has used so far (user and system, every thread).
 fn cpu_time() -> Duration {
     // SAFETY: `getrusage` only writes the struct it is given.
@@ -90,9 +138,14 @@ fn tempdir() -> Result<PathBuf> {
 
 /// A text message of `bytes` bytes starting with `message {n} `.
 fn body(bytes: usize, n: u64) -> SendRequest {
+    SendRequest::text(text(bytes, n))
+}
+
+/// `message {n} ` padded with `x` to `bytes` bytes.
+fn text(bytes: usize, n: u64) -> String {
     let mut text = format!("message {n} ");
     text.push_str(&PADDING[..bytes.saturating_sub(text.len()).min(PADDING.len())]);
-    SendRequest::text(text)
+    text
 }
 
 const PADDING: &str = concat!(

@@ -8,7 +8,8 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use crate::bench::{
-    self, ConsumerBench, DashboardLoad, EngineBench, HttpBench, StartupBench, SwapBench,
+    self, BinaryBench, ConsumerBench, DashboardLoad, EngineBench, HttpBench, StartupBench,
+    SwapBench,
 };
 use crate::manifest::Storage;
 
@@ -84,6 +85,25 @@ enum BenchSubcommand {
         /// Pairs of runs, without and with the pollers, per max_concurrency.
         #[arg(long, default_value_t = 3)]
         dashboard_rounds: u32,
+    },
+    /// The real `wasmq run` process (HTTP publish → consumer component → acked) next to the
+    /// engine floor, measured in the same run, and their ratio.
+    Binary {
+        /// The consumer component.
+        #[arg(
+            long,
+            default_value = "guest-examples/target/wasm32-wasip2/release/worker.wasm"
+        )]
+        wasm: PathBuf,
+        /// Messages per run.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        /// The consumer's max_concurrency (one run per value).
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        concurrency: Vec<u32>,
+        /// Keep-alive connections publishing at once.
+        #[arg(long, default_value_t = 4)]
+        connections: u64,
     },
     /// Publishing through the HTTP API over loopback, and pull / ack.
     Http {
@@ -184,6 +204,20 @@ impl BenchCommand {
                         queues: dashboard_queues,
                         rounds: dashboard_rounds,
                     }),
+                })
+                .await
+            }
+            BenchSubcommand::Binary {
+                wasm,
+                messages,
+                concurrency,
+                connections,
+            } => {
+                bench::run_binary(&BinaryBench {
+                    wasm,
+                    messages,
+                    concurrency,
+                    connections,
                 })
                 .await
             }
