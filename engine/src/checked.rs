@@ -17,8 +17,8 @@ use crate::Broker;
 use crate::error::{BrokerError, BrokerResult};
 use crate::limits;
 use crate::types::{
-    Backlog, LeaseId, LeaseOptions, LeasedMessage, Message, Outcome, QueueInfo, QueueMetrics,
-    QueueSettings, Readiness, SendRequest, SettleReport, SweepReport,
+    Backlog, LeaseId, LeaseOptions, LeasedBatch, LeasedMessage, Message, Outcome, QueueInfo,
+    QueueMetrics, QueueSettings, Readiness, SendRequest, SettleReport, SweepReport,
 };
 
 /// A backend behind the checks; the backend may assume every input is in range.
@@ -92,6 +92,19 @@ impl<B: Broker> Broker for Checked<B> {
             outcome.validate()?;
         }
         self.0.settle(queue, outcomes).await
+    }
+
+    async fn settle_and_lease(
+        &self,
+        queue: &str,
+        outcomes: Vec<(LeaseId, Outcome)>,
+        options: LeaseOptions,
+    ) -> BrokerResult<(SettleReport, LeasedBatch)> {
+        options.validate()?;
+        for (_, outcome) in &outcomes {
+            outcome.validate()?;
+        }
+        self.0.settle_and_lease(queue, outcomes, options).await
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> BrokerResult<()> {

@@ -23,10 +23,10 @@ pub use self::clock::{Clock, ManualClock, SystemClock};
 pub use self::error::{BrokerError, BrokerResult};
 pub use self::open::{Storage, open};
 pub use self::postgres::PostgresOptions;
-pub use self::redb::RedbOptions;
+pub use self::redb::{Compacted, Compaction, RedbOptions, compact_file};
 pub use self::types::{
-    Backlog, ConsumerSettings, ContentType, LeaseId, LeaseOptions, LeasedMessage, Message,
-    MessageId, Outcome, QueueInfo, QueueMetrics, QueueSettings, Readiness, SendRequest,
+    Backlog, ConsumerSettings, ContentType, LeaseId, LeaseOptions, LeasedBatch, LeasedMessage,
+    Message, MessageId, Outcome, QueueInfo, QueueMetrics, QueueSettings, Readiness, SendRequest,
     SettleReport, SweepReport,
 };
 
@@ -87,6 +87,18 @@ pub trait Broker: std::fmt::Debug + Send + Sync + 'static {
         queue: &str,
         outcomes: Vec<(LeaseId, Outcome)>,
     ) -> BrokerResult<SettleReport>;
+
+    /// Settles a finished batch's `outcomes` (as [`Broker::settle`] does) and leases the next
+    /// batch (as [`Broker::lease`] does) in one transaction, so a push consumer pays one commit
+    /// per batch instead of two; the batch comes with the queue's backlog after the lease, so
+    /// the consumer needs no separate read. `outcomes` may be empty (the first batch). A paused
+    /// queue leases nothing and is not an error: the outcomes are applied all the same.
+    async fn settle_and_lease(
+        &self,
+        queue: &str,
+        outcomes: Vec<(LeaseId, Outcome)>,
+        options: LeaseOptions,
+    ) -> BrokerResult<(SettleReport, LeasedBatch)>;
 
     /// Pauses (`true`) or resumes (`false`) delivery. A paused queue still accepts sends.
     async fn set_paused(&self, queue: &str, paused: bool) -> BrokerResult<()>;

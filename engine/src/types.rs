@@ -235,6 +235,16 @@ pub struct LeasedMessage {
     pub lease_deadline_ms: u64,
 }
 
+/// A batch handed out by [`Broker::settle_and_lease`](super::Broker::settle_and_lease).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LeasedBatch {
+    /// The leased messages, oldest first; empty when nothing was visible or the queue is
+    /// paused.
+    pub messages: Vec<LeasedMessage>,
+    /// The queue's backlog right after the lease, read in the same transaction.
+    pub backlog: Backlog,
+}
+
 /// What a consumer decided for one leased message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

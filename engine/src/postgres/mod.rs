@@ -35,8 +35,8 @@ use super::Broker;
 use super::clock::{Clock, SystemClock};
 use super::error::{BrokerError, BrokerResult};
 use super::types::{
-    Backlog, LeaseId, LeaseOptions, LeasedMessage, Message, MessageId, Outcome, QueueInfo,
-    QueueMetrics, QueueSettings, Readiness, SendRequest, SettleReport, SweepReport,
+    Backlog, LeaseId, LeaseOptions, LeasedBatch, LeasedMessage, Message, MessageId, Outcome,
+    QueueInfo, QueueMetrics, QueueSettings, Readiness, SendRequest, SettleReport, SweepReport,
 };
 
 /// How often a transaction aborted by a deadlock or serialization failure is run again
@@ -493,6 +493,16 @@ impl Broker for PostgresBroker {
         outcomes: Vec<(LeaseId, Outcome)>,
     ) -> BrokerResult<SettleReport> {
         in_txn!(self, "settle", |tx| tx.settle(queue, &outcomes))
+    }
+
+    async fn settle_and_lease(
+        &self,
+        queue: &str,
+        outcomes: Vec<(LeaseId, Outcome)>,
+        options: LeaseOptions,
+    ) -> BrokerResult<(SettleReport, LeasedBatch)> {
+        in_txn!(self, "settle_and_lease", |tx| tx
+            .settle_and_lease(queue, &outcomes, options))
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> BrokerResult<()> {

@@ -24,8 +24,8 @@ use super::{ms, ums};
 use crate::error::BrokerError;
 use crate::precedence;
 use crate::types::{
-    Backlog, ContentType, LeaseId, LeaseOptions, LeasedMessage, Message, MessageId, Outcome,
-    QueueInfo, QueueMetrics, QueueSettings, SendRequest, SettleReport,
+    Backlog, ContentType, LeaseId, LeaseOptions, LeasedBatch, LeasedMessage, Message, MessageId,
+    Outcome, QueueInfo, QueueMetrics, QueueSettings, SendRequest, SettleReport,
 };
 
 /// Advisory lock key (first half) of queue locks: "wqq" in ASCII.
@@ -556,6 +556,24 @@ impl Tx<'_> {
             }
         }
         Ok(leased)
+    }
+
+    pub(super) async fn settle_and_lease(
+        &mut self,
+        name: &str,
+        outcomes: &[(LeaseId, Outcome)],
+        options: LeaseOptions,
+    ) -> Res<(SettleReport, LeasedBatch)> {
+        let report = self.settle(name, outcomes).await?;
+        let queue = self.queue(name, Hold::Shared).await?;
+        let messages = if queue.paused {
+            Vec::new()
+        } else {
+            self.lease(name, options).await?
+        };
+        self.flush().await?;
+        let backlog = self.backlog(queue.id).await?;
+        Ok((report, LeasedBatch { messages, backlog }))
     }
 
     #[expect(

@@ -2,20 +2,22 @@
 //!
 //! Writes go through one writer thread that group-commits ([`writer`]); reads (metrics, peek,
 //! listings) use their own read transactions on the blocking thread pool and never wait for a
-//! commit.
+//! commit. The file is compacted when the writer is idle after a large drain ([`compact`]).
 
+mod compact;
 mod ops;
 mod records;
 mod writer;
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::{Context, bail};
 use async_trait::async_trait;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend};
 use tokio::sync::watch;
 
+pub use self::compact::{Compacted, Compaction, compact_file};
 use self::ops::{message_from, metrics_of};
 use self::records::{
     BODIES, COUNTERS, Counters, META, MessageState, QUEUES, QueueRecord, READY, SCHEMA_VERSION,
@@ -26,8 +28,8 @@ use super::Broker;
 use super::clock::{Clock, SystemClock};
 use super::error::{BrokerError, BrokerResult};
 use super::types::{
-    Backlog, LeaseId, LeaseOptions, LeasedMessage, Message, Outcome, QueueInfo, QueueMetrics,
-    QueueSettings, Readiness, SendRequest, SettleReport, SweepReport,
+    Backlog, LeaseId, LeaseOptions, LeasedBatch, LeasedMessage, Message, Outcome, QueueInfo,
+    QueueMetrics, QueueSettings, Readiness, SendRequest, SettleReport, SweepReport,
 };
 
 /// How to open a [`RedbBroker`].
@@ -37,6 +39,8 @@ pub struct RedbOptions {
     pub clock: Arc<dyn Clock>,
     /// redb's page cache in bytes. Bounds memory use with large backlogs.
     pub cache_size_bytes: usize,
+    /// When a database file (not one on a custom storage backend) is compacted on its own.
+    pub compaction: Compaction,
 }
 
 impl Default for RedbOptions {
@@ -44,6 +48,7 @@ impl Default for RedbOptions {
         Self {
             clock: Arc::new(SystemClock),
             cache_size_bytes: 64 * 1024 * 1024,
+            compaction: Compaction::default(),
         }
     }
 }
@@ -60,7 +65,8 @@ impl RedbOptions {
 
 /// Durable queues in one redb database file.
 pub(crate) struct RedbBroker {
-    db: Arc<Database>,
+    /// Shared by the readers and the writer thread; the writer takes it alone to compact.
+    db: Arc<RwLock<Database>>,
     writer: Writer,
     clock: Arc<dyn Clock>,
     changes: watch::Sender<u64>,
@@ -81,7 +87,8 @@ impl RedbBroker {
             .set_cache_size(options.cache_size_bytes)
             .create(path)
             .with_context(|| format!("opening queue database {}", path.display()))?;
-        Self::start(db, options)
+        let compaction = Some((path.to_owned(), options.compaction));
+        Self::start(db, options, compaction)
             .with_context(|| format!("loading queue database {}", path.display()))
     }
 
@@ -95,14 +102,24 @@ impl RedbBroker {
             .set_cache_size(options.cache_size_bytes)
             .create_with_backend(backend)
             .context("opening queue database")?;
-        Self::start(db, options).context("loading queue database")
+        Self::start(db, options, None).context("loading queue database")
     }
 
-    fn start(db: Database, options: RedbOptions) -> anyhow::Result<Self> {
+    fn start(
+        db: Database,
+        options: RedbOptions,
+        compaction: Option<(PathBuf, Compaction)>,
+    ) -> anyhow::Result<Self> {
         let state = recover(&db, options.clock.now_ms())?;
-        let db = Arc::new(db);
+        let db = Arc::new(RwLock::new(db));
         let changes = watch::Sender::new(0);
-        let writer = Writer::start(db.clone(), state, options.clock.clone(), changes.clone());
+        let writer = Writer::start(
+            db.clone(),
+            state,
+            options.clock.clone(),
+            changes.clone(),
+            compaction,
+        );
         Ok(Self {
             db,
             writer,
@@ -119,9 +136,15 @@ impl RedbBroker {
     {
         let db = self.db.clone();
         let now = self.clock.now_ms();
-        tokio::task::spawn_blocking(move || read(&db.begin_read()?, now))
-            .await
-            .map_err(|e| BrokerError::Unavailable(format!("read task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let txn = db
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .begin_read()?;
+            read(&txn, now)
+        })
+        .await
+        .map_err(|e| BrokerError::Unavailable(format!("read task failed: {e}")))?
     }
 }
 
@@ -292,6 +315,18 @@ impl Broker for RedbBroker {
         let queue = queue.to_owned();
         self.writer
             .submit(move |txn| txn.settle(&queue, outcomes))
+            .await
+    }
+
+    async fn settle_and_lease(
+        &self,
+        queue: &str,
+        outcomes: Vec<(LeaseId, Outcome)>,
+        options: LeaseOptions,
+    ) -> BrokerResult<(SettleReport, LeasedBatch)> {
+        let queue = queue.to_owned();
+        self.writer
+            .submit(move |txn| txn.settle_and_lease(&queue, outcomes, options))
             .await
     }
 

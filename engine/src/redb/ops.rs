@@ -12,8 +12,8 @@ use super::writer::Txn;
 use crate::error::{BrokerError, BrokerResult};
 use crate::precedence;
 use crate::types::{
-    Backlog, LeaseId, LeaseOptions, LeasedMessage, Message, MessageId, Outcome, QueueMetrics,
-    QueueSettings, SendRequest, SettleReport, SweepReport,
+    Backlog, LeaseId, LeaseOptions, LeasedBatch, LeasedMessage, Message, MessageId, Outcome,
+    QueueMetrics, QueueSettings, SendRequest, SettleReport, SweepReport,
 };
 
 /// What became of a message whose attempt failed.
@@ -285,6 +285,24 @@ impl Txn<'_> {
             }
         }
         Ok(report)
+    }
+
+    pub(super) fn settle_and_lease(
+        &mut self,
+        queue: &str,
+        outcomes: Vec<(LeaseId, Outcome)>,
+        options: LeaseOptions,
+    ) -> BrokerResult<(SettleReport, LeasedBatch)> {
+        let report = self.settle(queue, outcomes)?;
+        let record = self.queue(queue)?;
+        let (id, paused) = (record.id, record.paused);
+        let messages = if paused {
+            Vec::new()
+        } else {
+            self.lease(queue, options)?
+        };
+        let backlog = self.backlog(id)?;
+        Ok((report, LeasedBatch { messages, backlog }))
     }
 
     /// A failed attempt: redeliver after the delay, or dead-letter / drop once the queue's

@@ -6,15 +6,21 @@
 //! after that commit is durable. If a commit (or any storage call) fails, the transaction is
 //! dropped, every job of the group gets the error, and the writer refuses all later jobs: the
 //! in-memory counters may no longer match the disk, and only a reopen re-derives them.
+//!
+//! When no job has come for a while after writes, the writer may compact the file
+//! ([`super::compact`]): it is the one thread that can have the database to itself.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{oneshot, watch};
 
+use super::compact::{Compaction, compact};
 use super::records::{
     BODIES, COUNTERS, Counters, DEDUP, DEDUP_EXPIRY, LEASES, LeaseRecord, META, QUEUES,
     QueueRecord, READY, STATES,
@@ -146,17 +152,26 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the writer thread on an opened database whose state was loaded into `state`.
-    /// `changes` is bumped after every successful commit.
+    /// `changes` is bumped after every successful commit. With `compaction`, the file at its
+    /// path is compacted when the writer is idle and the policy says it is worth it.
     pub(super) fn start(
-        db: Arc<Database>,
+        db: Arc<RwLock<Database>>,
         state: WriterState,
         clock: Arc<dyn Clock>,
         changes: watch::Sender<u64>,
+        compaction: Option<(PathBuf, Compaction)>,
     ) -> Self {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("wasmq-redb-writer".into())
-            .spawn(move || run(&db, state, &*clock, &inbox, &changes))
+            .spawn(move || {
+                let mut idle = compaction.map(|(path, policy)| Idle {
+                    path,
+                    policy,
+                    wrote: false,
+                });
+                run(&db, state, &*clock, &inbox, &changes, &mut idle);
+            })
             .expect("spawning the redb writer thread");
         Self {
             jobs: Some(jobs),
@@ -214,15 +229,64 @@ impl Drop for Writer {
     }
 }
 
+/// The writer's idle-time compaction of the file at `path`.
+struct Idle {
+    path: PathBuf,
+    policy: Compaction,
+    /// Something was committed since the last look: only then can compacting be worth it.
+    wrote: bool,
+}
+
+impl Idle {
+    /// Compacts the file if the writer wrote since the last look and the policy says so.
+    fn look(&mut self, db: &RwLock<Database>, state: &WriterState) {
+        if !std::mem::take(&mut self.wrote) {
+            return;
+        }
+        let file_bytes = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        if !self.policy.worth_it(file_bytes, state.counters.values()) {
+            return;
+        }
+        let mut db = db.write().unwrap_or_else(PoisonError::into_inner);
+        match compact(&mut db, &self.path) {
+            Ok(done) => tracing::info!(
+                before_bytes = done.before_bytes,
+                after_bytes = done.after_bytes,
+                took_ms = done.took.as_millis() as u64,
+                "compacted the queue file"
+            ),
+            Err(err) => {
+                // A read was open (the dashboard, metrics): try again at the next idle time.
+                self.wrote = true;
+                tracing::debug!(error = %err, "compacting the queue file must wait");
+            }
+        }
+    }
+}
+
 fn run(
-    db: &Database,
+    db: &RwLock<Database>,
     mut state: WriterState,
     clock: &dyn Clock,
     inbox: &mpsc::Receiver<Job>,
     changes: &watch::Sender<u64>,
+    idle: &mut Option<Idle>,
 ) {
     let mut stopped: Option<BrokerError> = None;
-    while let Ok(first) = inbox.recv() {
+    let wait = idle.as_ref().map_or(Duration::MAX, |idle| idle.policy.idle);
+    loop {
+        let first = match inbox.recv_timeout(wait) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                if stopped.is_none()
+                    && let Some(idle) = idle
+                {
+                    idle.look(db, &state);
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match inbox.try_recv() {
@@ -239,6 +303,9 @@ fn run(
         let committed = commit_group(db, &mut state, clock.now_ms(), group);
         if committed.is_ok() {
             changes.send_modify(|n| *n = n.wrapping_add(1));
+            if let Some(idle) = idle {
+                idle.wrote = true;
+            }
         }
         if let Err(err) = committed {
             tracing::error!(error = %err, "queue storage commit failed; refusing writes until reopened");
@@ -251,7 +318,7 @@ fn run(
 
 /// Runs a group of jobs in one transaction and commits it; every job is answered.
 fn commit_group(
-    db: &Database,
+    db: &RwLock<Database>,
     state: &mut WriterState,
     now: u64,
     group: Vec<Job>,
@@ -298,8 +365,11 @@ fn commit_group(
     result
 }
 
-fn begin(db: &Database) -> BrokerResult<WriteTransaction> {
-    let mut txn = db.begin_write()?;
+fn begin(db: &RwLock<Database>) -> BrokerResult<WriteTransaction> {
+    let mut txn = db
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .begin_write()?;
     txn.set_durability(Durability::Immediate)
         .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
     Ok(txn)

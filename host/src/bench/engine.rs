@@ -43,7 +43,12 @@ pub async fn run_engine(bench: &EngineBench) -> Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     for pipelines in [1, 4] {
-        full_cycle(&dir, bench, pipelines).await?;
+        let separate = cycle(&dir, bench, pipelines, Cycle::Separate).await?;
+        let fused = full_cycle(&dir, bench, pipelines).await?;
+        println!(
+            "    settle + lease in one commit: {:.2}× the separate commits",
+            fused / separate
+        );
     }
     concurrent_senders(&dir, bench, 64).await?;
     if bench.backlog > 0 {
@@ -65,9 +70,26 @@ async fn fresh_broker(dir: &Path, name: &str) -> Result<Arc<dyn Broker>> {
     Ok(broker)
 }
 
-/// `pipelines` tasks each loop: send a batch of 100, lease 100, ack them all; returns the
-/// messages per second (the engine floor end-to-end runs are compared with).
+/// How a benchmark cycle moves its batch through the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cycle {
+    /// Send, lease and settle each in a transaction of its own.
+    Separate,
+    /// Send, then settle the previous batch and lease this one in one transaction
+    /// ([`Broker::settle_and_lease`]), as the push dispatcher does while a backlog lasts.
+    Fused,
+}
+
+/// The engine floor end-to-end runs are compared with: `pipelines` tasks each send a batch of
+/// 100, then settle the previous batch (all acked) and lease this one in one commit. Returns
+/// messages per second.
 pub(super) async fn full_cycle(dir: &Path, bench: &EngineBench, pipelines: u64) -> Result<f64> {
+    cycle(dir, bench, pipelines, Cycle::Fused).await
+}
+
+/// `pipelines` tasks each loop through `cycles` batches of 100 (`how`: with separate or fused
+/// settle and lease), acking every message; returns messages per second.
+async fn cycle(dir: &Path, bench: &EngineBench, pipelines: u64, how: Cycle) -> Result<f64> {
     let broker = fresh_broker(dir, "cycle.redb").await?;
     let cycles = (bench.messages / 100 / pipelines).max(1);
     let started = Instant::now();
@@ -78,20 +100,33 @@ pub(super) async fn full_cycle(dir: &Path, bench: &EngineBench, pipelines: u64) 
         tasks.push(tokio::spawn(async move {
             let mut h = histogram();
             let mut delivered = 0u64;
+            let mut acks = Vec::new();
             for c in 0..cycles {
                 let t = Instant::now();
                 let batch = (0..100)
                     .map(|i| body(body_bytes, (p << 40) | (c * 100 + i)))
                     .collect();
                 broker.send_batch("bench", batch, None).await?;
-                let leased = broker
-                    .lease("bench", LeaseOptions::new(100, 30_000))
-                    .await?;
+                let options = LeaseOptions::new(100, 30_000);
+                let leased = match how {
+                    Cycle::Separate => broker.lease("bench", options).await?,
+                    Cycle::Fused => {
+                        let settled = std::mem::take(&mut acks);
+                        broker
+                            .settle_and_lease("bench", settled, options)
+                            .await?
+                            .1
+                            .messages
+                    }
+                };
                 delivered += leased.len() as u64;
-                let outcomes = leased.iter().map(|m| (m.lease, Outcome::Ack)).collect();
-                broker.settle("bench", outcomes).await?;
+                acks = leased.iter().map(|m| (m.lease, Outcome::Ack)).collect();
+                if how == Cycle::Separate {
+                    broker.settle("bench", std::mem::take(&mut acks)).await?;
+                }
                 h.record(t.elapsed().as_micros() as u64)?;
             }
+            broker.settle("bench", acks).await?;
             anyhow::Ok((h, delivered))
         }));
     }
@@ -109,8 +144,12 @@ pub(super) async fn full_cycle(dir: &Path, bench: &EngineBench, pipelines: u64) 
         "full cycle lost track of messages: {metrics:?}"
     );
     let rate = delivered as f64 / elapsed.as_secs_f64();
+    let steps = match how {
+        Cycle::Separate => "send 100 → lease 100 → ack 100",
+        Cycle::Fused => "send 100 → ack previous 100 + lease 100",
+    };
     println!(
-        "full cycle (send 100 → lease 100 → ack 100), {pipelines} pipeline(s): {rate:.0} msgs/s ({delivered} messages in {:.2} s)",
+        "full cycle ({steps}), {pipelines} pipeline(s): {rate:.0} msgs/s ({delivered} messages in {:.2} s)",
         elapsed.as_secs_f64()
     );
     print_latency("cycle", &h);
@@ -205,6 +244,62 @@ async fn backlog(dir: &Path, bench: &EngineBench) -> Result<()> {
         String::from_utf8_lossy(&output.stderr)
     );
     print!("{}", String::from_utf8_lossy(&output.stdout));
+    drain_and_compact(&path, count).await
+}
+
+/// Drains the backlog at `path` (acking every message, settle and lease in one commit),
+/// printing the rate of each tenth, then compacts the file and prints how much it gave back.
+async fn drain_and_compact(path: &Path, count: u64) -> Result<()> {
+    let never = engine::Compaction {
+        min_file_bytes: u64::MAX,
+        ..engine::Compaction::default()
+    };
+    let options = RedbOptions {
+        compaction: never,
+        ..RedbOptions::default()
+    };
+    let broker = engine::open(Storage::redb(path, options)).await?;
+    let tenth = (count / 10).max(1);
+    let (mut drained, mut acks, mut rates) = (0u64, Vec::new(), Vec::new());
+    // The current tenth: when it began, and how many had drained then.
+    let (started, mut slice, mut slice_from) = (Instant::now(), Instant::now(), 0);
+    loop {
+        let (_, leased) = broker
+            .settle_and_lease("bench", acks, LeaseOptions::new(100, 30_000))
+            .await?;
+        if leased.messages.is_empty() {
+            break;
+        }
+        drained += leased.messages.len() as u64;
+        acks = leased
+            .messages
+            .iter()
+            .map(|m| (m.lease, Outcome::Ack))
+            .collect();
+        if drained - slice_from >= tenth {
+            let rate = (drained - slice_from) as f64 / slice.elapsed().as_secs_f64();
+            rates.push(format!("{rate:.0}"));
+            (slice, slice_from) = (Instant::now(), drained);
+        }
+    }
+    let peak = std::fs::metadata(path).map_or(0, |m| m.len());
+    broker.close().await?;
+    ensure!(drained == count, "drained {drained} of {count} messages");
+    println!(
+        "backlog drain: {drained} messages in {:.1} s ({:.0} msgs/s); msgs/s by tenth: {}",
+        started.elapsed().as_secs_f64(),
+        drained as f64 / started.elapsed().as_secs_f64(),
+        rates.join(" ")
+    );
+    let path = path.to_owned();
+    let done = tokio::task::spawn_blocking(move || engine::compact_file(&path)).await??;
+    println!(
+        "compaction: {} MB → {} MB ({:.1} % of the peak) in {:.1} s",
+        peak / 1_000_000,
+        done.after_bytes / 1_000_000,
+        100.0 * done.after_bytes as f64 / peak as f64,
+        done.took.as_secs_f64()
+    );
     Ok(())
 }
 

@@ -13,6 +13,7 @@
 mod bench;
 mod build;
 mod client;
+mod compact;
 mod completions;
 mod dlq;
 mod messages;
@@ -77,6 +78,9 @@ enum Command {
     Dlq(dlq::DlqCommand),
     /// Measure throughput and latency.
     Bench(bench::BenchCommand),
+    /// Shrink a stopped host's queue file after a large backlog drained (a running host
+    /// compacts on its own when idle).
+    Compact(compact::CompactCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsCommand),
     /// Print the JSON Schema of manifest.toml, for editors.
@@ -117,6 +121,7 @@ impl Cli {
             Command::Messages(command) => command.run().await,
             Command::Dlq(command) => command.run().await,
             Command::Bench(command) => command.run().await,
+            Command::Compact(command) => command.run().await,
             Command::Completions(command) => command.run(),
             Command::Schema(command) => command.run(),
         }

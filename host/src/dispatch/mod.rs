@@ -1,5 +1,11 @@
 //! The dispatcher: for one push consumer, assembles batches by size or timeout, leases them,
 //! runs the component on them and settles the result in one transaction.
+//!
+//! While a backlog lasts, a batch's settlement and the lease of the next batch share one
+//! commit ([`Broker::settle_and_lease`]): the task that ran batch N looks at the queue, and if
+//! the next batch is due it takes an instance and settles N and leases N + 1 together, then runs
+//! N + 1 itself. Each delivery attempt is still counted durably before the guest sees it, and
+//! a batch still settles in one transaction; only the commit count per batch halves.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,15 +18,15 @@ use tracing::Instrument;
 
 use crate::engine::precedence;
 use crate::engine::{
-    Broker, BrokerError, ConsumerSettings, LeaseId, LeaseOptions, Message, MessageId, Outcome,
-    SettleReport,
+    Broker, BrokerError, BrokerResult, ConsumerSettings, LeaseId, LeaseOptions, LeasedBatch,
+    Message, MessageId, Outcome, SettleReport,
 };
 use crate::runtime::{BatchInput, BatchRun, ConsumerComponent, Instance};
 
 mod plan;
 mod stats;
 
-use self::plan::{Plan, Scaler, plan};
+use self::plan::{Plan, Scaler, batch_wait, plan};
 pub use self::stats::{BatchPercentiles, ConsumerSnapshot, ConsumerStats};
 
 /// Longest sleep between two looks at the queue when nothing wakes the dispatcher (lease
@@ -96,11 +102,22 @@ pub struct Delivery {
 }
 
 /// A leased batch on its way to the component.
-struct LeasedBatch {
+struct Batch {
     ids: Vec<MessageId>,
     leases: HashMap<MessageId, LeaseId>,
     input: BatchInput,
     /// When the lease runs out (by the host's clock): settling is pointless after that.
+    expires: Instant,
+}
+
+/// A batch the component has run: the outcomes to settle, and what the batch's log line says
+/// once they are settled.
+struct Ran {
+    run: BatchRun,
+    outcomes: Vec<(LeaseId, Outcome)>,
+    component: String,
+    messages: usize,
+    started: Instant,
     expires: Instant,
 }
 
@@ -215,8 +232,17 @@ impl Dispatcher {
     pub async fn deliver_one(&self) -> anyhow::Result<Option<Delivery>> {
         let spec = self.slot.current();
         let instance = spec.component.instantiate().await?;
-        match self.inner.lease(&spec).await? {
-            Some(batch) => self.inner.process(batch, instance).await.map(Some),
+        let (_, batch) = self
+            .inner
+            .settle_and_lease(Vec::new(), &spec)
+            .await
+            .context("leasing a batch")?;
+        match batch {
+            Some(batch) => {
+                let ran = self.inner.run_batch(batch, instance).await;
+                let (delivery, _) = self.inner.finish(ran, None).await?;
+                Ok(Some(delivery))
+            }
             None => Ok(None),
         }
     }
@@ -240,6 +266,11 @@ impl Inner {
         running: &mut JoinSet<()>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Step {
+        let busy = running.len();
+        if busy >= spec.max_concurrency as usize {
+            // Nothing can start until a batch finishes: no need to look at the queue.
+            return Step::Wait(IDLE_RECHECK);
+        }
         let max = spec.settings.max_batch_size;
         let r = match self.broker.readiness(&self.queue, max).await {
             Ok(r) => r,
@@ -248,7 +279,6 @@ impl Inner {
                 return Step::Wait(IDLE_RECHECK);
             }
         };
-        let busy = running.len();
         if let Plan::Wait(wait) = plan(&r, &spec.settings, spec.max_concurrency, busy, scaler) {
             return Step::Wait(wait);
         }
@@ -273,18 +303,17 @@ impl Inner {
                 return Step::Wait(HOST_BUSY_BACKOFF);
             }
         };
-        match self.lease(spec).await {
-            Ok(Some(batch)) => {
+        match self.settle_and_lease(Vec::new(), spec).await {
+            Ok((_, Some(batch))) => {
                 let inner = self.clone();
+                let (slot, shutdown) = (slot.clone(), shutdown.clone());
                 running.spawn(async move {
-                    if let Err(err) = inner.process(batch, instance).await {
-                        tracing::error!(queue = %inner.queue, error = format!("{err:#}"), "delivering a batch failed");
-                    }
+                    inner.chain(batch, instance, &slot, &shutdown).await;
                     drop(permit);
                 });
                 Step::Leased
             }
-            Ok(None) => Step::Wait(Duration::ZERO),
+            Ok((_, None)) => Step::Wait(Duration::ZERO),
             Err(err) => {
                 tracing::error!(queue = %self.queue, error = format!("{err:#}"), "leasing a batch failed");
                 Step::Wait(IDLE_RECHECK)
@@ -314,37 +343,90 @@ impl Inner {
         }
     }
 
-    async fn lease(&self, spec: &ConsumerSpec) -> anyhow::Result<Option<LeasedBatch>> {
+    /// Runs batches one after the other, starting with `batch` on `instance`: after each, if
+    /// the next batch is due and the dispatcher is not shutting down, it is leased in the same
+    /// commit that settles this one ([`Self::finish`]) and run next; otherwise the chain ends
+    /// and the dispatcher loop takes over again.
+    async fn chain(
+        &self,
+        mut batch: Batch,
+        mut instance: Instance,
+        slot: &ConsumerSlot,
+        shutdown: &watch::Receiver<bool>,
+    ) {
+        loop {
+            let ran = self.run_batch(batch, instance).await;
+            let stopping = *shutdown.borrow();
+            let next = match stopping {
+                true => None,
+                false => self.next_due(slot).await,
+            };
+            let (spec, next_instance) = next.unzip();
+            match (self.finish(ran, spec.as_deref()).await, next_instance) {
+                (Ok((_, Some(next))), Some(next_instance)) => {
+                    (batch, instance) = (next, next_instance);
+                }
+                (Ok(_), _) => return,
+                (Err(err), _) => {
+                    tracing::error!(queue = %self.queue, error = format!("{err:#}"), "delivering a batch failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The consumer in the slot and an instance of it, if its next batch is due now (the same
+    /// rule as the dispatcher loop's: a full batch visible, or the oldest visible message has
+    /// waited `max_batch_timeout`) and an instance slot is free.
+    async fn next_due(&self, slot: &ConsumerSlot) -> Option<(Arc<ConsumerSpec>, Instance)> {
+        let spec = slot.current();
+        let settings = &spec.settings;
+        let r = self
+            .broker
+            .readiness(&self.queue, settings.max_batch_size)
+            .await
+            .ok()?;
+        if r.paused || batch_wait(&r, settings.max_batch_size, settings.max_batch_timeout).is_some()
+        {
+            return None;
+        }
+        let instance = spec.component.instantiate().await.ok()?;
+        Some((spec, instance))
+    }
+
+    /// Settles `outcomes` and leases a batch for `spec` in one commit; `None` when nothing was
+    /// visible (or the queue is paused).
+    async fn settle_and_lease(
+        &self,
+        outcomes: Vec<(LeaseId, Outcome)>,
+        spec: &ConsumerSpec,
+    ) -> BrokerResult<(SettleReport, Option<Batch>)> {
         let lease = spec.component.limits().timeout + LEASE_MARGIN;
         let expires = Instant::now() + lease;
         let options = LeaseOptions::new(spec.settings.max_batch_size, lease.as_millis() as u64);
-        let leased = match self.broker.lease(&self.queue, options).await {
-            Ok(leased) if leased.is_empty() => return Ok(None),
-            Ok(leased) => leased,
-            Err(BrokerError::Paused(_)) => return Ok(None),
-            Err(err) => return Err(err).context("leasing a batch"),
-        };
-        let backlog = self
+        let (report, LeasedBatch { messages, backlog }) = self
             .broker
-            .metrics(&self.queue)
-            .await
-            .context("reading the backlog")?
-            .backlog;
-        Ok(Some(LeasedBatch {
-            ids: leased.iter().map(|m| m.message.id).collect(),
-            leases: leased.iter().map(|m| (m.message.id, m.lease)).collect(),
+            .settle_and_lease(&self.queue, outcomes, options)
+            .await?;
+        if messages.is_empty() {
+            return Ok((report, None));
+        }
+        let batch = Batch {
+            ids: messages.iter().map(|m| m.message.id).collect(),
+            leases: messages.iter().map(|m| (m.message.id, m.lease)).collect(),
             input: BatchInput {
                 queue: self.queue.clone(),
-                messages: leased.into_iter().map(|m| m.message).collect(),
+                messages: messages.into_iter().map(|m| m.message).collect(),
                 backlog,
             },
             expires,
-        }))
+        };
+        Ok((report, Some(batch)))
     }
 
-    /// Runs `instance` on a leased batch and settles the outcome in one transaction.
-    async fn process(&self, batch: LeasedBatch, instance: Instance) -> anyhow::Result<Delivery> {
-        let LeasedBatch {
+    /// Runs `instance` on a leased batch and resolves what the guest decided.
+    async fn run_batch(&self, batch: Batch, instance: Instance) -> Ran {
+        let Batch {
             ids,
             leases,
             input,
@@ -357,11 +439,11 @@ impl Inner {
             });
         }
         let started = Instant::now();
-        let name = instance.name().to_owned();
+        let component = instance.name().to_owned();
         // The guest's output is logged inside this span, so it can be told apart by batch.
-        let span = tracing::info_span!("batch", queue = %self.queue, component = %name);
+        let span = tracing::info_span!("batch", queue = %self.queue, component = %component);
         let run = instance.run(input).instrument(span).await;
-        let name = name.as_str();
+        let name = component.as_str();
         self.stats
             .record(name, &self.queue, started.elapsed(), run.failure.as_ref());
         if let Some(failure) = &run.failure {
@@ -372,16 +454,54 @@ impl Inner {
         if let Some(first) = resolution.ignored.first() {
             tracing::warn!(queue = %self.queue, component = name, ignored = resolution.ignored.len(), "{}", first.warning);
         }
-        let outcomes: Vec<_> = resolution
+        let outcomes = resolution
             .outcomes
             .into_iter()
             .map(|(id, outcome)| (leases[&id], outcome))
             .collect();
-        let report = self.settle(outcomes, expires).await?;
+        Ran {
+            run,
+            outcomes,
+            component,
+            messages: ids.len(),
+            started,
+            expires,
+        }
+    }
+
+    /// Settles a batch that ran in one transaction, leasing the next batch for `next` in the
+    /// same commit when given. If that commit fails for want of storage, the batch is settled
+    /// alone (retried while its lease runs) and nothing is leased.
+    async fn finish(
+        &self,
+        ran: Ran,
+        next: Option<&ConsumerSpec>,
+    ) -> anyhow::Result<(Delivery, Option<Batch>)> {
+        let Ran {
+            run,
+            outcomes,
+            component,
+            messages,
+            started,
+            expires,
+        } = ran;
+        let fused = match next {
+            Some(spec) => Some(self.settle_and_lease(outcomes.clone(), spec).await),
+            None => None,
+        };
+        let (report, batch) = match fused {
+            Some(Ok(settled)) => settled,
+            Some(Err(BrokerError::Unavailable(why) | BrokerError::OutcomeUnknown(why))) => {
+                tracing::warn!(queue = %self.queue, error = %why, "settling and leasing failed; settling the batch alone");
+                (self.settle(outcomes, expires).await?, None)
+            }
+            Some(Err(err)) => return Err(err).context("settling a batch"),
+            None => (self.settle(outcomes, expires).await?, None),
+        };
         tracing::info!(
             queue = %self.queue,
-            component = name,
-            messages = ids.len(),
+            component = %component,
+            messages,
             acked = report.acked,
             retried = report.retried,
             dead_lettered = report.dead_lettered,
@@ -393,6 +513,6 @@ impl Inner {
         if !report.stale.is_empty() {
             tracing::warn!(queue = %self.queue, stale = report.stale.len(), "the batch settled after its lease expired and some of its messages had left the queue meanwhile; their outcomes were not applied");
         }
-        Ok(Delivery { run, report })
+        Ok((Delivery { run, report }, batch))
     }
 }

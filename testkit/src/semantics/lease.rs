@@ -282,3 +282,84 @@ pub async fn in_flight_follows_lease_and_settle(ctx: &Ctx) {
         (0, 1, 1, 2, 2)
     );
 }
+
+/// `settle_and_lease` applies the outcomes, then leases (a retried message goes behind the
+/// waiting ones, as after a separate settle), and reports the backlog after the lease; a
+/// paused queue still takes the outcomes and leases nothing.
+pub async fn settle_and_lease_is_settle_then_lease(ctx: &Ctx) {
+    let b = ctx.b();
+    create(b, "q").await;
+    for body in ["a", "b", "c", "d"] {
+        send_text(b, "q", body).await;
+    }
+    let fused = |outcomes, n| b.settle_and_lease("q", outcomes, LeaseOptions::new(n, VIS));
+    let (r, first) = ok("settle_and_lease", fused(Vec::new(), 2).await);
+    assert_eq!(r, report(|_| {}));
+    assert_eq!(bodies(&first.messages), ["a", "b"]);
+    assert_eq!(first.backlog.count, 4);
+    let outcomes = vec![
+        (first.messages[0].lease, Outcome::Ack),
+        (first.messages[1].lease, retry(Some(0))),
+    ];
+    let (r, second) = ok("settle_and_lease", fused(outcomes, 10).await);
+    assert_eq!(
+        r,
+        report(|r| {
+            r.acked = 1;
+            r.retried = 1;
+        })
+    );
+    assert_eq!(bodies(&second.messages), ["c", "d", "b"]);
+    assert_eq!(attempts(&second.messages), [1, 1, 2]);
+    assert_eq!(second.backlog.count, 3);
+    assert_eq!(metrics(b, "q").await.in_flight, 3);
+
+    ok("pause", b.set_paused("q", true).await);
+    send_text(b, "q", "e").await;
+    let outcomes = second
+        .messages
+        .iter()
+        .map(|m| (m.lease, Outcome::Ack))
+        .collect();
+    let (r, paused) = ok("settle_and_lease", fused(outcomes, 10).await);
+    assert_eq!(r.acked, 3);
+    assert!(paused.messages.is_empty());
+    assert_eq!(paused.backlog.count, 1);
+    let m = metrics(b, "q").await;
+    assert_eq!((m.in_flight, m.acked), (0, 4));
+}
+
+/// Bad input to `settle_and_lease` (lease options or a retry delay out of range, an unknown
+/// queue) is refused and changes nothing: the outcomes are not applied either.
+pub async fn settle_and_lease_refuses_bad_input_whole(ctx: &Ctx) {
+    let b = ctx.b();
+    create(b, "q").await;
+    send_text(b, "q", "a").await;
+    send_text(b, "q", "b").await;
+    let a = lease_n(b, "q", 1).await;
+    let ack = vec![(a[0].lease, Outcome::Ack)];
+    let e = err(
+        "settle_and_lease",
+        b.settle_and_lease("q", ack.clone(), LeaseOptions::new(101, VIS))
+            .await,
+    );
+    assert!(matches!(e, BrokerError::InvalidLease(_)), "{e:?}");
+    let too_late = vec![
+        (a[0].lease, Outcome::Ack),
+        (a[0].lease, retry(Some(86_401))),
+    ];
+    let e = err(
+        "settle_and_lease",
+        b.settle_and_lease("q", too_late, LeaseOptions::new(1, VIS))
+            .await,
+    );
+    assert!(matches!(e, BrokerError::InvalidDelay { .. }), "{e:?}");
+    let e = err(
+        "settle_and_lease",
+        b.settle_and_lease("nope", ack, LeaseOptions::new(1, VIS))
+            .await,
+    );
+    assert!(matches!(e, BrokerError::UnknownQueue(_)), "{e:?}");
+    let m = metrics(b, "q").await;
+    assert_eq!((m.in_flight, m.acked, m.backlog.count), (1, 0, 2));
+}

@@ -138,6 +138,8 @@ macro_rules! semantic_suite {
             late_settle_of_a_waiting_message_applies,
             invalid_lease_options_are_refused,
             in_flight_follows_lease_and_settle,
+            settle_and_lease_is_settle_then_lease,
+            settle_and_lease_refuses_bad_input_whole,
             // operator.rs
             pause_and_resume,
             purge_deletes_everything,
