@@ -793,3 +793,41 @@ async fn pull_consumers_lease_ack_retry_and_expire_over_http() {
     );
     interrupt(host);
 }
+
+/// `wasmq compact` refuses the file of a running host, compacts a stopped host's file, and what
+/// was stored is there on the next start; before any start it says there is nothing yet.
+#[test]
+fn compact_works_on_a_stopped_hosts_file_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = manifest().write(dir.path());
+    let compact = || {
+        Command::new(HOST)
+            .arg("compact")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let before_start = compact();
+    assert!(!before_start.status.success());
+    let stderr = String::from_utf8_lossy(&before_start.stderr);
+    assert!(stderr.contains("the host has not run yet"), "{stderr}");
+
+    let host = HostRun::new(&path).start();
+    let sent = host.cli(&["send", "pulled", "kept"]);
+    assert!(sent.status.success(), "{sent:?}");
+    let refused = compact();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("is a host running on it?"), "{stderr}");
+    assert!(interrupt(host).success());
+
+    let compacted = compact();
+    let stdout = String::from_utf8_lossy(&compacted.stdout);
+    assert!(compacted.status.success(), "{compacted:?}");
+    assert!(stdout.starts_with("compacted "), "{stdout}");
+    let host = HostRun::new(&path).start();
+    assert_eq!(
+        queue_info(&host, "pulled")["metrics"]["backlog"]["count"],
+        1
+    );
+}

@@ -18,10 +18,9 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBa
 use tokio::sync::watch;
 
 pub use self::compact::{Compacted, Compaction, compact_file};
-use self::ops::{message_from, metrics_of};
+use self::ops::{metrics_of, stored};
 use self::records::{
-    BODIES, COUNTERS, Counters, META, MessageState, QUEUES, QueueRecord, READY, SCHEMA_VERSION,
-    STATES,
+    COUNTERS, Counters, MESSAGES, META, QUEUES, QueueRecord, READY, SCHEMA_VERSION, migrate_from_2,
 };
 use self::writer::{Txn, Writer, WriterState};
 use super::Broker;
@@ -163,6 +162,14 @@ fn recover(db: &Database, now: u64) -> anyhow::Result<WriterState> {
                 meta.insert("schema_version", SCHEMA_VERSION)?;
             }
             Some(SCHEMA_VERSION) => {}
+            Some(2) => {
+                let moved = migrate_from_2(&txn).context("upgrading the database from schema 2")?;
+                meta.insert("schema_version", SCHEMA_VERSION)?;
+                tracing::info!(
+                    messages = moved,
+                    "upgraded the queue database to schema {SCHEMA_VERSION}"
+                );
+            }
             Some(other) => bail!(
                 "the database has schema version {other}; this host understands {SCHEMA_VERSION}"
             ),
@@ -226,7 +233,7 @@ fn read_metrics(txn: &ReadTransaction, id: u32, now: u64) -> BrokerResult<QueueM
         .unwrap_or_default();
     metrics_of(
         &counters,
-        &txn.open_table(STATES)?,
+        &txn.open_table(MESSAGES)?,
         &txn.open_table(READY)?,
         id,
         now,
@@ -347,25 +354,17 @@ impl Broker for RedbBroker {
         self.read(move |txn, _| {
             let id = queue_record(txn, &queue)?.id;
             let ready = txn.open_table(READY)?;
-            let states = txn.open_table(STATES)?;
-            let bodies = txn.open_table(BODIES)?;
+            let messages = txn.open_table(MESSAGES)?;
             let mut out = Vec::new();
             for entry in ready
                 .range((id, 0, 0)..=(id, u64::MAX, u64::MAX))?
                 .take(limit as usize)
             {
                 let seq = entry?.1.value();
-                let state = states
-                    .get((id, seq))?
-                    .map(|raw| MessageState::decode(&raw.value()));
-                let body = bodies.get(seq)?;
-                let message = state
-                    .zip(body)
-                    .and_then(|(state, body)| message_from(body.value(), &state))
-                    .ok_or_else(|| {
-                        BrokerError::Unavailable(format!("message {seq} is inconsistent"))
-                    })?;
-                out.push(message);
+                let raw = messages.get((id, seq))?.ok_or_else(|| {
+                    BrokerError::Unavailable(format!("message {seq} is waiting but not stored"))
+                })?;
+                out.push(stored(seq, raw.value())?.message());
             }
             Ok(out)
         })

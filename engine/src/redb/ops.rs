@@ -2,18 +2,20 @@
 //!
 //! Every operation checks its input before its first write, so an input error leaves the
 //! transaction (shared with other callers' operations) untouched.
+//!
+//! A message whose attempt ends (settled, or its lease expired) is taken out of [`MESSAGES`](super::records::MESSAGES)
+//! first ([`Txn::take`]); whatever becomes of it then writes it back (retried, dead-lettered)
+//! or not (acked, dropped), so each outcome costs one write to the message table.
 
 use redb::ReadableTable;
 
-use super::records::{
-    Counters, LeaseRecord, MessageState, Placement, QueueRecord, decode_body, encode_body,
-};
+use super::records::{Counters, LeaseRecord, MessageState, Placement, QueueRecord, Stored};
 use super::writer::Txn;
 use crate::error::{BrokerError, BrokerResult};
 use crate::precedence;
 use crate::types::{
-    Backlog, LeaseId, LeaseOptions, LeasedBatch, LeasedMessage, Message, MessageId, Outcome,
-    QueueMetrics, QueueSettings, SendRequest, SettleReport, SweepReport,
+    Backlog, LeaseId, LeaseOptions, LeasedBatch, LeasedMessage, MessageId, Outcome, QueueMetrics,
+    QueueSettings, SendRequest, SettleReport, SweepReport,
 };
 
 /// What became of a message whose attempt failed.
@@ -153,8 +155,6 @@ impl Txn<'_> {
                 .unwrap_or(delivery_delay);
             let seq = self.next_seq();
             let size = request.body.len() as u32;
-            let body = encode_body(&MessageId::random(), request.content_type, &request.body);
-            self.bodies.insert(seq, body.as_slice())?;
             let state = MessageState {
                 timestamp_ms: now,
                 attempts: 0,
@@ -165,7 +165,13 @@ impl Txn<'_> {
                     ticket: seq,
                 },
             };
-            self.place(id, seq, state)?;
+            let mut stored = Stored::new(
+                state,
+                &MessageId::random(),
+                request.content_type,
+                &request.body,
+            );
+            self.place(id, seq, &mut stored)?;
             let counters = self.counters_mut(id);
             counters.add_message(size);
             counters.sent += 1;
@@ -175,7 +181,7 @@ impl Txn<'_> {
 
     fn backlog(&self, id: u32) -> BrokerResult<Backlog> {
         let counters = self.state.counters.get(&id).copied().unwrap_or_default();
-        backlog_of(&counters, &self.states, id)
+        backlog_of(&counters, &self.messages, id)
     }
 
     pub(super) fn lease(
@@ -207,18 +213,18 @@ impl Txn<'_> {
                 break;
             }
             for seq in candidates {
-                let mut state = self.load_state(id, seq)?;
-                if state.timestamp_ms + retention_ms <= now {
-                    self.delete_message(id, seq, &state)?;
+                let mut stored = self.load(id, seq)?;
+                if stored.state.timestamp_ms + retention_ms <= now {
+                    self.delete_message(id, seq, &stored.state)?;
                     self.counters_mut(id).expired += 1;
                     continue;
                 }
-                self.unplace(id, &state)?;
-                state.attempts += 1;
-                state.placement = Placement::Leased { deadline, ticket };
-                self.place(id, seq, state)?;
+                self.unplace(id, &stored.state)?;
+                stored.state.attempts += 1;
+                stored.state.placement = Placement::Leased { deadline, ticket };
+                self.place(id, seq, &mut stored)?;
                 leased.push(LeasedMessage {
-                    message: self.message(seq, &state)?,
+                    message: stored.message(),
                     lease: LeaseId { seq, ticket },
                     lease_deadline_ms: deadline,
                 });
@@ -247,23 +253,21 @@ impl Txn<'_> {
         self.expire_leases(false)?;
         let mut report = SettleReport::default();
         for (lease, outcome) in outcomes {
-            // Taking the state out first saves a lookup on the common path; every outcome below
-            // writes it back or deletes the message.
-            let Some(raw) = self.states.remove((id, lease.seq))?.map(|raw| raw.value()) else {
+            let Some(mut stored) = self.take(id, lease.seq)? else {
                 report.stale.push(lease);
                 continue;
             };
-            let state = MessageState::decode(&raw);
+            let state = stored.state;
             let current = matches!(state.placement, Placement::Leased { ticket, .. } if ticket == lease.ticket);
             match (outcome, state.placement) {
                 // Current or late: the consumer is done with the message.
                 (Outcome::Ack, _) => {
-                    self.delete_message(id, lease.seq, &state)?;
+                    self.forget(id, &state)?;
                     self.counters_mut(id).acked += 1;
                     report.acked += 1;
                 }
                 (Outcome::Retry { delay_seconds }, _) if current => {
-                    match self.fail_attempt(id, lease.seq, state, delay_seconds)? {
+                    match self.fail_attempt(id, lease.seq, stored, delay_seconds)? {
                         Fate::Retried => report.retried += 1,
                         Fate::DeadLettered => report.dead_lettered += 1,
                         Fate::Dropped => report.dropped += 1,
@@ -274,12 +278,12 @@ impl Txn<'_> {
                 (Outcome::Retry { delay_seconds }, Placement::Ready { .. }) => {
                     let retry_delay = self.queue_by_id(id)?.settings.consumer.retry_delay;
                     let delay = u64::from(delay_seconds.unwrap_or(retry_delay));
-                    self.requeue(id, lease.seq, state, self.now + delay * 1000)?;
+                    self.requeue(id, lease.seq, stored, self.now + delay * 1000)?;
                     report.retried += 1;
                 }
                 // Late, and a newer lease holds the message: its holder decides.
                 (Outcome::Retry { .. }, Placement::Leased { .. }) => {
-                    self.states.insert((id, lease.seq), raw)?;
+                    self.messages.insert((id, lease.seq), stored.record())?;
                     report.stale.push(lease);
                 }
             }
@@ -305,21 +309,22 @@ impl Txn<'_> {
         Ok((report, LeasedBatch { messages, backlog }))
     }
 
-    /// A failed attempt: redeliver after the delay, or dead-letter / drop once the queue's
-    /// `max_retries` are used up.
+    /// A failed attempt of a message taken out of [`MESSAGES`](super::records::MESSAGES): redeliver after the delay, or
+    /// dead-letter / drop once the queue's `max_retries` are used up.
     fn fail_attempt(
         &mut self,
         id: u32,
         seq: u64,
-        state: MessageState,
+        stored: Stored,
         delay_seconds: Option<u32>,
     ) -> BrokerResult<Fate> {
+        let state = stored.state;
         let record = self.queue_by_id(id)?;
         let consumer = &record.settings.consumer;
         let dlq = match precedence::fate(state.attempts, consumer, delay_seconds) {
             precedence::Fate::Retry { delay_seconds } => {
                 let visible_at = self.now + u64::from(delay_seconds) * 1000;
-                self.requeue(id, seq, state, visible_at)?;
+                self.requeue(id, seq, stored, visible_at)?;
                 self.counters_mut(id).retried += 1;
                 return Ok(Fate::Retried);
             }
@@ -331,17 +336,17 @@ impl Txn<'_> {
             precedence::Fate::Drop => None,
         };
         let queue = self.state.names[&id].clone();
-        let message_id = self.message_id(seq)?;
+        let message_id = stored.id();
         match dlq {
             Some(dlq) => {
-                self.move_message(id, seq, state, dlq)?;
+                self.move_message(id, seq, stored, dlq)?;
                 self.counters_mut(id).dead_lettered += 1;
                 let dead_letter_queue = &self.state.names[&dlq];
                 tracing::warn!(%queue, %message_id, attempts = state.attempts, %dead_letter_queue, "retries exhausted; moved to the dead-letter queue");
                 Ok(Fate::DeadLettered)
             }
             None => {
-                self.delete_message(id, seq, &state)?;
+                self.forget(id, &state)?;
                 self.counters_mut(id).dropped += 1;
                 tracing::warn!(%queue, %message_id, attempts = state.attempts, "retries exhausted and no dead_letter_queue is set; message dropped");
                 Ok(Fate::Dropped)
@@ -374,15 +379,16 @@ impl Txn<'_> {
         candidates.sort_unstable();
         let mut held = 0;
         for (_, id, seq, ticket) in candidates {
-            match self.try_load_state(id, seq)? {
-                Some(state)
-                    if matches!(state.placement,
-                        Placement::Leased { ticket: t, .. } if t == ticket) =>
-                {
-                    self.fail_attempt(id, seq, state, None)?;
-                    held += 1;
-                }
-                _ => {}
+            let held_by_it = |stored: &Stored| {
+                matches!(stored.state.placement,
+                    Placement::Leased { ticket: t, .. } if t == ticket)
+            };
+            if let Some(stored) = self.try_load(id, seq)?
+                && held_by_it(&stored)
+            {
+                self.messages.remove((id, seq))?;
+                self.fail_attempt(id, seq, stored, None)?;
+                held += 1;
             }
         }
         Ok(held)
@@ -397,8 +403,7 @@ impl Txn<'_> {
         let all = self.states_of(id, usize::MAX, |_| true)?;
         for (seq, state) in &all {
             self.unplace(id, state)?;
-            self.states.remove((id, *seq))?;
-            self.bodies.remove(*seq)?;
+            self.messages.remove((id, *seq))?;
         }
         let counters = self.counters_mut(id);
         counters.backlog_count = 0;
@@ -414,8 +419,11 @@ impl Txn<'_> {
         let waiting = self.states_of(from_id, limit, |state| {
             matches!(state.placement, Placement::Ready { .. })
         })?;
-        for &(seq, state) in &waiting {
-            self.move_message(from_id, seq, state, to_id)?;
+        for &(seq, _) in &waiting {
+            let stored = self
+                .take(from_id, seq)?
+                .ok_or_else(|| corrupt(format!("message {seq} vanished")))?;
+            self.move_message(from_id, seq, stored, to_id)?;
         }
         Ok(waiting.len() as u64)
     }
@@ -435,9 +443,9 @@ impl Txn<'_> {
         for (id, retention_ms) in retention {
             // States are in send order, so the expired ones come first.
             let mut expired = Vec::new();
-            for entry in self.states.range((id, 0)..=(id, u64::MAX))? {
+            for entry in self.messages.range((id, 0)..=(id, u64::MAX))? {
                 let (key, raw) = entry?;
-                let state = MessageState::decode(&raw.value());
+                let state = state_of(key.value().1, raw.value())?;
                 if state.timestamp_ms + retention_ms > now {
                     break;
                 }
@@ -470,12 +478,12 @@ impl Txn<'_> {
         filter: impl Fn(&MessageState) -> bool,
     ) -> BrokerResult<Vec<(u64, MessageState)>> {
         let mut out = Vec::new();
-        for entry in self.states.range((id, 0)..=(id, u64::MAX))? {
+        for entry in self.messages.range((id, 0)..=(id, u64::MAX))? {
             if out.len() >= limit {
                 break;
             }
             let (key, raw) = entry?;
-            let state = MessageState::decode(&raw.value());
+            let state = state_of(key.value().1, raw.value())?;
             if filter(&state) {
                 out.push((key.value().1, state));
             }
@@ -483,46 +491,36 @@ impl Txn<'_> {
         Ok(out)
     }
 
-    fn try_load_state(&self, id: u32, seq: u64) -> BrokerResult<Option<MessageState>> {
-        Ok(self
-            .states
-            .get((id, seq))?
-            .map(|raw| MessageState::decode(&raw.value())))
+    fn try_load(&self, id: u32, seq: u64) -> BrokerResult<Option<Stored>> {
+        match self.messages.get((id, seq))? {
+            Some(raw) => stored(seq, raw.value()).map(Some),
+            None => Ok(None),
+        }
     }
 
-    fn load_state(&self, id: u32, seq: u64) -> BrokerResult<MessageState> {
-        self.try_load_state(id, seq)?
-            .ok_or_else(|| corrupt(format!("message {seq} of queue {id} has no state")))
+    fn load(&self, id: u32, seq: u64) -> BrokerResult<Stored> {
+        self.try_load(id, seq)?
+            .ok_or_else(|| corrupt(format!("message {seq} of queue {id} is missing")))
     }
 
-    fn message_id(&self, seq: u64) -> BrokerResult<MessageId> {
-        let raw = self
-            .bodies
-            .get(seq)?
-            .ok_or_else(|| corrupt(format!("message {seq} has no body")))?;
-        decode_body(raw.value())
-            .map(|(id, _, _)| id)
-            .ok_or_else(|| corrupt(format!("message {seq} has a malformed body record")))
+    /// Removes a message's record and returns it, for an outcome to write back or not.
+    fn take(&mut self, id: u32, seq: u64) -> BrokerResult<Option<Stored>> {
+        match self.messages.remove((id, seq))? {
+            Some(raw) => stored(seq, raw.value()).map(Some),
+            None => Ok(None),
+        }
     }
 
-    fn message(&self, seq: u64, state: &MessageState) -> BrokerResult<Message> {
-        let raw = self
-            .bodies
-            .get(seq)?
-            .ok_or_else(|| corrupt(format!("message {seq} has no body")))?;
-        message_from(raw.value(), state).ok_or_else(|| corrupt(format!("message {seq} body")))
-    }
-
-    /// Writes `state` and the index entry its placement calls for.
-    fn place(&mut self, id: u32, seq: u64, state: MessageState) -> BrokerResult<()> {
-        match state.placement {
+    /// Writes the message and the index entry its placement calls for.
+    fn place(&mut self, id: u32, seq: u64, stored: &mut Stored) -> BrokerResult<()> {
+        match stored.state.placement {
             Placement::Ready { visible_at, ticket } => {
                 self.ready.insert((id, visible_at, ticket), seq)?;
             }
             // The lease's record in LEASES is written once per batch by `lease`.
             Placement::Leased { .. } => self.counters_mut(id).in_flight += 1,
         }
-        self.states.insert((id, seq), state.encode())?;
+        self.messages.insert((id, seq), stored.record())?;
         Ok(())
     }
 
@@ -541,48 +539,53 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Puts a message back in line, visible at `visible_at`, behind those already waiting.
+    /// Puts a message taken out of [`MESSAGES`](super::records::MESSAGES) back in line, visible at `visible_at`, behind
+    /// those already waiting.
     fn requeue(
         &mut self,
         id: u32,
         seq: u64,
-        mut state: MessageState,
+        mut stored: Stored,
         visible_at: u64,
     ) -> BrokerResult<()> {
-        self.unplace(id, &state)?;
-        state.placement = Placement::Ready {
+        self.unplace(id, &stored.state)?;
+        stored.state.placement = Placement::Ready {
             visible_at,
             ticket: self.next_seq(),
         };
-        self.place(id, seq, state)
+        self.place(id, seq, &mut stored)
     }
 
-    /// Moves a message to another queue, visible now, attempts starting afresh; the body
-    /// stays where it is.
+    /// Moves a message taken out of [`MESSAGES`](super::records::MESSAGES) to another queue, visible now, attempts
+    /// starting afresh.
     fn move_message(
         &mut self,
         from: u32,
         seq: u64,
-        mut state: MessageState,
+        mut stored: Stored,
         to: u32,
     ) -> BrokerResult<()> {
-        self.unplace(from, &state)?;
-        self.states.remove((from, seq))?;
-        self.counters_mut(from).remove_message(state.size);
-        state.attempts = 0;
-        state.placement = Placement::Ready {
+        self.forget(from, &stored.state)?;
+        stored.state.attempts = 0;
+        stored.state.placement = Placement::Ready {
             visible_at: self.now,
             ticket: self.next_seq(),
         };
-        self.place(to, seq, state)?;
-        self.counters_mut(to).add_message(state.size);
+        self.place(to, seq, &mut stored)?;
+        self.counters_mut(to).add_message(stored.state.size);
         Ok(())
     }
 
+    /// Deletes a message that is still stored.
     fn delete_message(&mut self, id: u32, seq: u64, state: &MessageState) -> BrokerResult<()> {
+        self.messages.remove((id, seq))?;
+        self.forget(id, state)
+    }
+
+    /// Accounts for a message taken out of [`MESSAGES`](super::records::MESSAGES) leaving queue `id`: its index entry
+    /// and the counters.
+    fn forget(&mut self, id: u32, state: &MessageState) -> BrokerResult<()> {
         self.unplace(id, state)?;
-        self.states.remove((id, seq))?;
-        self.bodies.remove(seq)?;
         self.counters_mut(id).remove_message(state.size);
         Ok(())
     }
@@ -600,31 +603,32 @@ impl Txn<'_> {
             name: name.to_owned(),
             settings: record.settings.clone(),
             paused: record.paused,
-            metrics: metrics_of(&counters, &self.states, &self.ready, record.id, self.now)?,
+            metrics: metrics_of(&counters, &self.messages, &self.ready, record.id, self.now)?,
         })
     }
 }
 
-/// Builds a [`Message`] from a body record and its state.
-pub(super) fn message_from(raw: &[u8], state: &MessageState) -> Option<Message> {
-    let (id, content_type, body) = decode_body(raw)?;
-    Some(Message {
-        id,
-        timestamp_ms: state.timestamp_ms,
-        content_type,
-        body: body.to_vec(),
-        attempts: state.attempts,
-    })
+/// Decodes message `seq`'s record.
+pub(super) fn stored(seq: u64, raw: &[u8]) -> BrokerResult<Stored> {
+    Stored::decode(raw).ok_or_else(|| corrupt(format!("message {seq} has a malformed record")))
+}
+
+/// Decodes only the state of message `seq`'s record.
+fn state_of(seq: u64, raw: &[u8]) -> BrokerResult<MessageState> {
+    Stored::state_of(raw).ok_or_else(|| corrupt(format!("message {seq} has a malformed record")))
 }
 
 /// The backlog summary of queue `id`.
 pub(super) fn backlog_of(
     counters: &Counters,
-    states: &impl ReadableTable<(u32, u64), [u8; MessageState::LEN]>,
+    messages: &impl ReadableTable<(u32, u64), &'static [u8]>,
     id: u32,
 ) -> BrokerResult<Backlog> {
-    let oldest = match states.range((id, 0)..=(id, u64::MAX))?.next() {
-        Some(entry) => Some(MessageState::decode(&entry?.1.value()).timestamp_ms),
+    let oldest = match messages.range((id, 0)..=(id, u64::MAX))?.next() {
+        Some(entry) => {
+            let (key, raw) = entry?;
+            Some(state_of(key.value().1, raw.value())?.timestamp_ms)
+        }
         None => None,
     };
     Ok(Backlog {
@@ -638,7 +642,7 @@ pub(super) fn backlog_of(
 /// part of the ready index.
 pub(super) fn metrics_of(
     counters: &Counters,
-    states: &impl ReadableTable<(u32, u64), [u8; MessageState::LEN]>,
+    messages: &impl ReadableTable<(u32, u64), &'static [u8]>,
     ready: &impl ReadableTable<(u32, u64, u64), u64>,
     id: u32,
     now: u64,
@@ -647,7 +651,7 @@ pub(super) fn metrics_of(
         .range((id, now + 1, 0)..=(id, u64::MAX, u64::MAX))?
         .count() as u64;
     Ok(QueueMetrics {
-        backlog: backlog_of(counters, states, id)?,
+        backlog: backlog_of(counters, messages, id)?,
         in_flight: counters.in_flight,
         delayed,
         sent: counters.sent,

@@ -1,18 +1,21 @@
 //! Table layout and the fixed binary encodings of the records stored in them.
 //!
-//! A message is stored once in [`BODIES`] (immutable: id, content type, body) and described by
-//! a small mutable record in [`STATES`] (attempts, size, where it is). Exactly one index entry
-//! says where a message is: [`READY`] when it waits for delivery (visible or delayed),
-//! [`LEASES`] while a consumer holds it. Moving a message to another queue rewrites its state
-//! and index entry, never its body.
+//! A message is one record in [`MESSAGES`]: its small mutable state (attempts, size, where it
+//! is) in a fixed-size prefix, then its id, content type and body ([`Stored`]). Exactly one
+//! index entry says where a message is: [`READY`] when it waits for delivery (visible or
+//! delayed), [`LEASES`] while a consumer holds it. Sending writes the record and its ready
+//! entry, leasing rewrites the record (the attempt count) and drops the ready entry, and an ack
+//! removes the record: one write to the message table per step. (Schema 2 kept the state and
+//! the body in two tables, which cost a second write per step; [`migrate_from_2`] merges them.)
 
-use redb::TableDefinition;
+use anyhow::Context;
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use crate::types::{ContentType, MessageId, QueueSettings};
+use crate::types::{ContentType, Message, MessageId, QueueSettings};
 
 /// Bumped when the layout changes incompatibly.
-pub(super) const SCHEMA_VERSION: u64 = 2;
+pub(super) const SCHEMA_VERSION: u64 = 3;
 
 /// Counters: `schema_version`, `next_seq`, `next_queue_id`.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -21,11 +24,13 @@ pub(super) const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("qu
 /// Queue id → [`Counters`].
 pub(super) const COUNTERS: TableDefinition<u32, [u8; Counters::LEN]> =
     TableDefinition::new("counters");
-/// Message seq → [`encode_body`] (id, content type, body). Seqs are global and never reused.
-pub(super) const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
-/// (queue id, seq) → [`MessageState`]. Ordered by seq, so the first entry of a queue is its
-/// oldest message.
-pub(super) const STATES: TableDefinition<(u32, u64), [u8; MessageState::LEN]> =
+/// (queue id, seq) → a [`Stored`] message. Seqs are global and never reused; ordered by seq, so
+/// the first entry of a queue is its oldest message.
+pub(super) const MESSAGES: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("messages");
+/// Schema 2: message seq → id, content type and body.
+const BODIES_2: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
+/// Schema 2: (queue id, seq) → [`MessageState`].
+const STATES_2: TableDefinition<(u32, u64), [u8; MessageState::LEN]> =
     TableDefinition::new("states");
 /// (queue id, visible at ms, ticket) → seq: messages waiting for delivery in delivery order.
 /// The ticket is taken from the global sequence each time a message is (re)queued, so a
@@ -146,23 +151,114 @@ impl LeaseRecord {
     }
 }
 
-/// The immutable part of a message, as stored in [`BODIES`].
-pub(super) fn encode_body(id: &MessageId, content_type: ContentType, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(17 + body.len());
-    out.extend_from_slice(&id.0);
-    out.push(content_type.to_byte());
-    out.extend_from_slice(body);
-    out
+/// A message as stored in [`MESSAGES`]: the encoded [`MessageState`], the id (16 bytes), the
+/// content type (1 byte), the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Stored {
+    /// The state, as decoded from (and written back to) the record's prefix by [`Self::record`].
+    pub state: MessageState,
+    record: Vec<u8>,
 }
 
-/// Splits a [`BODIES`] record into id, content type and body.
-pub(super) fn decode_body(raw: &[u8]) -> Option<(MessageId, ContentType, &[u8])> {
-    if raw.len() < 17 {
-        return None;
+impl Stored {
+    const ID_AT: usize = MessageState::LEN;
+    const BODY_AT: usize = MessageState::LEN + 17;
+
+    /// A new message.
+    pub(super) fn new(
+        state: MessageState,
+        id: &MessageId,
+        content_type: ContentType,
+        body: &[u8],
+    ) -> Self {
+        let mut record = Vec::with_capacity(Self::BODY_AT + body.len());
+        record.extend_from_slice(&state.encode());
+        record.extend_from_slice(&id.0);
+        record.push(content_type.to_byte());
+        record.extend_from_slice(body);
+        Self { state, record }
     }
-    let id = MessageId(raw[..16].try_into().ok()?);
-    let content_type = ContentType::from_byte(raw[16])?;
-    Some((id, content_type, &raw[17..]))
+
+    /// Reads a record; `None` if it is malformed.
+    pub(super) fn decode(record: &[u8]) -> Option<Self> {
+        if record.len() < Self::BODY_AT {
+            return None;
+        }
+        ContentType::from_byte(record[Self::BODY_AT - 1])?;
+        Some(Self {
+            state: Self::state_of(record)?,
+            record: record.to_vec(),
+        })
+    }
+
+    /// Only the state of a record (scans that stop at the state need not copy the body).
+    pub(super) fn state_of(record: &[u8]) -> Option<MessageState> {
+        record
+            .first_chunk::<{ MessageState::LEN }>()
+            .map(MessageState::decode)
+    }
+
+    /// The record to store, with the current [`Self::state`].
+    pub(super) fn record(&mut self) -> &[u8] {
+        self.record[..MessageState::LEN].copy_from_slice(&self.state.encode());
+        &self.record
+    }
+
+    pub(super) fn id(&self) -> MessageId {
+        let id = &self.record[Self::ID_AT..Self::BODY_AT - 1];
+        MessageId(id.try_into().expect("decode checked the length"))
+    }
+
+    /// The message as a consumer sees it.
+    pub(super) fn message(&self) -> Message {
+        let content_type = ContentType::from_byte(self.record[Self::BODY_AT - 1])
+            .expect("decode checked the content type");
+        Message {
+            id: self.id(),
+            timestamp_ms: self.state.timestamp_ms,
+            content_type,
+            body: self.record[Self::BODY_AT..].to_vec(),
+            attempts: self.state.attempts,
+        }
+    }
+}
+
+/// Merges a schema 2 database's states and bodies into [`MESSAGES`], in the caller's
+/// transaction (recovery's), and drops the old tables.
+pub(super) fn migrate_from_2(txn: &WriteTransaction) -> anyhow::Result<u64> {
+    let mut moved = 0;
+    {
+        let states = txn.open_table(STATES_2)?;
+        let bodies = txn.open_table(BODIES_2)?;
+        let mut messages = txn.open_table(MESSAGES)?;
+        for entry in states.iter()? {
+            let (key, state) = entry?;
+            let (queue, seq) = key.value();
+            let body = bodies
+                .get(seq)?
+                .with_context(|| format!("message {seq} has a state but no body"))?;
+            let body = body.value();
+            let (id, rest) = body
+                .split_first_chunk::<16>()
+                .with_context(|| format!("message {seq} has a malformed body record"))?;
+            let (&content_type, body) = rest
+                .split_first()
+                .with_context(|| format!("message {seq} has a malformed body record"))?;
+            let content_type = ContentType::from_byte(content_type)
+                .with_context(|| format!("message {seq} has an unknown content type"))?;
+            let mut stored = Stored::new(
+                MessageState::decode(&state.value()),
+                &MessageId(*id),
+                content_type,
+                body,
+            );
+            messages.insert((queue, seq), stored.record())?;
+            moved += 1;
+        }
+    }
+    txn.delete_table(STATES_2)?;
+    txn.delete_table(BODIES_2)?;
+    Ok(moved)
 }
 
 /// Per-queue counters, kept exact by every transaction that moves messages.
@@ -238,6 +334,7 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Clock, LeaseOptions, RedbOptions, Storage};
 
     #[test]
     fn state_round_trips() {
@@ -282,13 +379,158 @@ mod tests {
         };
         assert_eq!(LeaseRecord::decode(&lease.encode()), Some(lease));
         assert_eq!(LeaseRecord::decode(&[1, 0, 0, 0, 9]), None);
+    }
 
+    #[test]
+    fn a_stored_message_keeps_its_body_when_its_state_changes() {
         let id = MessageId([7; 16]);
-        let raw = encode_body(&id, ContentType::Text, b"hello");
+        let mut state = MessageState {
+            timestamp_ms: 5,
+            attempts: 0,
+            size: 5,
+            placement: Placement::Ready {
+                visible_at: 5,
+                ticket: 9,
+            },
+        };
+        let mut stored = Stored::new(state, &id, ContentType::Text, b"hello");
+        state.attempts = 3;
+        stored.state = state;
+        let again = Stored::decode(stored.record()).expect("a well-formed record");
+        assert_eq!(again.state, state);
         assert_eq!(
-            decode_body(&raw),
-            Some((id, ContentType::Text, &b"hello"[..]))
+            again.message(),
+            Message {
+                id,
+                timestamp_ms: 5,
+                content_type: ContentType::Text,
+                body: b"hello".to_vec(),
+                attempts: 3,
+            }
         );
-        assert_eq!(decode_body(b"short"), None);
+        assert_eq!(Stored::decode(&again.record[..Stored::BODY_AT - 1]), None);
+        let mut bad_type = again.record.clone();
+        bad_type[Stored::BODY_AT - 1] = 99;
+        assert_eq!(Stored::decode(&bad_type), None);
+    }
+
+    /// Writes what a schema 2 host left at `path` (see the test below).
+    fn write_schema_2(path: &std::path::Path, now: u64) {
+        let db = redb::Database::create(path).expect("create");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut meta = txn.open_table(META).expect("meta");
+            meta.insert("schema_version", 2).expect("meta");
+            meta.insert("next_seq", 10).expect("meta");
+            meta.insert("next_queue_id", 2).expect("meta");
+            let record = QueueRecord {
+                id: 1,
+                settings: QueueSettings::default(),
+                paused: false,
+            };
+            let json = serde_json::to_vec(&record).expect("json");
+            let mut queues = txn.open_table(QUEUES).expect("queues");
+            queues.insert("q", json.as_slice()).expect("queues");
+            let counters = Counters {
+                backlog_count: 2,
+                backlog_bytes: 9,
+                in_flight: 1,
+                sent: 2,
+                ..Counters::default()
+            };
+            let mut table = txn.open_table(COUNTERS).expect("counters");
+            table.insert(1, counters.encode()).expect("counters");
+            let mut states = txn.open_table(STATES_2).expect("states");
+            let mut bodies = txn.open_table(BODIES_2).expect("bodies");
+            let mut ready = txn.open_table(READY).expect("ready");
+            let mut leases = txn.open_table(LEASES).expect("leases");
+            for (seq, body, placement) in [
+                (
+                    3u64,
+                    &b"first"[..],
+                    Placement::Leased {
+                        deadline: now + 60_000,
+                        ticket: 5,
+                    },
+                ),
+                (
+                    4,
+                    &b"next"[..],
+                    Placement::Ready {
+                        visible_at: now,
+                        ticket: 4,
+                    },
+                ),
+            ] {
+                let state = MessageState {
+                    timestamp_ms: now,
+                    attempts: if seq == 3 { 2 } else { 0 },
+                    size: body.len() as u32,
+                    placement,
+                };
+                states.insert((1, seq), state.encode()).expect("state");
+                let mut raw = vec![seq as u8; 16];
+                raw.push(ContentType::Text.to_byte());
+                raw.extend_from_slice(body);
+                bodies.insert(seq, raw.as_slice()).expect("body");
+                if let Placement::Ready { visible_at, ticket } = placement {
+                    ready.insert((1, visible_at, ticket), seq).expect("ready");
+                }
+            }
+            let lease = LeaseRecord {
+                held: 1,
+                seqs: vec![3],
+            };
+            leases
+                .insert((now + 60_000, 1, 5), lease.encode().as_slice())
+                .expect("lease");
+        }
+        txn.commit().expect("commit");
+    }
+
+    /// A database written by a schema 2 host: queue `q` with a waiting message and one that
+    /// was on its second attempt when the host stopped. Opening it merges the two tables.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_schema_2_database_is_upgraded_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("queues.redb");
+        let now = crate::SystemClock.now_ms();
+        write_schema_2(&path, now);
+        let broker = crate::open(Storage::redb(&path, RedbOptions::default()))
+            .await
+            .expect("open a schema 2 database");
+        // The lease the old host held expired on open: the first message waits again.
+        let leased = broker
+            .lease("q", LeaseOptions::new(10, 60_000))
+            .await
+            .expect("lease");
+        let got: Vec<_> = leased
+            .iter()
+            .map(|m| {
+                (
+                    m.message.body.clone(),
+                    m.message.attempts,
+                    m.message.id.0[0],
+                )
+            })
+            .collect();
+        assert_eq!(got, [(b"next".to_vec(), 1, 4), (b"first".to_vec(), 3, 3)]);
+        let metrics = broker.metrics("q").await.expect("metrics");
+        assert_eq!(
+            (metrics.backlog.count, metrics.in_flight, metrics.retried),
+            (2, 2, 1)
+        );
+        broker.close().await.expect("close");
+        let db = redb::Database::open(&path).expect("reopen");
+        let txn = redb::ReadableDatabase::begin_read(&db).expect("read");
+        assert!(txn.open_table(STATES_2).is_err(), "the old tables are gone");
+        assert_eq!(
+            txn.open_table(META)
+                .expect("meta")
+                .get("schema_version")
+                .expect("meta")
+                .map(|v| v.value()),
+            Some(SCHEMA_VERSION)
+        );
     }
 }

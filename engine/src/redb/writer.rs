@@ -22,8 +22,8 @@ use tokio::sync::{oneshot, watch};
 
 use super::compact::{Compaction, compact};
 use super::records::{
-    BODIES, COUNTERS, Counters, DEDUP, DEDUP_EXPIRY, LEASES, LeaseRecord, META, QUEUES,
-    QueueRecord, READY, STATES,
+    COUNTERS, Counters, DEDUP, DEDUP_EXPIRY, LEASES, LeaseRecord, MESSAGES, META, QUEUES,
+    QueueRecord, READY,
 };
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
@@ -60,8 +60,7 @@ pub(super) struct Txn<'t> {
     pub meta: Table<'t, &'static str, u64>,
     pub queues: Table<'t, &'static str, &'static [u8]>,
     pub counters: Table<'t, u32, [u8; Counters::LEN]>,
-    pub bodies: Table<'t, u64, &'static [u8]>,
-    pub states: Table<'t, (u32, u64), [u8; super::records::MessageState::LEN]>,
+    pub messages: Table<'t, (u32, u64), &'static [u8]>,
     pub ready: Table<'t, (u32, u64, u64), u64>,
     pub leases: Table<'t, (u64, u32, u64), &'static [u8]>,
     pub dedup: Table<'t, (u32, &'static str), u64>,
@@ -83,8 +82,7 @@ impl<'t> Txn<'t> {
             meta: txn.open_table(META)?,
             queues: txn.open_table(QUEUES)?,
             counters: txn.open_table(COUNTERS)?,
-            bodies: txn.open_table(BODIES)?,
-            states: txn.open_table(STATES)?,
+            messages: txn.open_table(MESSAGES)?,
             ready: txn.open_table(READY)?,
             leases: txn.open_table(LEASES)?,
             dedup: txn.open_table(DEDUP)?,

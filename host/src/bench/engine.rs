@@ -223,11 +223,12 @@ async fn backlog(dir: &Path, bench: &EngineBench) -> Result<()> {
         task.await??;
     }
     let count = broker.metrics("bench").await?.backlog.count;
+    let full_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
     println!(
         "backlog: filled {count} messages in {:.1} s ({:.0} msgs/s, 4 senders, batches of 100); database {} MB",
         started.elapsed().as_secs_f64(),
         count as f64 / started.elapsed().as_secs_f64(),
-        std::fs::metadata(&path).map_or(0, |m| m.len()) / 1_000_000
+        full_bytes / 1_000_000
     );
     broker.close().await?;
 
@@ -244,12 +245,13 @@ async fn backlog(dir: &Path, bench: &EngineBench) -> Result<()> {
         String::from_utf8_lossy(&output.stderr)
     );
     print!("{}", String::from_utf8_lossy(&output.stdout));
-    drain_and_compact(&path, count).await
+    drain_and_compact(&path, count, full_bytes).await
 }
 
-/// Drains the backlog at `path` (acking every message, settle and lease in one commit),
-/// printing the rate of each tenth, then compacts the file and prints how much it gave back.
-async fn drain_and_compact(path: &Path, count: u64) -> Result<()> {
+/// Drains the backlog of `count` at `path`, a file of `full_bytes` (acking every message,
+/// settle and lease in one commit), printing the rate of each tenth, then compacts the file
+/// and prints how much of its full size it kept.
+async fn drain_and_compact(path: &Path, count: u64, full_bytes: u64) -> Result<()> {
     let never = engine::Compaction {
         min_file_bytes: u64::MAX,
         ..engine::Compaction::default()
@@ -282,7 +284,6 @@ async fn drain_and_compact(path: &Path, count: u64) -> Result<()> {
             (slice, slice_from) = (Instant::now(), drained);
         }
     }
-    let peak = std::fs::metadata(path).map_or(0, |m| m.len());
     broker.close().await?;
     ensure!(drained == count, "drained {drained} of {count} messages");
     println!(
@@ -293,12 +294,14 @@ async fn drain_and_compact(path: &Path, count: u64) -> Result<()> {
     );
     let path = path.to_owned();
     let done = tokio::task::spawn_blocking(move || engine::compact_file(&path)).await??;
+    let mb = |bytes: u64| bytes as f64 / 1e6;
     println!(
-        "compaction: {} MB → {} MB ({:.1} % of the peak) in {:.1} s",
-        peak / 1_000_000,
-        done.after_bytes / 1_000_000,
-        100.0 * done.after_bytes as f64 / peak as f64,
-        done.took.as_secs_f64()
+        "compaction: the drained file {:.1} MB → {:.2} MB in {:.2} s ({:.2} % of its full {:.1} MB)",
+        mb(done.before_bytes),
+        mb(done.after_bytes),
+        done.took.as_secs_f64(),
+        100.0 * done.after_bytes as f64 / full_bytes as f64,
+        mb(full_bytes)
     );
     Ok(())
 }
