@@ -30,7 +30,8 @@ async fn main() -> std::process::ExitCode {
         }
     }
     let result = cli.execute().await;
-    // Every log line is out before the error, and before the process exits.
+    // Every log line (guests' included) is out before the error, and before the process exits.
+    wasmq_host::runtime::flush_guest_log();
     drop(flush_on_exit);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
