@@ -90,6 +90,14 @@ async fn an_idle_writer_compacts_a_drained_file() {
     let b = open(&path, policy).await;
     let peak = fill_and_drain(&*b, &path).await;
     assert!(peak > 20_000_000, "the full file is {peak} bytes");
+    // A running host sweeps every second; sweeps must not keep the writer from being idle.
+    let sweeper = b.clone();
+    let sweeps = tokio::spawn(async move {
+        loop {
+            sweeper.sweep().await.expect("sweep");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
     while file_size(&path) * 10 >= peak {
         assert!(
@@ -99,6 +107,8 @@ async fn an_idle_writer_compacts_a_drained_file() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    sweeps.abort();
+    let _ = sweeps.await;
     still_works(&*b).await;
     b.close().await.expect("close");
 }

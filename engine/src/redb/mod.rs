@@ -22,7 +22,7 @@ use self::ops::{metrics_of, stored};
 use self::records::{
     COUNTERS, Counters, MESSAGES, META, QUEUES, QueueRecord, READY, SCHEMA_VERSION, migrate_from_2,
 };
-use self::writer::{Txn, Writer, WriterState};
+use self::writer::{Txn, Work, Writer, WriterState};
 use super::Broker;
 use super::clock::{Clock, SystemClock};
 use super::error::{BrokerError, BrokerResult};
@@ -379,7 +379,9 @@ impl Broker for RedbBroker {
     }
 
     async fn sweep(&self) -> BrokerResult<SweepReport> {
-        self.writer.submit(|txn| txn.sweep()).await
+        self.writer
+            .submit_as(Work::Maintenance, |txn| txn.sweep())
+            .await
     }
 
     async fn readiness(&self, queue: &str, max: u32) -> BrokerResult<Readiness> {

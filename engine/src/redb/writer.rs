@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{oneshot, watch};
@@ -34,7 +34,22 @@ const MAX_GROUP: usize = 512;
 /// Called after the group's commit with its result.
 type Finish = Box<dyn FnOnce(Result<(), BrokerError>) + Send>;
 /// Runs one operation inside the group's transaction (`None`: the writer is stopped).
-type Job = Box<dyn FnOnce(Option<&mut Txn<'_>>) -> Finish + Send>;
+type Run = Box<dyn FnOnce(Option<&mut Txn<'_>>) -> Finish + Send>;
+
+/// What a job is for. The host's periodic sweeps are [`Work::Maintenance`]: they do not make
+/// the writer busy, or a host that sweeps every second would never be idle enough to compact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Work {
+    /// A caller's operation (send, lease, settle, …).
+    Operation,
+    /// Housekeeping (expiring leases, messages past their retention, dedup keys).
+    Maintenance,
+}
+
+struct Job {
+    work: Work,
+    run: Run,
+}
 
 /// What the writer keeps in memory between transactions. Loaded at open; only the writer
 /// thread touches it.
@@ -166,7 +181,7 @@ impl Writer {
                 let mut idle = compaction.map(|(path, policy)| Idle {
                     path,
                     policy,
-                    wrote: false,
+                    busy_at: None,
                 });
                 run(&db, state, &*clock, &inbox, &changes, &mut idle);
             })
@@ -183,8 +198,17 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut Txn<'_>) -> BrokerResult<T> + Send + 'static,
     {
+        self.submit_as(Work::Operation, op).await
+    }
+
+    /// [`Self::submit`] for `work` of the given kind.
+    pub(super) async fn submit_as<T, F>(&self, work: Work, op: F) -> BrokerResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Txn<'_>) -> BrokerResult<T> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |txn| {
+        let run: Run = Box::new(move |txn| {
             let result = match txn {
                 Some(txn) => {
                     let result = op(txn);
@@ -204,7 +228,7 @@ impl Writer {
             .as_ref()
             .ok_or_else(|| BrokerError::Unavailable("the broker is closed".into()))?;
         sender
-            .send(job)
+            .send(Job { work, run })
             .map_err(|_| BrokerError::Unavailable("the writer thread has stopped".into()))?;
         answer
             .await
@@ -231,15 +255,18 @@ impl Drop for Writer {
 struct Idle {
     path: PathBuf,
     policy: Compaction,
-    /// Something was committed since the last look: only then can compacting be worth it.
-    wrote: bool,
+    /// When an operation was last committed, if one was since the last compaction check:
+    /// only then can compacting be worth it.
+    busy_at: Option<Instant>,
 }
 
 impl Idle {
-    /// Compacts the file if the writer wrote since the last look and the policy says so.
+    /// Compacts the file if operations were committed since the last look, none for the
+    /// policy's idle time, and the policy finds the file worth it.
     fn look(&mut self, db: &RwLock<Database>, state: &WriterState) {
-        if !std::mem::take(&mut self.wrote) {
-            return;
+        match self.busy_at {
+            Some(at) if at.elapsed() >= self.policy.idle => self.busy_at = None,
+            _ => return,
         }
         let file_bytes = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         if !self.policy.worth_it(file_bytes, state.counters.values()) {
@@ -254,8 +281,8 @@ impl Idle {
                 "compacted the queue file"
             ),
             Err(err) => {
-                // A read was open (the dashboard, metrics): try again at the next idle time.
-                self.wrote = true;
+                // A read was open (the dashboard, metrics): try again at the next look.
+                self.busy_at = Some(Instant::now() - self.policy.idle);
                 tracing::debug!(error = %err, "compacting the queue file must wait");
             }
         }
@@ -294,15 +321,20 @@ fn run(
         }
         if let Some(err) = &stopped {
             for job in group {
-                job(None)(Err(err.clone()));
+                (job.run)(None)(Err(err.clone()));
             }
             continue;
         }
+        let operations = group.iter().any(|job| job.work == Work::Operation);
         let committed = commit_group(db, &mut state, clock.now_ms(), group);
         if committed.is_ok() {
             changes.send_modify(|n| *n = n.wrapping_add(1));
             if let Some(idle) = idle {
-                idle.wrote = true;
+                if operations {
+                    idle.busy_at = Some(Instant::now());
+                } else {
+                    idle.look(db, &state);
+                }
             }
         }
         if let Err(err) = committed {
@@ -325,7 +357,7 @@ fn commit_group(
         Ok(txn) => txn,
         Err(err) => {
             for job in group {
-                job(None)(Err(err.clone()));
+                (job.run)(None)(Err(err.clone()));
             }
             return Err(err);
         }
@@ -334,7 +366,7 @@ fn commit_group(
     let broken = match Txn::open(&txn, state, now) {
         Ok(mut ctx) => {
             for job in group {
-                finishes.push(job(Some(&mut ctx)));
+                finishes.push((job.run)(Some(&mut ctx)));
             }
             if ctx.broken.is_none()
                 && let Err(err) = ctx.flush()
@@ -345,7 +377,7 @@ fn commit_group(
         }
         Err(err) => {
             for job in group {
-                finishes.push(job(None));
+                finishes.push((job.run)(None));
             }
             Some(err)
         }
