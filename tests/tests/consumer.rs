@@ -2,7 +2,10 @@
 //! `scripts/build-guests.sh`) run by the real wasmtime runtime against a real redb file,
 //! driven through the scriptable guest.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use wasmq_host::dispatch::ConsumerStats;
 use wasmq_host::engine::{ConsumerSettings, SendRequest};
@@ -473,4 +476,53 @@ async fn concurrency_scales_up_with_the_backlog_and_back_down_when_it_drains() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     running.stop().await;
+}
+
+/// Two queues share a host-wide ceiling of one batch in flight: while one has a long backlog
+/// (whose batches follow each other in one commit each), the other's message still gets its
+/// turn after the batch that is running, not after the whole backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_backlog_does_not_keep_another_queue_from_the_host_wide_ceiling() {
+    let scripted = || TestConsumer::guest("scripted").settings(one_message_batches());
+    let mut s = TestHost::builder()
+        .consumer("long", scripted())
+        .consumer("short", scripted())
+        .build()
+        .await;
+    let ceiling = Arc::new(Semaphore::new(1));
+    let long = s.take_dispatcher("long").with_ceiling(ceiling.clone());
+    let short = s.take_dispatcher("short").with_ceiling(ceiling);
+    let backlog = (0..20).map(|_| SendRequest::text("sleep:50")).collect();
+    s.broker.send_batch("long", backlog, None).await.unwrap();
+    let running = [
+        RunningDispatcher::start(long),
+        RunningDispatcher::start(short),
+    ];
+    let acked = |queue: &'static str| {
+        let broker = s.broker.clone();
+        async move { broker.metrics(queue).await.unwrap().acked }
+    };
+    while acked("long").await == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    s.broker
+        .send("short", SendRequest::text("noop"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acked("short").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the short queue never got a turn"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let long_done = acked("long").await;
+    assert!(
+        long_done < 10,
+        "the short queue waited for {long_done} of the long queue's 20 batches"
+    );
+    for dispatcher in running {
+        dispatcher.stop().await;
+    }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -308,8 +308,7 @@ impl Inner {
                 let inner = self.clone();
                 let (slot, shutdown) = (slot.clone(), shutdown.clone());
                 running.spawn(async move {
-                    inner.chain(batch, instance, &slot, &shutdown).await;
-                    drop(permit);
+                    inner.chain(batch, instance, permit, &slot, &shutdown).await;
                 });
                 Step::Leased
             }
@@ -343,14 +342,16 @@ impl Inner {
         }
     }
 
-    /// Runs batches one after the other, starting with `batch` on `instance`: after each, if
-    /// the next batch is due and the dispatcher is not shutting down, it is leased in the same
-    /// commit that settles this one ([`Self::finish`]) and run next; otherwise the chain ends
-    /// and the dispatcher loop takes over again.
+    /// Runs batches one after the other, starting with `batch` on `instance`, holding
+    /// `permit` of the host-wide ceiling: after each, if the next batch is due and the
+    /// dispatcher is not shutting down, it is leased in the same commit that settles this one
+    /// ([`Self::finish`]) and run next; otherwise the chain ends and the dispatcher loop takes
+    /// over again.
     async fn chain(
         &self,
         mut batch: Batch,
         mut instance: Instance,
+        mut permit: Option<OwnedSemaphorePermit>,
         slot: &ConsumerSlot,
         shutdown: &watch::Receiver<bool>,
     ) {
@@ -359,7 +360,7 @@ impl Inner {
             let stopping = *shutdown.borrow();
             let next = match stopping {
                 true => None,
-                false => self.next_due(slot).await,
+                false => self.next_due(slot, &mut permit).await,
             };
             let (spec, next_instance) = next.unzip();
             match (self.finish(ran, spec.as_deref()).await, next_instance) {
@@ -377,8 +378,18 @@ impl Inner {
 
     /// The consumer in the slot and an instance of it, if its next batch is due now (the same
     /// rule as the dispatcher loop's: a full batch visible, or the oldest visible message has
-    /// waited `max_batch_timeout`) and an instance slot is free.
-    async fn next_due(&self, slot: &ConsumerSlot) -> Option<(Arc<ConsumerSpec>, Instance)> {
+    /// waited `max_batch_timeout`) and an instance slot is free. The chain's `permit` of the
+    /// host-wide ceiling is given back first and taken again only if no other dispatcher waits
+    /// for one (the ceiling is fair), so a long backlog does not keep other queues waiting.
+    async fn next_due(
+        &self,
+        slot: &ConsumerSlot,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> Option<(Arc<ConsumerSpec>, Instance)> {
+        if let Some(ceiling) = &self.ceiling {
+            permit.take();
+            *permit = Some(ceiling.clone().try_acquire_owned().ok()?);
+        }
         let spec = slot.current();
         let settings = &spec.settings;
         let r = self
