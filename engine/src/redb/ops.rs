@@ -3,9 +3,9 @@
 //! Every operation checks its input before its first write, so an input error leaves the
 //! transaction (shared with other callers' operations) untouched.
 //!
-//! A message whose attempt ends (settled, or its lease expired) is taken out of [`MESSAGES`](super::records::MESSAGES)
-//! first ([`Txn::take`]); whatever becomes of it then writes it back (retried, dead-lettered)
-//! or not (acked, dropped), so each outcome costs one write to the message table.
+//! A message whose attempt ends (settled, or its lease expired) is taken out of the message
+//! table first ([`Txn::take`]); whatever becomes of it then writes it back (retried,
+//! dead-lettered) or not (acked, dropped), so each outcome costs one write to that table.
 
 use redb::ReadableTable;
 
@@ -309,8 +309,8 @@ impl Txn<'_> {
         Ok((report, LeasedBatch { messages, backlog }))
     }
 
-    /// A failed attempt of a message taken out of [`MESSAGES`](super::records::MESSAGES): redeliver after the delay, or
-    /// dead-letter / drop once the queue's `max_retries` are used up.
+    /// A failed attempt of a message taken out of the message table: redeliver after the
+    /// delay, or dead-letter / drop once the queue's `max_retries` are used up.
     fn fail_attempt(
         &mut self,
         id: u32,
@@ -539,8 +539,8 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Puts a message taken out of [`MESSAGES`](super::records::MESSAGES) back in line, visible at `visible_at`, behind
-    /// those already waiting.
+    /// Puts a message taken out of the message table back in line, visible at `visible_at`,
+    /// behind those already waiting.
     fn requeue(
         &mut self,
         id: u32,
@@ -556,8 +556,8 @@ impl Txn<'_> {
         self.place(id, seq, &mut stored)
     }
 
-    /// Moves a message taken out of [`MESSAGES`](super::records::MESSAGES) to another queue, visible now, attempts
-    /// starting afresh.
+    /// Moves a message taken out of the message table to another queue, visible now,
+    /// attempts starting afresh.
     fn move_message(
         &mut self,
         from: u32,
@@ -582,8 +582,8 @@ impl Txn<'_> {
         self.forget(id, state)
     }
 
-    /// Accounts for a message taken out of [`MESSAGES`](super::records::MESSAGES) leaving queue `id`: its index entry
-    /// and the counters.
+    /// Accounts for a message taken out of the message table leaving queue `id`: its index
+    /// entry and the counters.
     fn forget(&mut self, id: u32, state: &MessageState) -> BrokerResult<()> {
         self.unplace(id, state)?;
         self.counters_mut(id).remove_message(state.size);
