@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tempfile::TempDir;
 use wasmq_engine::{
     Broker, ConsumerSettings, LeaseOptions, LeasedMessage, ManualClock, QueueSettings, RedbOptions,
-    SendRequest, Storage,
+    SendRequest, Storage, SweepReport,
 };
 use wasmq_testkit::{Ctx, START_MS};
 
@@ -158,5 +158,34 @@ async fn unsettled_last_attempt_dead_letters_after_reopen() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message.id, leased[0].message.id);
     assert_eq!(dead[0].message.attempts, 1);
+    b.close().await.unwrap();
+}
+
+/// A sweep that finds nothing to clean commits nothing: an idle host, which sweeps every
+/// second, costs no fsync and wakes no consumer. One that does clean commits as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_sweep_commits_nothing() {
+    let (_dir, path) = db_path();
+    let clock = ManualClock::new(START_MS);
+    let b = open(&path, &clock).await;
+    b.create_queue("q", QueueSettings::default()).await.unwrap();
+    b.send("q", SendRequest::text("m")).await.unwrap();
+    let mut changes = b.changes();
+    changes.borrow_and_update();
+    for _ in 0..3 {
+        assert_eq!(b.sweep().await.unwrap(), SweepReport::default());
+    }
+    assert!(!changes.has_changed().unwrap(), "an empty sweep committed");
+
+    let leased = b.lease("q", LeaseOptions::new(1, 1_000)).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    changes.borrow_and_update();
+    clock.advance_ms(1_001);
+    assert_eq!(b.sweep().await.unwrap().leases_expired, 1);
+    assert!(
+        changes.has_changed().unwrap(),
+        "the expiry was not committed"
+    );
+    assert_eq!(lease_all(&*b, "q").await[0].message.attempts, 2);
     b.close().await.unwrap();
 }

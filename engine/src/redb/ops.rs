@@ -467,6 +467,9 @@ impl Txn<'_> {
             self.dedup.remove((id, key.as_str()))?;
             report.dedup_keys_expired += 1;
         }
+        if report != SweepReport::default() {
+            self.changed = true;
+        }
         Ok(report)
     }
 

@@ -72,6 +72,10 @@ pub(super) struct Txn<'t> {
     pub released: HashMap<(u64, u32, u64), u32>,
     /// Set when a storage call failed: the transaction must not be committed.
     broken: Option<BrokerError>,
+    /// Whether the transaction may have changed anything: every operation may; housekeeping
+    /// says so when it did. A group that changed nothing is not committed (an idle host's
+    /// sweeps cost no fsync).
+    pub changed: bool,
     pub meta: Table<'t, &'static str, u64>,
     pub queues: Table<'t, &'static str, &'static [u8]>,
     pub counters: Table<'t, u32, [u8; Counters::LEN]>,
@@ -94,6 +98,7 @@ impl<'t> Txn<'t> {
             dirty_counters: HashSet::new(),
             released: HashMap::new(),
             broken: None,
+            changed: false,
             meta: txn.open_table(META)?,
             queues: txn.open_table(QUEUES)?,
             counters: txn.open_table(COUNTERS)?,
@@ -211,6 +216,9 @@ impl Writer {
         let run: Run = Box::new(move |txn| {
             let result = match txn {
                 Some(txn) => {
+                    if work == Work::Operation {
+                        txn.changed = true;
+                    }
                     let result = op(txn);
                     if let Err(err @ BrokerError::Unavailable(_)) = &result {
                         txn.broken.get_or_insert_with(|| err.clone());
@@ -327,8 +335,10 @@ fn run(
         }
         let operations = group.iter().any(|job| job.work == Work::Operation);
         let committed = commit_group(db, &mut state, clock.now_ms(), group);
-        if committed.is_ok() {
-            changes.send_modify(|n| *n = n.wrapping_add(1));
+        if let Ok(changed) = committed {
+            if changed {
+                changes.send_modify(|n| *n = n.wrapping_add(1));
+            }
             if let Some(idle) = idle {
                 if operations {
                     idle.busy_at = Some(Instant::now());
@@ -346,13 +356,14 @@ fn run(
     }
 }
 
-/// Runs a group of jobs in one transaction and commits it; every job is answered.
+/// Runs a group of jobs in one transaction and commits it, unless it changed nothing; every
+/// job is answered. `Ok(true)` when something was committed.
 fn commit_group(
     db: &RwLock<Database>,
     state: &mut WriterState,
     now: u64,
     group: Vec<Job>,
-) -> Result<(), BrokerError> {
+) -> Result<bool, BrokerError> {
     let txn = match begin(db) {
         Ok(txn) => txn,
         Err(err) => {
@@ -363,23 +374,24 @@ fn commit_group(
         }
     };
     let mut finishes = Vec::with_capacity(group.len());
-    let broken = match Txn::open(&txn, state, now) {
+    let (broken, changed) = match Txn::open(&txn, state, now) {
         Ok(mut ctx) => {
             for job in group {
                 finishes.push((job.run)(Some(&mut ctx)));
             }
-            if ctx.broken.is_none()
+            if ctx.changed
+                && ctx.broken.is_none()
                 && let Err(err) = ctx.flush()
             {
                 ctx.broken = Some(err);
             }
-            ctx.broken.take()
+            (ctx.broken.take(), ctx.changed)
         }
         Err(err) => {
             for job in group {
                 finishes.push((job.run)(None));
             }
-            Some(err)
+            (Some(err), true)
         }
     };
     let result = match broken {
@@ -387,12 +399,13 @@ fn commit_group(
             let _ = txn.abort();
             Err(err)
         }
+        None if !changed => txn.abort().map_err(BrokerError::from),
         None => txn.commit().map_err(BrokerError::from),
     };
     for finish in finishes {
         finish(result.clone());
     }
-    result
+    result.map(|()| changed)
 }
 
 fn begin(db: &RwLock<Database>) -> BrokerResult<WriteTransaction> {
