@@ -272,10 +272,10 @@ impl Idle {
     /// Compacts the file if operations were committed since the last look, none for the
     /// policy's idle time, and the policy finds the file worth it.
     fn look(&mut self, db: &RwLock<Database>, state: &WriterState) {
-        match self.busy_at {
-            Some(at) if at.elapsed() >= self.policy.idle => self.busy_at = None,
-            _ => return,
-        }
+        let Some(busy_at) = self.busy_at.filter(|at| at.elapsed() >= self.policy.idle) else {
+            return;
+        };
+        self.busy_at = None;
         let file_bytes = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         if !self.policy.worth_it(file_bytes, state.counters.values()) {
             return;
@@ -290,7 +290,7 @@ impl Idle {
             ),
             Err(err) => {
                 // A read was open (the dashboard, metrics): try again at the next look.
-                self.busy_at = Some(Instant::now() - self.policy.idle);
+                self.busy_at = Some(busy_at);
                 tracing::debug!(error = %err, "compacting the queue file must wait");
             }
         }
