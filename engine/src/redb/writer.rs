@@ -334,17 +334,14 @@ fn run(
             continue;
         }
         let operations = group.iter().any(|job| job.work == Work::Operation);
-        let committed = commit_group(db, &mut state, clock.now_ms(), group);
-        if let Ok(changed) = committed {
-            if changed {
-                changes.send_modify(|n| *n = n.wrapping_add(1));
-            }
-            if let Some(idle) = idle {
-                if operations {
-                    idle.busy_at = Some(Instant::now());
-                } else {
-                    idle.look(db, &state);
-                }
+        let committed = commit_group(db, &mut state, clock.now_ms(), group, changes);
+        if committed.is_ok()
+            && let Some(idle) = idle
+        {
+            if operations {
+                idle.busy_at = Some(Instant::now());
+            } else {
+                idle.look(db, &state);
             }
         }
         if let Err(err) = committed {
@@ -356,14 +353,16 @@ fn run(
     }
 }
 
-/// Runs a group of jobs in one transaction and commits it, unless it changed nothing; every
-/// job is answered. `Ok(true)` when something was committed.
+/// Runs a group of jobs in one transaction and commits it, unless it changed nothing; then
+/// bumps `changes` (before any job is answered, so that a caller who waits on it after its
+/// answer never sees its own commit as news), and answers every job.
 fn commit_group(
     db: &RwLock<Database>,
     state: &mut WriterState,
     now: u64,
     group: Vec<Job>,
-) -> Result<bool, BrokerError> {
+    changes: &watch::Sender<u64>,
+) -> Result<(), BrokerError> {
     let txn = match begin(db) {
         Ok(txn) => txn,
         Err(err) => {
@@ -402,10 +401,13 @@ fn commit_group(
         None if !changed => txn.abort().map_err(BrokerError::from),
         None => txn.commit().map_err(BrokerError::from),
     };
+    if result.is_ok() && changed {
+        changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
     for finish in finishes {
         finish(result.clone());
     }
-    result.map(|()| changed)
+    result
 }
 
 fn begin(db: &RwLock<Database>) -> BrokerResult<WriteTransaction> {
