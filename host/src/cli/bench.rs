@@ -1,4 +1,4 @@
-//! `wasmq bench engine|consumer|http|startup|swap`: the command line of [`crate::bench`], which
+//! `wasmq bench engine|consumer|binary|http|startup|swap`: the command line of [`crate::bench`], which
 //! does the measuring and the printing. The hidden `open-backlog` is the fresh process the
 //! engine bench starts to time a cold first lease on a large backlog.
 
@@ -12,6 +12,10 @@ use crate::bench::{
     SwapBench,
 };
 use crate::manifest::Storage;
+
+/// The consumer the benches run unless told otherwise: the `worker` example, as
+/// `scripts/build-guests.sh` builds it.
+const WORKER_WASM: &str = "guest-examples/target/wasm32-wasip2/release/worker.wasm";
 
 /// `wasmq bench WHAT`.
 #[derive(Debug, Args)]
@@ -40,10 +44,7 @@ enum BenchSubcommand {
     /// The whole host path: engine, dispatcher and a real consumer component.
     Consumer {
         /// The consumer component.
-        #[arg(
-            long,
-            default_value = "guest-examples/target/wasm32-wasip2/release/worker.wasm"
-        )]
+        #[arg(long, default_value = WORKER_WASM)]
         wasm: PathBuf,
         /// Messages in the throughput run.
         #[arg(long, default_value_t = 100_000)]
@@ -90,10 +91,7 @@ enum BenchSubcommand {
     /// engine floor, measured in the same run, and their ratio.
     Binary {
         /// The consumer component.
-        #[arg(
-            long,
-            default_value = "guest-examples/target/wasm32-wasip2/release/worker.wasm"
-        )]
+        #[arg(long, default_value = WORKER_WASM)]
         wasm: PathBuf,
         /// Messages per run.
         #[arg(long, default_value_t = 100_000)]
@@ -135,10 +133,7 @@ enum BenchSubcommand {
     /// Hot swap latency: from a reload or a file change to the first batch on the new version.
     Swap {
         /// The first version of the consumer.
-        #[arg(
-            long,
-            default_value = "guest-examples/target/wasm32-wasip2/release/worker.wasm"
-        )]
+        #[arg(long, default_value = WORKER_WASM)]
         v1: PathBuf,
         /// The second version; it must forward messages to its `OUT` binding.
         #[arg(
