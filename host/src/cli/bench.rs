@@ -1,6 +1,6 @@
-//! `wasmq bench engine|consumer|binary|http|startup|swap`: the command line of [`crate::bench`], which
-//! does the measuring and the printing. The hidden `open-backlog` is the fresh process the
-//! engine bench starts to time a cold first lease on a large backlog.
+//! `wasmq bench engine|consumer|binary|http|startup|swap`: the command line of
+//! [`crate::bench`], which does the measuring and the printing. The hidden `open-backlog` is the
+//! fresh process the engine bench starts to time a cold first lease on a large backlog.
 
 use std::path::PathBuf;
 
