@@ -565,14 +565,14 @@ impl Tx<'_> {
         options: LeaseOptions,
     ) -> Res<(SettleReport, LeasedBatch)> {
         let report = self.settle(name, outcomes).await?;
-        let queue = self.queue(name, Hold::Shared).await?;
-        let messages = if queue.paused {
-            Vec::new()
-        } else {
-            self.lease(name, options).await?
+        // `lease` refuses a paused queue before its first write: the settlement stands.
+        let messages = match self.lease(name, options).await {
+            Err(TxnError::Broker(BrokerError::Paused(_))) => Vec::new(),
+            leased => leased?,
         };
+        let id = self.queue(name, Hold::Shared).await?.id;
         self.flush().await?;
-        let backlog = self.backlog(queue.id).await?;
+        let backlog = self.backlog(id).await?;
         Ok((report, LeasedBatch { messages, backlog }))
     }
 

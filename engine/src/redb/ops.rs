@@ -298,14 +298,12 @@ impl Txn<'_> {
         options: LeaseOptions,
     ) -> BrokerResult<(SettleReport, LeasedBatch)> {
         let report = self.settle(queue, outcomes)?;
-        let record = self.queue(queue)?;
-        let (id, paused) = (record.id, record.paused);
-        let messages = if paused {
-            Vec::new()
-        } else {
-            self.lease(queue, options)?
+        // `lease` refuses a paused queue before its first write: the settlement stands.
+        let messages = match self.lease(queue, options) {
+            Err(BrokerError::Paused(_)) => Vec::new(),
+            leased => leased?,
         };
-        let backlog = self.backlog(id)?;
+        let backlog = self.backlog(self.queue(queue)?.id)?;
         Ok((report, LeasedBatch { messages, backlog }))
     }
 
