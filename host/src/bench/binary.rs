@@ -1,9 +1,9 @@
 //! `wasmq bench binary`: the host as a user runs it, seen from outside. It starts the real
 //! `wasmq run` process on a manifest with one consumer component, publishes messages through
 //! the HTTP API (batches of 100 over keep-alive connections) and stops the clock when the
-//! queue reports every message acked; then it measures the engine floor (send 100 → lease
-//! 100 → ack 100 in this process, no HTTP, no component) on the same storage in the same run,
-//! and prints the ratio. The host's CPU time comes from `/proc`, so the publisher's work is
+//! queue reports every message acked; then it measures the engine floor (send 100, then ack
+//! the previous 100 and lease 100 in one commit, in this process, no HTTP, no component) on
+//! the same storage in the same run, and prints the ratio. The host's CPU time comes from `/proc`, so the publisher's work is
 //! not counted in it.
 
 use std::path::PathBuf;
