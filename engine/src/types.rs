@@ -236,7 +236,7 @@ pub struct LeasedMessage {
 }
 
 /// A batch handed out by [`Broker::settle_and_lease`](super::Broker::settle_and_lease).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeasedBatch {
     /// The leased messages, oldest first; empty when nothing was visible or the queue is
     /// paused.

@@ -502,7 +502,9 @@ async fn a_long_backlog_does_not_keep_another_queue_from_the_host_wide_ceiling()
         let broker = s.broker.clone();
         async move { broker.metrics(queue).await.unwrap().acked }
     };
+    let deadline = Instant::now() + Duration::from_secs(10);
     while acked("long").await == 0 {
+        assert!(Instant::now() < deadline, "the long queue never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     s.broker

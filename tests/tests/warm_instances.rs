@@ -59,6 +59,16 @@ async fn a_warm_instance_keeps_its_globals_until_it_fails_or_is_recycled() {
     // Each batch's output is its own.
     let run = batch(&warm, "print:only mine").await;
     assert_eq!(run.output.len(), 2, "{:?}", run.output);
+    assert!(
+        run.output.iter().any(|l| l == "only mine"),
+        "{:?}",
+        run.output
+    );
+    assert!(
+        !run.output.iter().any(|l| l.starts_with("count ")),
+        "{:?}",
+        run.output
+    );
     // A trap leaves the instance in whatever state the call was cut off in: never reused.
     let trapped = batch(&warm, "count;trap").await;
     assert!(

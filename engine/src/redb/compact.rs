@@ -4,9 +4,10 @@
 //!
 //! It needs the database to itself (no transaction open), so it runs on the writer thread when
 //! the writer has been idle for a while after writing and most of the file is estimated free
-//! ([`Compaction`]), or for a stopped host with `wasmq compact` ([`compact_file`]). Sends that
-//! arrive while it runs wait for it; it runs only when nothing was sent for
-//! [`Compaction::idle`], and after a drain there is little left to move.
+//! ([`Compaction`]), or for a stopped host with `wasmq compact` ([`compact_file`]). Sends,
+//! leases and reads (metrics, readiness) that arrive while it runs wait for it; it runs only
+//! when nothing was sent for [`Compaction::idle`], and after a drain there is little left to
+//! move.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -71,7 +72,8 @@ pub struct Compacted {
 pub(super) fn compact(db: &mut Database, path: &Path) -> Result<Compacted, CompactionError> {
     let before_bytes = file_bytes(path);
     let started = Instant::now();
-    while db.compact()? {}
+    // One call compacts until no further progress is possible.
+    db.compact()?;
     Ok(Compacted {
         before_bytes,
         after_bytes: file_bytes(path),
@@ -96,7 +98,8 @@ pub fn compact_file(path: &Path) -> anyhow::Result<Compacted> {
     Ok(done)
 }
 
-fn file_bytes(path: &Path) -> u64 {
+/// The size of the file at `path` (0 if it cannot be read).
+pub(super) fn file_bytes(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Writes go through one writer thread that group-commits ([`writer`]); reads (metrics, peek,
 //! listings) use their own read transactions on the blocking thread pool and never wait for a
-//! commit. The file is compacted when the writer is idle after a large drain ([`compact`]).
+//! commit (only for a compaction, which has the file to itself). The file is compacted when the writer is idle after a large drain ([`compact`]).
 
 mod compact;
 mod ops;

@@ -3,9 +3,9 @@
 //! Every operation checks its input before its first write, so an input error leaves the
 //! transaction (shared with other callers' operations) untouched.
 //!
-//! A message whose attempt ends (settled, or its lease expired) is taken out of the message
-//! table first ([`Txn::take`]); whatever becomes of it then writes it back (retried,
-//! dead-lettered) or not (acked, dropped), so each outcome costs one write to that table.
+//! A settled message is taken out of the message table first ([`Txn::take`]); whatever becomes
+//! of it then writes it back (retried, dead-lettered) or not (acked, dropped), so an ack costs
+//! one write to that table and a retry two.
 
 use redb::ReadableTable;
 
@@ -439,7 +439,7 @@ impl Txn<'_> {
             .map(|q| (q.id, u64::from(q.settings.message_retention_period) * 1000))
             .collect();
         for (id, retention_ms) in retention {
-            // States are in send order, so the expired ones come first.
+            // Messages are in send order, so the expired ones come first.
             let mut expired = Vec::new();
             for entry in self.messages.range((id, 0)..=(id, u64::MAX))? {
                 let (key, raw) = entry?;

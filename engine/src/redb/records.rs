@@ -359,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn counters_and_bodies_round_trip() {
+    fn counters_and_leases_round_trip() {
         let c = Counters {
             backlog_count: 1,
             backlog_bytes: 2,
@@ -524,6 +524,7 @@ mod tests {
         let db = redb::Database::open(&path).expect("reopen");
         let txn = redb::ReadableDatabase::begin_read(&db).expect("read");
         assert!(txn.open_table(STATES_2).is_err(), "the old tables are gone");
+        assert!(txn.open_table(BODIES_2).is_err(), "the old tables are gone");
         assert_eq!(
             txn.open_table(META)
                 .expect("meta")

@@ -17,10 +17,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use redb::{CompactionError, Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{oneshot, watch};
 
-use super::compact::{Compaction, compact};
+use super::compact::{Compaction, compact, file_bytes};
 use super::records::{
     COUNTERS, Counters, DEDUP, DEDUP_EXPIRY, LEASES, LeaseRecord, MESSAGES, META, QUEUES,
     QueueRecord, READY,
@@ -170,7 +170,8 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the writer thread on an opened database whose state was loaded into `state`.
-    /// `changes` is bumped after every successful commit. With `compaction`, the file at its
+    /// `changes` is bumped by every commit that changed something ([`commit_group`]). With
+    /// `compaction`, the file at its
     /// path is compacted when the writer is idle and the policy says it is worth it.
     pub(super) fn start(
         db: Arc<RwLock<Database>>,
@@ -276,8 +277,10 @@ impl Idle {
             return;
         };
         self.busy_at = None;
-        let file_bytes = std::fs::metadata(&self.path).map_or(0, |m| m.len());
-        if !self.policy.worth_it(file_bytes, state.counters.values()) {
+        if !self
+            .policy
+            .worth_it(file_bytes(&self.path), state.counters.values())
+        {
             return;
         }
         let mut db = db.write().unwrap_or_else(PoisonError::into_inner);
@@ -288,10 +291,13 @@ impl Idle {
                 took_ms = done.took.as_millis() as u64,
                 "compacted the queue file"
             ),
-            Err(err) => {
+            Err(CompactionError::TransactionInProgress) => {
                 // A read was open (the dashboard, metrics): try again at the next look.
                 self.busy_at = Some(busy_at);
-                tracing::debug!(error = %err, "compacting the queue file must wait");
+                tracing::debug!("compacting the queue file must wait for a read");
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "the queue file could not be compacted");
             }
         }
     }

@@ -98,16 +98,19 @@ async fn end_to_end(
         .context("starting `wasmq run`")?;
     let pid = child.id().context("the host exited at once")?;
     let mut lines = BufReader::new(child.stdout.take().context("the host's stdout")?).lines();
-    let mut base = None;
+    // The URL comes with the `listening` line, before the components load; only the `ready`
+    // line says the host serves (a host whose component fails to load exits instead).
+    let (mut base, mut ready) = (None, false);
     while let Some(line) = lines.next_line().await? {
         if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) {
             base = Some(url.to_owned());
         }
         if line.starts_with("wasmq host ready") {
+            ready = true;
             break;
         }
     }
-    let Some(base) = base else {
+    let Some(base) = base.filter(|_| ready) else {
         bail!(
             "the host did not start (see `wasmq run {}`)",
             manifest.display()

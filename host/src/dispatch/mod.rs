@@ -363,16 +363,18 @@ impl Inner {
                 false => self.next_due(slot, &mut permit).await,
             };
             let (spec, next_instance) = next.unzip();
-            match (self.finish(ran, spec.as_deref()).await, next_instance) {
-                (Ok((_, Some(next))), Some(next_instance)) => {
-                    (batch, instance) = (next, next_instance);
-                }
-                (Ok(_), _) => return,
-                (Err(err), _) => {
+            let leased = match self.finish(ran, spec.as_deref()).await {
+                Ok((_, leased)) => leased,
+                Err(err) => {
                     tracing::error!(queue = %self.queue, error = format!("{err:#}"), "delivering a batch failed");
                     return;
                 }
-            }
+            };
+            // A batch is leased only for a `spec`, which came with its instance.
+            let (Some(next), Some(next_instance)) = (leased, next_instance) else {
+                return;
+            };
+            (batch, instance) = (next, next_instance);
         }
     }
 

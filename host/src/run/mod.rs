@@ -96,9 +96,13 @@ impl RunningHost {
     pub async fn ready(&mut self) -> Result<Ready> {
         let loading = self
             .loading
-            .take()
+            .as_mut()
             .context("the host's start was already awaited")?;
-        loading.await.context("loading the components")?
+        // Taken only once finished: if this wait is cut short (Ctrl-C), `shutdown` still finds
+        // the loading task and stops it.
+        let ready = loading.await.context("loading the components");
+        self.loading = None;
+        ready?
     }
 
     /// Reads the manifest file again and applies it: new queues and components start, changed

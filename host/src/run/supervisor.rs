@@ -69,7 +69,8 @@ impl Supervisor {
             stats,
             ceiling: Arc::new(Semaphore::new(manifest.host.max_batches_in_flight as usize)),
             producers: ProducerRoutes::default(),
-            consumers: QueueConsumers::default(),
+            // Wired from the start: the pull API serves while the components still build.
+            consumers: QueueConsumers::new(Wiring::of(manifest)),
             components: ComponentStats::default(),
             manifest_path: manifest.path.clone(),
             running: Mutex::new(BTreeMap::new()),

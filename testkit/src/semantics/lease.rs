@@ -284,8 +284,8 @@ pub async fn in_flight_follows_lease_and_settle(ctx: &Ctx) {
 }
 
 /// `settle_and_lease` applies the outcomes, then leases (a retried message goes behind the
-/// waiting ones, as after a separate settle), and reports the backlog after the lease; a
-/// paused queue still takes the outcomes and leases nothing.
+/// waiting ones, as after a separate settle), and reports the backlog as the transaction left
+/// it (in-flight messages count); a paused queue still takes the outcomes and leases nothing.
 pub async fn settle_and_lease_is_settle_then_lease(ctx: &Ctx) {
     let b = ctx.b();
     create(b, "q").await;
