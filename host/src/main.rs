@@ -17,13 +17,14 @@ async fn main() -> std::process::ExitCode {
     // guest printing a line per message does not make the batch wait for a write to stderr.
     // Never lossy: when the writer falls behind, logging waits rather than drops lines. The
     // thread flushes whenever it has written every line waiting for it, so buffering its
-    // writes costs no delay and saves a system call per line.
+    // writes costs no delay and saves a system call per line. `LogWriter` hands it guests'
+    // lines a chunk at a time.
     let (writer, flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::BufWriter::new(std::io::stderr()));
     let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(wasmq_host::runtime::LogWriter::new(writer));
     match cli.log_format {
         LogFormat::Json => log.json().init(),
         LogFormat::Text => {

@@ -28,7 +28,7 @@ pub use self::consumer::{
     MAX_CALLS_PER_BATCH,
 };
 pub use self::guest::{ComponentOptions, GuestState, InstanceReuse, Publish, SendTarget};
-pub use self::guest_log::{GuestLog, Stream, flush as flush_guest_log};
+pub use self::guest_log::{GuestLog, LogWriter, Stream, flush as flush_guest_log};
 pub use self::hosts::AllowedHost;
 pub use self::producer::{HttpProducer, ProducerComponent};
 pub use self::world::{LoadedComponent, World, WorldId};
