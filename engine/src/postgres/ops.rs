@@ -462,12 +462,22 @@ impl Tx<'_> {
         options: LeaseOptions,
     ) -> Res<Vec<LeasedMessage>> {
         let queue = self.queue(name, Hold::Shared).await?;
+        self.lease_from(name, &queue, options).await
+    }
+
+    /// [`Self::lease`] from `queue`, already looked up (and held) in this transaction.
+    async fn lease_from(
+        &mut self,
+        name: &str,
+        queue: &QueueRow,
+        options: LeaseOptions,
+    ) -> Res<Vec<LeasedMessage>> {
         if queue.paused {
             return Err(BrokerError::Paused(name.to_owned()).into());
         }
         // Leases of this queue past their deadline become failed attempts first, so their
         // messages can be handed out again right away.
-        self.expire_leases(&queue).await?;
+        self.expire_leases(queue).await?;
 
         let now = self.now_ms();
         let retention_ms = i64::from(queue.settings.message_retention_period) * 1000;
@@ -564,28 +574,38 @@ impl Tx<'_> {
         outcomes: &[(LeaseId, Outcome)],
         options: LeaseOptions,
     ) -> Res<(SettleReport, LeasedBatch)> {
-        let report = self.settle(name, outcomes).await?;
+        // Looked up (and held) once: each lookup is a round trip.
+        let queue = self.queue(name, Hold::Shared).await?;
+        let report = self.settle_in(&queue, outcomes).await?;
         // `lease` refuses a paused queue before its first write: the settlement stands.
-        let messages = match self.lease(name, options).await {
+        let messages = match self.lease_from(name, &queue, options).await {
             Err(TxnError::Broker(BrokerError::Paused(_))) => Vec::new(),
             leased => leased?,
         };
-        let id = self.queue(name, Hold::Shared).await?.id;
         self.flush().await?;
-        let backlog = self.backlog(id).await?;
+        let backlog = self.backlog(queue.id).await?;
         Ok((report, LeasedBatch { messages, backlog }))
     }
 
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one transaction's steps in the order they run: lock, expire, apply, report"
-    )]
     pub(super) async fn settle(
         &mut self,
         name: &str,
         outcomes: &[(LeaseId, Outcome)],
     ) -> Res<SettleReport> {
         let queue = self.queue(name, Hold::Shared).await?;
+        self.settle_in(&queue, outcomes).await
+    }
+
+    /// [`Self::settle`] in `queue`, already looked up (and held) in this transaction.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one transaction's steps in the order they run: lock, expire, apply, report"
+    )]
+    async fn settle_in(
+        &mut self,
+        queue: &QueueRow,
+        outcomes: &[(LeaseId, Outcome)],
+    ) -> Res<SettleReport> {
         let mut seqs: Vec<i64> = outcomes
             .iter()
             .filter_map(|(lease, _)| i64::try_from(lease.seq).ok())
@@ -626,7 +646,7 @@ impl Tx<'_> {
         expired.sort_by_key(|(deadline, m)| (*deadline, m.seq));
         let expired: Vec<Held> = expired.into_iter().map(|(_, m)| m).collect();
         let fates = self
-            .fail_attempts(&queue, expired.iter().map(|m| (m.clone(), None)).collect())
+            .fail_attempts(queue, expired.iter().map(|m| (m.clone(), None)).collect())
             .await?;
         for (message, fate) in expired.into_iter().zip(fates) {
             if fate == Fate::Retried {
@@ -703,7 +723,7 @@ impl Tx<'_> {
             report.retried += late_retries.len() as u32;
             self.notify(&queue.name);
         }
-        for fate in self.fail_attempts(&queue, failures).await? {
+        for fate in self.fail_attempts(queue, failures).await? {
             match fate {
                 Fate::Retried => report.retried += 1,
                 Fate::DeadLettered => report.dead_lettered += 1,
