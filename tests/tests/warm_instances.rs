@@ -87,6 +87,20 @@ async fn a_warm_instance_keeps_its_globals_until_it_fails_or_is_recycled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_given_back_unused_runs_the_next_batch() {
+    // Taken for a batch whose lease came back empty, and given back.
+    let warm = scripted(InstanceReuse::default());
+    assert_eq!(count(&warm, "").await, 1);
+    warm.instantiate().await.unwrap().release();
+    assert_eq!(count(&warm, "").await, 2);
+    // A new instance given back unused is as good as fresh, even with `fresh_instance`.
+    let fresh = scripted(InstanceReuse::FRESH);
+    fresh.instantiate().await.unwrap().release();
+    assert_eq!(count(&fresh, "").await, 1);
+    assert_eq!(count(&fresh, "").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_instance_and_max_batches_per_instance() {
     let fresh = scripted(InstanceReuse::FRESH);
     for _ in 0..3 {

@@ -243,7 +243,10 @@ impl Dispatcher {
                 let (delivery, _) = self.inner.finish(ran, None).await?;
                 Ok(Some(delivery))
             }
-            None => Ok(None),
+            None => {
+                instance.release();
+                Ok(None)
+            }
         }
     }
 }
@@ -312,8 +315,12 @@ impl Inner {
                 });
                 Step::Leased
             }
-            Ok((_, None)) => Step::Wait(Duration::ZERO),
+            Ok((_, None)) => {
+                instance.release();
+                Step::Wait(Duration::ZERO)
+            }
             Err(err) => {
+                instance.release();
                 tracing::error!(queue = %self.queue, error = format!("{err:#}"), "leasing a batch failed");
                 Step::Wait(IDLE_RECHECK)
             }
@@ -366,12 +373,19 @@ impl Inner {
             let leased = match self.finish(ran, spec.as_deref()).await {
                 Ok((_, leased)) => leased,
                 Err(err) => {
+                    if let Some(instance) = next_instance {
+                        instance.release();
+                    }
                     tracing::error!(queue = %self.queue, error = format!("{err:#}"), "delivering a batch failed");
                     return;
                 }
             };
             // A batch is leased only for a `spec`, which came with its instance.
-            let (Some(next), Some(next_instance)) = (leased, next_instance) else {
+            let Some(next_instance) = next_instance else {
+                return;
+            };
+            let Some(next) = leased else {
+                next_instance.release();
                 return;
             };
             (batch, instance) = (next, next_instance);
