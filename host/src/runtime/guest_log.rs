@@ -3,21 +3,24 @@
 //!
 //! A guest that prints a line per message would spend a good part of its batch formatting log
 //! events (timestamp, span fields, escaping: ~30 % of the host's batch CPU for the `worker`
-//! example). So the batch only splits lines, and a thread of its own formats and emits them
-//! ([`flush`] waits for it before exit). Lines travel in chunks (up to 64 lines, or those of
-//! 20 ms, and whatever is left when the guest's call ends): handing over, and waking that thread,
-//! once per line cost as much CPU as formatting the line. The thread formats a chunk into one
-//! buffer and hands it to the log's writer in one piece when the writer is a [`LogWriter`] (as
-//! in `wasmq`), rather than waking the writer's thread once per line too. The hand-over is
-//! bounded: when the log falls behind, guests wait rather than lines being dropped or piling up
-//! in memory. Lines of one stream stay in order; stdout and stderr are chunked apart.
+//! example). So the batch only splits lines and hands each, with the span it was written in,
+//! to a thread of its own that formats and emits it ([`flush`] waits for it before exit).
+//!
+//! That thread takes lines in bursts: woken by a line, it waits [`GATHER`] before taking every
+//! line waiting, so that while guests print it is woken a few hundred times a second, not once
+//! per line (each wake-up of it, and of the log writer's thread for each formatted line, cost as
+//! much CPU as formatting the line). A burst's events are formatted into one buffer and handed
+//! to the log's writer in one write when that writer is a [`LogWriter`] (as in `wasmq`). So a
+//! line reaches the log a few milliseconds after it is written, whatever the guest does next.
+//! The hand-over is bounded: when the log falls behind, guests wait rather than lines being
+//! dropped or piling up in memory.
 
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
@@ -32,29 +35,25 @@ const KEPT_BYTES: usize = 64 * 1024;
 const WRITE_BUDGET: usize = 64 * 1024;
 /// Longest line logged as one; a longer one is split into lines of this size.
 pub(super) const MAX_LINE: usize = 64 * 1024;
-/// Most lines in one chunk.
-const CHUNK_LINES: usize = 64;
-/// A chunk is handed over at the next line once its first line is this old.
-const CHUNK_AGE: Duration = Duration::from_millis(20);
-/// Chunks handed to the emitter thread and not yet logged (up to 4096 lines).
-const QUEUED_CHUNKS: usize = 64;
+/// Lines handed to the emitter thread and not yet logged.
+const QUEUED_LINES: usize = 4096;
+/// How long the emitter thread, woken by a line, lets more gather before it takes them.
+const GATHER: Duration = Duration::from_millis(2);
 /// Longest [`flush`] waits.
 const FLUSH_WAIT: Duration = Duration::from_secs(10);
 
-/// Lines of one guest stream on their way to the log, with where they were written: the
-/// subscriber and the span (the batch or the request) that were current.
-struct Chunk {
+/// A guest's line on its way to the log, with where it was written: the subscriber and the
+/// span (the batch or the request) that were current.
+struct Line {
     dispatch: tracing::Dispatch,
     span: tracing::Span,
     component: Arc<str>,
     stream: Stream,
-    lines: Vec<String>,
-    /// When the first line was written.
-    since: Instant,
+    text: String,
 }
 
 enum ToEmitter {
-    Chunk(Chunk),
+    Line(Line),
     /// Answer once every line sent before is logged.
     Flush(mpsc::SyncSender<()>),
 }
@@ -65,55 +64,58 @@ static EMITTER: OnceLock<mpsc::SyncSender<ToEmitter>> = OnceLock::new();
 /// The emitter thread's inbox; the thread starts on first use.
 fn emitter() -> &'static mpsc::SyncSender<ToEmitter> {
     EMITTER.get_or_init(|| {
-        let (inbox, chunks) = mpsc::sync_channel(QUEUED_CHUNKS);
+        let (inbox, lines) = mpsc::sync_channel(QUEUED_LINES);
         std::thread::Builder::new()
             .name("wasmq-guest-log".into())
-            .spawn(move || emit_all(&chunks))
+            .spawn(move || emit_all(&lines))
             .expect("spawning the guest log thread");
         inbox
     })
 }
 
-fn emit_all(chunks: &mpsc::Receiver<ToEmitter>) {
-    for message in chunks {
-        match message {
-            ToEmitter::Chunk(chunk) => {
-                let Chunk {
-                    dispatch,
-                    span,
-                    component,
-                    stream,
-                    lines,
-                    ..
-                } = chunk;
-                let component = &*component;
-                tracing::dispatcher::with_default(&dispatch, || {
-                    span.in_scope(|| {
-                        gathered(|| {
-                            for text in &lines {
-                                match stream {
-                                    Stream::Stdout => {
-                                        tracing::info!(target: "guest", component, "{text}");
-                                    }
-                                    Stream::Stderr => {
-                                        tracing::warn!(target: "guest", component, "{text}");
-                                    }
-                                }
-                            }
-                        });
-                    });
-                });
-            }
-            ToEmitter::Flush(done) => {
-                let _ = done.send(());
-            }
+fn emit_all(inbox: &mpsc::Receiver<ToEmitter>) {
+    while let Ok(first) = inbox.recv() {
+        if matches!(first, ToEmitter::Line(_)) {
+            std::thread::sleep(GATHER);
         }
+        // What was waiting when the burst began: a guest that never stops printing still gets
+        // its lines written a burst at a time.
+        let waiting = std::iter::once(first)
+            .chain(inbox.try_iter())
+            .take(QUEUED_LINES + 1);
+        gathered(|| {
+            for message in waiting {
+                match message {
+                    ToEmitter::Line(line) => emit(line),
+                    ToEmitter::Flush(done) => {
+                        write_gathered();
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
     }
 }
 
-/// Waits (up to 10 s) until every guest line handed over so far is in the log; call before
-/// the process exits. Lines still in a guest's unfinished chunk are handed over when its call
-/// ends or its store is dropped.
+fn emit(line: Line) {
+    let Line {
+        dispatch,
+        span,
+        component,
+        stream,
+        text,
+    } = line;
+    let component = &*component;
+    tracing::dispatcher::with_default(&dispatch, || {
+        span.in_scope(|| match stream {
+            Stream::Stdout => tracing::info!(target: "guest", component, "{text}"),
+            Stream::Stderr => tracing::warn!(target: "guest", component, "{text}"),
+        });
+    });
+}
+
+/// Waits (up to 10 s) until every guest line written so far is in the log; call before the
+/// process exits.
 pub fn flush() {
     let Some(inbox) = EMITTER.get() else {
         return;
@@ -125,37 +127,44 @@ pub fn flush() {
 }
 
 thread_local! {
-    /// While the emitter formats a chunk: the chunk's formatted events, and the writer they go
-    /// to once it is done (set by the first event a [`LogWriter`] is asked to write).
+    /// While the emitter formats a burst: the events formatted so far, by [`LogWriter`].
     static GATHERING: RefCell<Option<Gathering>> = const { RefCell::new(None) };
 }
 
+#[derive(Default)]
 struct Gathering {
-    bytes: Vec<u8>,
-    out: Option<Box<dyn io::Write>>,
+    /// For each [`LogWriter`] written to in this burst (one, unless tests run their own
+    /// subscribers side by side): its address, its writer and what was formatted for it.
+    outs: Vec<(usize, Box<dyn io::Write>, Vec<u8>)>,
+    /// The entry the event being formatted goes to.
+    current: usize,
 }
 
-/// Runs `emit` with every event a [`LogWriter`] writes on this thread gathered, then writes
-/// them to it in one piece.
+/// Runs `emit` with the events a [`LogWriter`] writes on this thread gathered, then writes them
+/// in one piece per writer.
 fn gathered(emit: impl FnOnce()) {
-    GATHERING.set(Some(Gathering {
-        bytes: Vec::new(),
-        out: None,
-    }));
+    GATHERING.set(Some(Gathering::default()));
     emit();
-    if let Some(Gathering {
-        bytes,
-        out: Some(mut out),
-    }) = GATHERING.take()
-    {
-        // A log that cannot be written has nowhere to say so.
-        let _ = out.write_all(&bytes);
-    }
+    write_gathered();
+    GATHERING.set(None);
+}
+
+/// Writes what was gathered so far.
+fn write_gathered() {
+    GATHERING.with_borrow_mut(|gathering| {
+        for (_, out, bytes) in gathering.iter_mut().flat_map(|g| g.outs.iter_mut()) {
+            if !bytes.is_empty() {
+                // A log that cannot be written has nowhere to say so.
+                let _ = out.write_all(bytes);
+                bytes.clear();
+            }
+        }
+    });
 }
 
 /// The host's log writer, for the fmt subscriber: each event goes to `out` as it is
-/// formatted, except on the guest-log thread, where a chunk's events are written to `out`
-/// together, in one write.
+/// formatted, except on the guest-log thread, where a burst of guests' lines is written to
+/// `out` in one write.
 #[derive(Debug, Clone)]
 pub struct LogWriter<W> {
     out: W,
@@ -175,14 +184,20 @@ where
     type Writer = EitherWriter<Gathered, W>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        let gathering = GATHERING.with_borrow_mut(|gathering| match gathering {
-            Some(gathering) => {
-                gathering
-                    .out
-                    .get_or_insert_with(|| Box::new(self.out.clone()));
-                true
-            }
-            None => false,
+        let owner = std::ptr::from_ref(self) as usize;
+        let gathering = GATHERING.with_borrow_mut(|gathering| {
+            let Some(gathering) = gathering else {
+                return false;
+            };
+            gathering.current = match gathering.outs.iter().position(|o| o.0 == owner) {
+                Some(at) => at,
+                None => {
+                    let out: Box<dyn io::Write> = Box::new(self.out.clone());
+                    gathering.outs.push((owner, out, Vec::new()));
+                    gathering.outs.len() - 1
+                }
+            };
+            true
         });
         match gathering {
             true => EitherWriter::A(Gathered),
@@ -191,15 +206,17 @@ where
     }
 }
 
-/// Where a [`LogWriter`] writes an event formatted while a chunk is gathered.
+/// Where a [`LogWriter`] writes an event formatted while a burst is gathered.
 #[derive(Debug)]
 pub struct Gathered;
 
 impl io::Write for Gathered {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         GATHERING.with_borrow_mut(|gathering| {
-            if let Some(gathering) = gathering {
-                gathering.bytes.extend_from_slice(bytes);
+            if let Some(g) = gathering
+                && let Some((_, _, gathered)) = g.outs.get_mut(g.current)
+            {
+                gathered.extend_from_slice(bytes);
             }
         });
         Ok(bytes.len())
@@ -227,23 +244,11 @@ pub struct GuestLog {
     inner: Arc<Mutex<LogBuffer>>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct LogBuffer {
     partial: Vec<u8>,
     kept: Vec<String>,
     kept_bytes: usize,
-    /// Lines logged but not yet handed to the emitter thread.
-    chunk: Option<Chunk>,
-}
-
-impl std::fmt::Debug for LogBuffer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogBuffer")
-            .field("partial", &self.partial.len())
-            .field("kept", &self.kept.len())
-            .field("chunk", &self.chunk.as_ref().map_or(0, |c| c.lines.len()))
-            .finish()
-    }
 }
 
 impl GuestLog {
@@ -258,11 +263,9 @@ impl GuestLog {
 
     /// The lines written since the last call (and the unterminated last one), up to the cap;
     /// a warm instance's next batch starts afresh.
-    /// Every line written so far is handed to the log.
     pub fn take_lines(&self) -> Vec<String> {
         let mut buffer = self.inner.lock().expect("guest log lock");
         buffer.flush_partial(&self.component, self.stream);
-        buffer.hand_over();
         buffer.kept_bytes = 0;
         std::mem::take(&mut buffer.kept)
     }
@@ -315,40 +318,15 @@ impl LogBuffer {
             self.kept.push(line.clone());
         }
         if logged {
-            self.log(component, stream, line);
-        }
-    }
-
-    /// Adds `line` to the chunk, handing the chunk over first if the line belongs to another
-    /// span, and after if it is full or old.
-    fn log(&mut self, component: &Arc<str>, stream: Stream, line: String) {
-        let span = tracing::Span::current();
-        if self
-            .chunk
-            .as_ref()
-            .is_some_and(|c| c.span.id() != span.id())
-        {
-            self.hand_over();
-        }
-        let chunk = self.chunk.get_or_insert_with(|| Chunk {
-            dispatch: tracing::dispatcher::get_default(Clone::clone),
-            span,
-            component: component.clone(),
-            stream,
-            lines: Vec::with_capacity(CHUNK_LINES),
-            since: Instant::now(),
-        });
-        chunk.lines.push(line);
-        if chunk.lines.len() >= CHUNK_LINES || chunk.since.elapsed() >= CHUNK_AGE {
-            self.hand_over();
-        }
-    }
-
-    /// Sends the chunk, if any, to the emitter thread.
-    fn hand_over(&mut self) {
-        if let Some(chunk) = self.chunk.take() {
+            let line = Line {
+                dispatch: tracing::dispatcher::get_default(Clone::clone),
+                span: tracing::Span::current(),
+                component: component.clone(),
+                stream,
+                text: line,
+            };
             // Only fails if the emitter thread is gone, and then there is no log to write to.
-            let _ = emitter().send(ToEmitter::Chunk(chunk));
+            let _ = emitter().send(ToEmitter::Line(line));
         }
     }
 
@@ -357,13 +335,6 @@ impl LogBuffer {
             let line = std::mem::take(&mut self.partial);
             self.emit(component, stream, &line);
         }
-    }
-}
-
-impl Drop for LogBuffer {
-    /// A store dropped without [`GuestLog::take_lines`] still gets its lines logged.
-    fn drop(&mut self) {
-        self.hand_over();
     }
 }
 
@@ -440,13 +411,13 @@ mod tests {
         assert_eq!(out.take_lines(), ["a", "bc", "", "d"]);
     }
 
-    /// A writer for a test subscriber that keeps what it is given.
+    /// A writer for a test subscriber that keeps each write apart.
     #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
 
-    impl io::Write for Captured {
+    impl io::Write for Writes {
         fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
+            self.0.lock().unwrap().push(bytes.to_vec());
             Ok(bytes.len())
         }
 
@@ -457,8 +428,8 @@ mod tests {
 
     #[test]
     fn lines_reach_the_log_in_order_within_their_span_once_flushed() {
-        let captured = Captured::default();
-        let writer = captured.clone();
+        let writes = Writes::default();
+        let writer = writes.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
             .with_ansi(false)
@@ -472,12 +443,9 @@ mod tests {
                 out.write(format!("line {n}\n").as_bytes());
             }
             err.write(b"trouble\n");
-            // The end of the guest's call: what is left of each stream is handed over.
-            out.take_lines();
-            err.take_lines();
         });
         flush();
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(writes.0.lock().unwrap().concat()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1001, "{text}");
         for (n, line) in lines[..1000].iter().enumerate() {
@@ -497,23 +465,17 @@ mod tests {
         );
     }
 
-    /// A writer for a test subscriber that keeps each write apart.
-    #[derive(Clone, Default)]
-    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
-
-    impl io::Write for Writes {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().push(bytes.to_vec());
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+    /// The writes `writes` got, as text.
+    fn texts(writes: &Writes) -> Vec<String> {
+        let writes = writes.0.lock().unwrap().clone();
+        writes
+            .into_iter()
+            .map(|w| String::from_utf8(w).unwrap())
+            .collect()
     }
 
     #[test]
-    fn a_log_writer_gets_a_chunk_of_lines_in_one_write_and_host_events_as_they_come() {
+    fn a_log_writer_gets_a_burst_of_lines_in_few_writes_and_host_events_as_they_come() {
         let writes = Writes::default();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(LogWriter::new(writes.clone()))
@@ -524,27 +486,18 @@ mod tests {
             for n in 0..100 {
                 out.write(format!("line {n}\n").as_bytes());
             }
-            out.take_lines();
             flush();
             tracing::info!("host event");
-            // A store dropped mid-chunk still logs its lines.
-            let dropped = log();
-            dropped.write(b"last words\n");
-            drop(dropped);
-            flush();
         });
-        let writes = writes.0.lock().unwrap().clone();
-        let writes: Vec<String> = writes
-            .into_iter()
-            .map(|w| String::from_utf8(w).unwrap())
-            .collect();
-        // 100 lines come in chunks (64, then the 36 left when the call ended, unless a chunk
-        // grew old on a slow machine), each chunk in one write, not a write per line.
+        let writes = texts(&writes);
+        // 100 lines in a burst or a few (a slow machine may wake the thread between lines),
+        // not a write per line.
         let host = writes
             .iter()
             .position(|w| w.ends_with("host event\n"))
             .expect("the host event is written");
-        assert!((2..=10).contains(&host), "{writes:#?}");
+        assert_eq!(writes.len(), host + 1, "{writes:#?}");
+        assert!((1..=10).contains(&host), "{writes:#?}");
         let lines: Vec<&str> = writes[..host].iter().flat_map(|w| w.lines()).collect();
         assert_eq!(lines.len(), 100);
         for (n, line) in lines.iter().enumerate() {
@@ -553,12 +506,57 @@ mod tests {
                 "{line}"
             );
         }
-        assert_eq!(writes.len(), host + 2, "{writes:#?}");
-        assert!(
-            writes[host + 1].contains("guest: last words"),
-            "{}",
-            writes[host + 1]
-        );
+    }
+
+    #[test]
+    fn a_line_is_logged_while_the_guest_goes_on_and_each_subscriber_gets_its_own() {
+        let (first, second) = (Writes::default(), Writes::default());
+        let subscriber = |writes: &Writes| {
+            tracing::Dispatch::new(
+                tracing_subscriber::fmt()
+                    .with_writer(LogWriter::new(writes.clone()))
+                    .with_ansi(false)
+                    .finish(),
+            )
+        };
+        let (one, two) = (subscriber(&first), subscriber(&second));
+        let out = log();
+        for n in 0..20 {
+            let dispatch = if n % 2 == 0 { &one } else { &two };
+            tracing::dispatcher::with_default(dispatch, || {
+                out.write(format!("line {n}\n").as_bytes());
+            });
+        }
+        // No flush, no end of the call: the thread writes the lines on its own.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while texts(&first).concat().lines().count() + texts(&second).concat().lines().count() < 20
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lines were not logged"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for (writes, parity) in [(&first, 0), (&second, 1)] {
+            let text = texts(writes).concat();
+            let numbers: Vec<u32> = text
+                .lines()
+                .map(|l| {
+                    l.split("line ")
+                        .nth(1)
+                        .unwrap()
+                        .split(' ')
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(
+                numbers,
+                (0..20).filter(|n| n % 2 == parity).collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]
