@@ -78,15 +78,21 @@ fn emit_all(inbox: &mpsc::Receiver<ToEmitter>) {
         if matches!(first, ToEmitter::Line(_)) {
             std::thread::sleep(GATHER);
         }
-        // What was waiting when the burst began: a guest that never stops printing still gets
-        // its lines written a burst at a time.
+        // At most a queue's worth per burst: a guest that never stops printing still gets its
+        // lines written, burst by burst.
         let waiting = std::iter::once(first)
             .chain(inbox.try_iter())
             .take(QUEUED_LINES + 1);
+        // The burst's subscribers stay alive until it is written: a [`LogWriter`] is told apart
+        // by its address, which must not be reused within the burst.
+        let mut subscribers = Vec::new();
         gathered(|| {
             for message in waiting {
                 match message {
-                    ToEmitter::Line(line) => emit(line),
+                    ToEmitter::Line(line) => {
+                        subscribers.push(line.dispatch.clone());
+                        emit(line);
+                    }
                     ToEmitter::Flush(done) => {
                         write_gathered();
                         let _ = done.send(());
@@ -94,6 +100,7 @@ fn emit_all(inbox: &mpsc::Receiver<ToEmitter>) {
                 }
             }
         });
+        drop(subscribers);
     }
 }
 
