@@ -483,85 +483,77 @@ impl Tx<'_> {
         let retention_ms = i64::from(queue.settings.message_retention_period) * 1000;
         let deadline = ms(self.now + options.visibility_timeout_ms);
         let max = options.max_messages as usize;
-        let mut ticket = None;
         let mut leased: Vec<LeasedMessage> = Vec::with_capacity(max);
         while leased.len() < max {
             let wanted = (max - leased.len()) as i64;
-            let candidates = self
+            // One round trip: pick the next ready messages, delete those past retention, lease
+            // the rest under one fresh ticket. The first row carries the counts (it is the
+            // only row when nothing was leased); leased rows come in queue order.
+            let rows = self
                 .query(
-                    "SELECT seq, timestamp_ms, size FROM messages \
-                     WHERE queue_id = $1 AND lease_deadline IS NULL AND visible_at <= $2 \
-                     ORDER BY visible_at, ticket LIMIT $3 \
-                     FOR UPDATE SKIP LOCKED",
-                    &[&queue.id, &now, &wanted],
-                    "picking messages to lease",
+                    "WITH picked AS ( \
+                         SELECT seq, visible_at, ticket, timestamp_ms + $4 <= $2 AS expired \
+                         FROM messages \
+                         WHERE queue_id = $1 AND lease_deadline IS NULL AND visible_at <= $2 \
+                         ORDER BY visible_at, ticket LIMIT $3 \
+                         FOR UPDATE SKIP LOCKED), \
+                     fresh AS (SELECT nextval('message_seq') AS ticket), \
+                     gone AS ( \
+                         DELETE FROM messages m USING picked p \
+                         WHERE m.seq = p.seq AND p.expired \
+                         RETURNING m.size), \
+                     leased AS ( \
+                         UPDATE messages m SET attempts = m.attempts + 1, visible_at = NULL, \
+                                lease_deadline = $5, ticket = fresh.ticket \
+                         FROM picked p, fresh \
+                         WHERE m.seq = p.seq AND NOT p.expired \
+                         RETURNING m.seq, m.message_id, m.content_type, m.body, m.timestamp_ms, \
+                                   m.attempts, m.ticket, p.visible_at AS ready_at, \
+                                   p.ticket AS ready_ticket) \
+                     SELECT counts.picked, counts.gone, counts.gone_bytes, l.seq, l.message_id, \
+                            l.content_type, l.body, l.timestamp_ms, l.attempts, l.ticket \
+                     FROM (SELECT (SELECT count(*) FROM picked) AS picked, \
+                                  (SELECT count(*) FROM gone) AS gone, \
+                                  (SELECT coalesce(sum(size), 0) FROM gone)::int8 AS gone_bytes \
+                          ) counts \
+                     LEFT JOIN leased l ON true \
+                     ORDER BY l.ready_at, l.ready_ticket",
+                    &[&queue.id, &now, &wanted, &retention_ms, &deadline],
+                    "leasing messages",
                 )
                 .await?;
-            if candidates.is_empty() {
-                break;
-            }
-            let mut live = Vec::with_capacity(candidates.len());
-            let mut expired = Vec::new();
-            let mut expired_bytes = 0i64;
-            for row in &candidates {
-                let seq: i64 = row.get(0);
-                if row.get::<_, i64>(1) + retention_ms <= now {
-                    expired.push(seq);
-                    expired_bytes += i64::from(row.get::<_, i32>(2));
-                } else {
-                    live.push(seq);
-                }
-            }
-            if !expired.is_empty() {
-                self.execute(
-                    "DELETE FROM messages WHERE seq = ANY($1)",
-                    &[&expired],
-                    "deleting expired messages",
-                )
-                .await?;
+            let Some(first) = rows.first() else {
+                return Err(corrupt("leasing returned no counts".to_owned()));
+            };
+            let picked: i64 = first.get(0);
+            let expired: i64 = first.get(1);
+            if expired > 0 {
                 let delta = self.delta(queue.id);
-                delta.remove_messages(expired.len(), expired_bytes);
-                delta.expired += expired.len() as i64;
+                delta.remove_messages(expired as usize, first.get(2));
+                delta.expired += expired;
             }
-            if !live.is_empty() {
-                let ticket = match ticket {
-                    Some(ticket) => ticket,
-                    None => *ticket.insert(self.tickets(1).await?[0]),
+            let before = leased.len();
+            for row in &rows {
+                let Some(seq) = row.get::<_, Option<i64>>(3) else {
+                    continue;
                 };
-                let rows = self
-                    .query(
-                        "UPDATE messages SET attempts = attempts + 1, visible_at = NULL, \
-                                lease_deadline = $2, ticket = $3 \
-                         WHERE seq = ANY($1) \
-                         RETURNING seq, message_id, content_type, body, timestamp_ms, attempts",
-                        &[&live, &deadline, &ticket],
-                        "leasing messages",
-                    )
-                    .await?;
-                let mut by_seq: HashMap<i64, &Row> =
-                    rows.iter().map(|row| (row.get::<_, i64>(0), row)).collect();
-                for seq in &live {
-                    let row = by_seq
-                        .remove(seq)
-                        .ok_or_else(|| corrupt(format!("leased message {seq} vanished")))?;
-                    leased.push(LeasedMessage {
-                        message: Message {
-                            id: message_id(row.get(1))?,
-                            timestamp_ms: ums(row.get(4)),
-                            content_type: content_type(row.get(2))?,
-                            body: row.get(3),
-                            attempts: row.get::<_, i32>(5).max(0) as u32,
-                        },
-                        lease: LeaseId {
-                            seq: *seq as u64,
-                            ticket: ticket as u64,
-                        },
-                        lease_deadline_ms: ums(deadline),
-                    });
-                }
-                self.delta(queue.id).in_flight += live.len() as i64;
+                leased.push(LeasedMessage {
+                    message: Message {
+                        id: message_id(row.get(4))?,
+                        timestamp_ms: ums(row.get(7)),
+                        content_type: content_type(row.get(5))?,
+                        body: row.get(6),
+                        attempts: row.get::<_, i32>(8).max(0) as u32,
+                    },
+                    lease: LeaseId {
+                        seq: seq as u64,
+                        ticket: row.get::<_, i64>(9) as u64,
+                    },
+                    lease_deadline_ms: ums(deadline),
+                });
             }
-            if (candidates.len() as i64) < wanted {
+            self.delta(queue.id).in_flight += (leased.len() - before) as i64;
+            if picked < wanted {
                 break;
             }
         }
