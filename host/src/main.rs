@@ -18,7 +18,7 @@ async fn main() -> std::process::ExitCode {
     // Never lossy: when the writer falls behind, logging waits rather than drops lines. The
     // thread flushes whenever it has written every line waiting for it, so buffering its
     // writes costs no delay and saves a system call per line. `LogWriter` hands it guests'
-    // lines a chunk at a time.
+    // lines a burst at a time.
     let (writer, flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::BufWriter::new(std::io::stderr()));

@@ -392,7 +392,6 @@ impl Tx<'_> {
             delta.sent += count as i64;
             self.notify(name);
         }
-        self.flush().await?;
         self.backlog(queue.id).await
     }
 
@@ -438,8 +437,10 @@ impl Tx<'_> {
             .collect())
     }
 
-    /// Count and bytes (counters) and oldest timestamp of queue `id`.
+    /// Count and bytes (the stored counters and this transaction's pending changes) and oldest
+    /// timestamp of queue `id`.
     async fn backlog(&self, id: i64) -> Res<Backlog> {
+        let pending = self.pending(id);
         let row = self
             .query_one(
                 "SELECT coalesce((SELECT sum(backlog_count) FROM counters WHERE queue_id = $1), 0)::int8, \
@@ -450,8 +451,8 @@ impl Tx<'_> {
             )
             .await?;
         Ok(Backlog {
-            count: ums(row.get(0)),
-            bytes: ums(row.get(1)),
+            count: ums(row.get::<_, i64>(0) + pending.backlog_count),
+            bytes: ums(row.get::<_, i64>(1) + pending.backlog_bytes),
             oldest_timestamp_ms: row.get::<_, Option<i64>>(2).map(ums),
         })
     }
@@ -574,7 +575,6 @@ impl Tx<'_> {
             Err(TxnError::Broker(BrokerError::Paused(_))) => Vec::new(),
             leased => leased?,
         };
-        self.flush().await?;
         let backlog = self.backlog(queue.id).await?;
         Ok((report, LeasedBatch { messages, backlog }))
     }

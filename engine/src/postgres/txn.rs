@@ -248,61 +248,73 @@ impl<'a> Tx<'a> {
         Ok(tickets)
     }
 
+    /// The counter changes of queue `id` not yet written.
+    pub(super) fn pending(&self, id: i64) -> Delta {
+        self.deltas.get(&id).copied().unwrap_or_default()
+    }
+
     /// Writes the pending counter changes (to one randomly chosen shard per queue, in queue
     /// order so that concurrent transactions never wait for each other in a cycle). Called
-    /// before reading counters back and before commit.
-    pub(super) async fn flush(&mut self) -> Result<(), TxnError> {
+    /// before reading counters back and before commit. Returns the transaction's id (see
+    /// [`Self::commit`]) when it wrote anything: the last write reads it on the way.
+    pub(super) async fn flush(&mut self) -> Result<Option<String>, TxnError> {
         let shard: i16 = rand::random_range(0..COUNTER_SHARDS);
+        let mut xid = None;
         for (id, d) in std::mem::take(&mut self.deltas) {
             if d == Delta::default() {
                 continue;
             }
-            self.execute(
-                "INSERT INTO counters AS c (queue_id, shard, backlog_count, backlog_bytes, \
-                     in_flight, sent, acked, retried, dead_lettered, dropped, expired) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT (queue_id, shard) DO UPDATE SET \
-                     backlog_count = c.backlog_count + EXCLUDED.backlog_count, \
-                     backlog_bytes = c.backlog_bytes + EXCLUDED.backlog_bytes, \
-                     in_flight = c.in_flight + EXCLUDED.in_flight, \
-                     sent = c.sent + EXCLUDED.sent, \
-                     acked = c.acked + EXCLUDED.acked, \
-                     retried = c.retried + EXCLUDED.retried, \
-                     dead_lettered = c.dead_lettered + EXCLUDED.dead_lettered, \
-                     dropped = c.dropped + EXCLUDED.dropped, \
-                     expired = c.expired + EXCLUDED.expired",
-                &[
-                    &id,
-                    &shard,
-                    &d.backlog_count,
-                    &d.backlog_bytes,
-                    &d.in_flight,
-                    &d.sent,
-                    &d.acked,
-                    &d.retried,
-                    &d.dead_lettered,
-                    &d.dropped,
-                    &d.expired,
-                ],
-                "updating counters",
-            )
-            .await?;
+            let row = self
+                .query_one(
+                    "INSERT INTO counters AS c (queue_id, shard, backlog_count, backlog_bytes, \
+                         in_flight, sent, acked, retried, dead_lettered, dropped, expired) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     ON CONFLICT (queue_id, shard) DO UPDATE SET \
+                         backlog_count = c.backlog_count + EXCLUDED.backlog_count, \
+                         backlog_bytes = c.backlog_bytes + EXCLUDED.backlog_bytes, \
+                         in_flight = c.in_flight + EXCLUDED.in_flight, \
+                         sent = c.sent + EXCLUDED.sent, \
+                         acked = c.acked + EXCLUDED.acked, \
+                         retried = c.retried + EXCLUDED.retried, \
+                         dead_lettered = c.dead_lettered + EXCLUDED.dead_lettered, \
+                         dropped = c.dropped + EXCLUDED.dropped, \
+                         expired = c.expired + EXCLUDED.expired \
+                     RETURNING pg_current_xact_id()::text",
+                    &[
+                        &id,
+                        &shard,
+                        &d.backlog_count,
+                        &d.backlog_bytes,
+                        &d.in_flight,
+                        &d.sent,
+                        &d.acked,
+                        &d.retried,
+                        &d.dead_lettered,
+                        &d.dropped,
+                        &d.expired,
+                    ],
+                    "updating counters",
+                )
+                .await?;
+            xid = Some(row.get(0));
         }
-        Ok(())
+        Ok(xid)
     }
 
-    /// Flushes and commits; returns the queues to notify other hosts about.
-    /// Commits. If the connection breaks during the commit (the server's reply is lost), the
-    /// transaction may or may not have committed: that is [`TxnError::CommitLost`], with the
-    /// transaction's id to ask the server about once it is reachable again.
+    /// Flushes and commits; returns the queues to notify other hosts about. If the connection
+    /// breaks during the commit (the server's reply is lost), the transaction may or may not
+    /// have committed: that is [`TxnError::CommitLost`], with the transaction's id (read before
+    /// the commit) to ask the server about once it is reachable again.
     pub(super) async fn commit(mut self) -> Result<BTreeSet<String>, TxnError> {
-        self.flush().await?;
-        let xid: String = self
-            .txn
-            .query_one("SELECT pg_current_xact_id()::text", &[])
-            .await
-            .during("reading the transaction id")?
-            .get(0);
+        let xid: String = match self.flush().await? {
+            Some(xid) => xid,
+            None => self
+                .txn
+                .query_one("SELECT pg_current_xact_id()::text", &[])
+                .await
+                .during("reading the transaction id")?
+                .get(0),
+        };
         match self.txn.commit().await {
             Ok(()) => Ok(self.notify),
             // A server error (a constraint checked at commit, say) means it did not commit.
