@@ -127,10 +127,7 @@ impl MessageId {
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
 }
 
@@ -163,14 +160,13 @@ impl<'de> Deserialize<'de> for MessageId {
     }
 }
 
+/// `N` bytes written as `2 * N` lowercase hex characters (`hex` alone also takes upper case).
 fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != N * 2 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
         return None;
     }
     let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).ok()?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 
@@ -509,6 +505,15 @@ mod tests {
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         );
         assert_eq!(text.parse::<MessageId>().unwrap(), id);
+        let mut bytes = [0u8; 16];
+        bytes[0] = 0x0f;
+        bytes[15] = 0xa0;
+        assert_eq!(
+            MessageId(bytes).to_string(),
+            "0f0000000000000000000000000000a0"
+        );
+        assert!("g".repeat(32).parse::<MessageId>().is_err());
+        assert!("0f".parse::<MessageId>().is_err());
         assert!(
             "ABCDEF0123456789abcdef0123456789"
                 .parse::<MessageId>()

@@ -526,10 +526,7 @@ async fn the_dashboard_shows_the_queues_and_operates_them_with_the_token() {
 
     // The consumer: its component's digest, batches and their time.
     let wasm = std::fs::read(guest_path("worker")).unwrap();
-    let digest: String = Sha256::digest(&wasm)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = hex::encode(Sha256::digest(&wasm));
     browser
         .client
         .goto(&format!("{}/#/queue/jobs", host.url))

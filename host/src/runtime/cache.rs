@@ -55,11 +55,7 @@ pub fn user_cache_dir() -> Option<PathBuf> {
 /// digest, and what the dashboard's asset versions and the Cloudflare queue ids derive from
 /// (so it must stay SHA-256 in hex).
 pub fn digest(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(bytes))
 }
 
 impl ComponentCache {

@@ -306,16 +306,17 @@ impl GuestLog {
                 line.extend_from_slice(chunk);
                 line
             };
-            buffer.emit(&self.component, self.stream, &line);
+            buffer.emit(&self.component, self.stream, line);
         }
     }
 }
 
 impl LogBuffer {
-    fn emit(&mut self, component: &Arc<str>, stream: Stream, line: &[u8]) {
-        let line = String::from_utf8_lossy(line)
-            .trim_end_matches('\r')
-            .to_owned();
+    fn emit(&mut self, component: &Arc<str>, stream: Stream, line: Vec<u8>) {
+        // Valid UTF-8 (the usual case) keeps its buffer.
+        let mut line = String::from_utf8(line)
+            .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned());
+        line.truncate(line.trim_end_matches('\r').len());
         let logged = match stream {
             Stream::Stdout => tracing::enabled!(target: "guest", tracing::Level::INFO),
             Stream::Stderr => tracing::enabled!(target: "guest", tracing::Level::WARN),
@@ -340,7 +341,7 @@ impl LogBuffer {
     fn flush_partial(&mut self, component: &Arc<str>, stream: Stream) {
         if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
-            self.emit(component, stream, &line);
+            self.emit(component, stream, line);
         }
     }
 }
@@ -416,6 +417,9 @@ mod tests {
         out.write(b"a\nb");
         out.write(b"c\n\nd");
         assert_eq!(out.take_lines(), ["a", "bc", "", "d"]);
+        // Windows line ends lose their `\r`; bytes that are not UTF-8 show as U+FFFD.
+        out.write(b"e\r\n\xffg\r\r\nh\r");
+        assert_eq!(out.take_lines(), ["e", "\u{fffd}g", "h"]);
     }
 
     /// A writer for a test subscriber that keeps each write apart.
