@@ -488,8 +488,8 @@ impl Tx<'_> {
         while leased.len() < max {
             let wanted = (max - leased.len()) as i64;
             // One round trip: pick the next ready messages, delete those past retention, lease
-            // the rest under one fresh ticket. The first row carries the counts (it is the
-            // only row when nothing was leased); leased rows come in queue order.
+            // the rest under one fresh ticket. Every row carries the counts (one row without a
+            // message when nothing was leased); leased rows come in queue order.
             let rows = self
                 .query(
                     "WITH picked AS ( \
