@@ -331,6 +331,9 @@ fn the_log_tells_each_batch_and_each_dead_letter_move_in_json() {
     assert!(out.status.success(), "{out:?}");
     host.wait_log("moved to the dead-letter queue");
     host.wait_log("\"message\":\"batch\"");
+    // Guests' lines reach the log through a thread of their own, a few milliseconds later than
+    // the host's events.
+    host.wait_log("\"message\":\"hello\"");
     let lines: Vec<Value> = host
         .log_text()
         .lines()

@@ -67,10 +67,30 @@ fn emitter() -> &'static mpsc::SyncSender<ToEmitter> {
         let (inbox, lines) = mpsc::sync_channel(QUEUED_LINES);
         std::thread::Builder::new()
             .name("wasmq-guest-log".into())
-            .spawn(move || emit_all(&lines))
+            .spawn(move || {
+                yield_to_batches();
+                emit_all(&lines);
+            })
             .expect("spawning the guest log thread");
         inbox
     })
+}
+
+/// The nice value of the emitter thread (0 is the default, 19 the lowest priority).
+#[cfg(target_os = "linux")]
+const EMITTER_NICE: libc::c_int = 10;
+
+/// Lowers the calling (emitter) thread's priority: when the cores are busy, the batches' work
+/// (the guests, the storage writer) runs first and the log catches up in between. Every line is
+/// still logged: when the log falls a queue's worth behind, guests wait for it.
+fn yield_to_batches() {
+    // On Linux the nice value is per thread, and `who = 0` names the calling thread.
+    // SAFETY: setpriority reads no memory of ours; failing (say, a sandbox that forbids it)
+    // leaves the priority as it was, which is harmless.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, EMITTER_NICE);
+    }
 }
 
 fn emit_all(inbox: &mpsc::Receiver<ToEmitter>) {
